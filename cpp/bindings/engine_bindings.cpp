@@ -1,0 +1,179 @@
+// Python face of the engine: configs, Engine construction (weights load without the GIL) and
+// generate(), which runs the whole loop in C++ with the GIL released, taking it back only to
+// call the per-token callback.
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <exception>
+
+#include "bindings/register.h"
+#include "bindings/status_to_python.h"
+#include "engine/engine.h"
+
+namespace py = pybind11;
+
+namespace {
+
+// Runs a C++ progress callback with the GIL held; swallows nothing: a Python error is kept and
+// rethrown after the C++ call returns.
+struct PyErrorSlot {
+  std::exception_ptr error;
+  void rethrow() {
+    if (error) std::rethrow_exception(error);
+  }
+};
+
+}  // namespace
+
+void register_engine(py::module_& m) {
+  py::class_<sd::RopeScaling>(m, "RopeScaling")
+      .def(py::init<>())
+      .def_readwrite("type", &sd::RopeScaling::type)
+      .def_readwrite("factor", &sd::RopeScaling::factor)
+      .def_readwrite("low_freq_factor", &sd::RopeScaling::low_freq_factor)
+      .def_readwrite("high_freq_factor", &sd::RopeScaling::high_freq_factor)
+      .def_readwrite("original_max_position_embeddings", &sd::RopeScaling::original_max_position_embeddings);
+
+  py::class_<sd::ModelConfig>(m, "ModelConfig")
+      .def(py::init<>())
+      .def_readwrite("architecture", &sd::ModelConfig::architecture)
+      .def_readwrite("vocab_size", &sd::ModelConfig::vocab_size)
+      .def_readwrite("hidden_size", &sd::ModelConfig::hidden_size)
+      .def_readwrite("intermediate_size", &sd::ModelConfig::intermediate_size)
+      .def_readwrite("num_layers", &sd::ModelConfig::num_layers)
+      .def_readwrite("num_heads", &sd::ModelConfig::num_heads)
+      .def_readwrite("num_kv_heads", &sd::ModelConfig::num_kv_heads)
+      .def_readwrite("head_dim", &sd::ModelConfig::head_dim)
+      .def_readwrite("rms_norm_eps", &sd::ModelConfig::rms_norm_eps)
+      .def_readwrite("rope_theta", &sd::ModelConfig::rope_theta)
+      .def_readwrite("rope_scaling", &sd::ModelConfig::rope_scaling)
+      .def_readwrite("tie_word_embeddings", &sd::ModelConfig::tie_word_embeddings)
+      .def_readwrite("attention_bias", &sd::ModelConfig::attention_bias)
+      .def_readwrite("max_position_embeddings", &sd::ModelConfig::max_position_embeddings)
+      .def("validate", [](const sd::ModelConfig& c) { throw_if_error(c.validate()); });
+
+  py::class_<sd::EngineOptions>(m, "EngineOptions")
+      .def(py::init<>())
+      .def_readwrite("dtype", &sd::EngineOptions::dtype)
+      .def_readwrite("page_size", &sd::EngineOptions::page_size)
+      .def_readwrite("num_blocks", &sd::EngineOptions::num_blocks)
+      .def_readwrite("max_num_seqs", &sd::EngineOptions::max_num_seqs)
+      .def_readwrite("max_model_len", &sd::EngineOptions::max_model_len)
+      .def_readwrite("prefill_chunk", &sd::EngineOptions::prefill_chunk)
+      .def_readwrite("num_threads", &sd::EngineOptions::num_threads);
+
+  py::class_<sd::SamplingConfig>(m, "SamplingConfig")
+      .def(py::init<>())
+      .def_readwrite("temperature", &sd::SamplingConfig::temperature)
+      .def_readwrite("top_k", &sd::SamplingConfig::top_k)
+      .def_readwrite("top_p", &sd::SamplingConfig::top_p)
+      .def_readwrite("min_p", &sd::SamplingConfig::min_p)
+      .def_readwrite("seed", &sd::SamplingConfig::seed)
+      .def("validate", [](const sd::SamplingConfig& c) { throw_if_error(c.validate()); });
+
+  py::class_<sd::GenerationRequest>(m, "GenerationRequest")
+      .def(py::init<>())
+      .def_readwrite("prompt", &sd::GenerationRequest::prompt)
+      .def_readwrite("sampling", &sd::GenerationRequest::sampling)
+      .def_readwrite("max_tokens", &sd::GenerationRequest::max_tokens)
+      .def_readwrite("stop_token_ids", &sd::GenerationRequest::stop_token_ids)
+      .def_readwrite("ignore_eos", &sd::GenerationRequest::ignore_eos);
+
+  py::class_<sd::GenerationResult>(m, "GenerationResult")
+      .def_readonly("tokens", &sd::GenerationResult::tokens)
+      .def_readonly("finish_reason", &sd::GenerationResult::finish_reason)
+      .def_readonly("prompt_tokens", &sd::GenerationResult::prompt_tokens)
+      .def_readonly("prefill_seconds", &sd::GenerationResult::prefill_seconds)
+      .def_readonly("decode_seconds", &sd::GenerationResult::decode_seconds)
+      .def_readonly("first_token_seconds", &sd::GenerationResult::first_token_seconds)
+      .def_readonly("total_seconds", &sd::GenerationResult::total_seconds)
+      .def_readonly("steps", &sd::GenerationResult::steps);
+
+  py::class_<sd::Engine>(m, "Engine")
+      .def(py::init([](const sd::ModelConfig& cfg, const std::vector<std::string>& shards,
+                       const sd::EngineOptions& opts, const std::vector<int32_t>& eos,
+                       py::object progress) {
+             PyErrorSlot slot;
+             std::function<void(int, int)> cb;
+             if (!progress.is_none()) {
+               cb = [&](int done, int total) {
+                 py::gil_scoped_acquire gil;
+                 if (slot.error) return;
+                 try {
+                   progress(done, total);
+                 } catch (...) {
+                   slot.error = std::current_exception();
+                 }
+               };
+             }
+             std::unique_ptr<sd::Engine> e;
+             sd::Status st;
+             {
+               py::gil_scoped_release nogil;
+               st = sd::Engine::create(cfg, shards, opts, eos, cb, &e);
+             }
+             slot.rethrow();
+             throw_if_error(st);
+             return e;
+           }),
+           py::arg("config"), py::arg("shards"), py::arg("options"), py::arg("eos_token_ids"),
+           py::arg("progress") = py::none())
+      .def(
+          "generate",
+          [](sd::Engine& e, const std::vector<sd::GenerationRequest>& reqs, py::object on_token) {
+            PyErrorSlot slot;
+            const bool has_cb = !on_token.is_none();
+            // Always called: it also lets Ctrl-C (KeyboardInterrupt) stop a long generation.
+            sd::TokenCallback cb = [&](int32_t req, int32_t tok) {
+              py::gil_scoped_acquire gil;
+              if (slot.error) return sd::TokenAction::kAbort;
+              if (PyErr_CheckSignals() != 0) {
+                slot.error = std::make_exception_ptr(py::error_already_set());
+                return sd::TokenAction::kAbort;
+              }
+              if (!has_cb) return sd::TokenAction::kContinue;
+              try {
+                py::object r = on_token(req, tok);
+                if (r.is_none()) return sd::TokenAction::kContinue;
+                return static_cast<sd::TokenAction>(r.cast<int>());
+              } catch (...) {
+                slot.error = std::current_exception();
+                return sd::TokenAction::kAbort;
+              }
+            };
+            std::vector<sd::GenerationResult> results;
+            sd::Status st;
+            {
+              py::gil_scoped_release nogil;
+              st = e.generate(reqs, cb, &results);
+            }
+            slot.rethrow();
+            throw_if_error(st);
+            return results;
+          },
+          py::arg("requests"), py::arg("on_token") = py::none(),
+          "Runs requests to completion. on_token(request_index, token_id) may return 0 "
+          "(continue), 1 (stop this request) or 2 (abort all).")
+      .def("prompt_logits",
+           [](sd::Engine& e, const std::vector<int32_t>& prompt) {
+             std::vector<float> logits;
+             sd::Status st;
+             {
+               py::gil_scoped_release nogil;
+               st = e.prompt_logits(prompt, &logits);
+             }
+             throw_if_error(st);
+             const py::ssize_t V = e.config().vocab_size;
+             py::array_t<float> out({static_cast<py::ssize_t>(prompt.size()), V});
+             std::copy(logits.begin(), logits.end(), out.mutable_data());
+             return out;
+           })
+      .def_property_readonly("config", &sd::Engine::config)
+      .def_property_readonly("options", &sd::Engine::options)
+      .def_property_readonly("dtype", [](const sd::Engine& e) { return sd::dtype_name(e.model().dtype()); })
+      .def_property_readonly("weight_bytes_per_token", [](const sd::Engine& e) { return e.model().weight_bytes_per_token(); })
+      .def_property_readonly("kv_cache_bytes", [](sd::Engine& e) { return e.kv_cache().bytes(); })
+      .def_property_readonly("num_free_blocks", [](sd::Engine& e) { return e.kv_cache().allocator().num_free(); })
+      .def_property_readonly("num_blocks", [](sd::Engine& e) { return e.kv_cache().allocator().num_blocks(); });
+}

@@ -1,0 +1,246 @@
+// specdec_native.ops: the kernels on numpy arrays, for tests and for people who benchmark them.
+// Every argument is checked here (dtype, rank, sizes) and a mistake is a ValueError.
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <memory>
+
+#include "bindings/array_args.h"
+#include "bindings/register.h"
+#include "bindings/status_to_python.h"
+#include "core/parallel.h"
+#include "model/weights.h"
+#include "ops/ops.h"
+#include "sampling/philox.h"
+#include "sampling/sampler.h"
+
+namespace py = pybind11;
+using sd_py::expect_dim;
+using sd_py::f32;
+using sd_py::i32;
+
+namespace {
+
+// A weight matrix packed into one of the kernel dtypes (int8: blocks of 32 with a scale).
+struct PackedWeight {
+  sd::OwnedMatrix m;
+};
+
+sd::DType dtype_from_name(const std::string& name) {
+  if (name == "float32") return sd::DType::kF32;
+  if (name == "bfloat16") return sd::DType::kBF16;
+  if (name == "float16") return sd::DType::kF16;
+  if (name == "int8") return sd::DType::kQ8;
+  throw py::value_error("dtype must be one of float32, bfloat16, float16, int8; got '" + name + "'");
+}
+
+std::unique_ptr<PackedWeight> pack(py::handle w_obj, const std::string& dtype) {
+  auto w = f32(w_obj, "weight", 2);
+  sd::TensorView tv;
+  tv.name = "weight";
+  tv.dtype = "F32";
+  tv.shape = {w.shape(0), w.shape(1)};
+  tv.data = reinterpret_cast<const uint8_t*>(w.data());
+  tv.nbytes = w.nbytes();
+  auto p = std::make_unique<PackedWeight>();
+  throw_if_error(sd::OwnedMatrix::from_tensors({&tv}, w.shape(1), dtype_from_name(dtype), &p->m));
+  return p;
+}
+
+sd::SamplingConfig sampling(float temperature, int top_k, float top_p, float min_p, uint64_t seed) {
+  sd::SamplingConfig c;
+  c.temperature = temperature;
+  c.top_k = top_k;
+  c.top_p = top_p;
+  c.min_p = min_p;
+  c.seed = seed;
+  throw_if_error(c.validate());
+  return c;
+}
+
+}  // namespace
+
+void register_ops(py::module_& parent) {
+  py::module_ m = parent.def_submodule("ops", "CPU kernels on numpy arrays");
+  m.def("cpu_isa", &sd::ops::cpu_isa, "The CPU kernel set in use: 'avx2' or 'portable'.");
+  m.def("force_portable", &sd::ops::force_portable, py::arg("on"),
+        "Use the portable kernels even where AVX2 is available; returns the previous setting.");
+  m.def("set_num_threads", &sd::set_num_threads, py::arg("n"));
+  m.def("num_threads", &sd::num_threads);
+
+  py::class_<PackedWeight>(m, "PackedWeight")
+      .def(py::init(&pack), py::arg("weight"), py::arg("dtype") = "float32",
+           "Packs a float32 [out, in] matrix into a kernel dtype (int8: Q8 blocks of 32).")
+      .def_property_readonly("dtype", [](const PackedWeight& p) { return sd::dtype_name(p.m.view().dtype); })
+      .def_property_readonly("shape", [](const PackedWeight& p) { return py::make_tuple(p.m.view().rows, p.m.view().cols); })
+      .def_property_readonly("nbytes", [](const PackedWeight& p) { return p.m.view().nbytes(); });
+
+  m.def(
+      "matmul",
+      [](py::handle x_obj, const PackedWeight& w, py::object bias_obj) {
+        auto x = f32(x_obj, "x", 2);
+        const sd::Matrix& W = w.m.view();
+        expect_dim(x, 1, W.cols, "x", "in_features");
+        py::array_t<float> bias;
+        if (!bias_obj.is_none()) {
+          bias = f32(bias_obj, "bias", 1);
+          expect_dim(bias, 0, W.rows, "bias", "out_features");
+        }
+        py::array_t<float> y({x.shape(0), static_cast<py::ssize_t>(W.rows)});
+        {
+          py::gil_scoped_release nogil;
+          sd::ops::matmul(W, x.data(), x.shape(0), W.cols, y.mutable_data(), W.rows,
+                          bias_obj.is_none() ? nullptr : bias.data());
+        }
+        return y;
+      },
+      py::arg("x"), py::arg("weight"), py::arg("bias") = py::none(), "y = x @ weight.T + bias");
+
+  m.def(
+      "rmsnorm",
+      [](py::handle x_obj, py::handle w_obj, float eps) {
+        auto x = f32(x_obj, "x", 2);
+        auto w = f32(w_obj, "weight", 1);
+        expect_dim(w, 0, x.shape(1), "weight", "hidden size");
+        py::array_t<float> y({x.shape(0), x.shape(1)});
+        sd::ops::rmsnorm(x.data(), w.data(), eps, x.shape(0), x.shape(1), y.mutable_data());
+        return y;
+      },
+      py::arg("x"), py::arg("weight"), py::arg("eps") = 1e-6f);
+
+  m.def(
+      "rope",
+      [](py::handle x_obj, py::handle pos_obj, py::handle inv_obj) {
+        auto x = f32(x_obj, "x", 3);  // [T, heads, head_dim]
+        auto pos = i32(pos_obj, "positions", 1);
+        auto inv = f32(inv_obj, "inv_freq", 1);
+        expect_dim(pos, 0, x.shape(0), "positions", "tokens");
+        if (x.shape(2) % 2 != 0) throw py::value_error("x: head_dim must be even");
+        expect_dim(inv, 0, x.shape(2) / 2, "inv_freq", "head_dim / 2");
+        py::array_t<float> y({x.shape(0), x.shape(1), x.shape(2)});
+        std::copy(x.data(), x.data() + x.size(), y.mutable_data());
+        sd::ops::rope(y.mutable_data(), pos.data(), x.shape(0), x.shape(1), x.shape(2),
+                      x.shape(1) * x.shape(2), inv.data());
+        return y;
+      },
+      py::arg("x"), py::arg("positions"), py::arg("inv_freq"),
+      "Rotate-half RoPE of x [tokens, heads, head_dim] at the given positions.");
+
+  m.def(
+      "silu_mul",
+      [](py::handle gu_obj) {
+        auto gu = f32(gu_obj, "gate_up", 2);
+        if (gu.shape(1) % 2 != 0) throw py::value_error("gate_up: the last axis must be 2 * intermediate");
+        const py::ssize_t I = gu.shape(1) / 2;
+        py::array_t<float> y({gu.shape(0), I});
+        sd::ops::silu_mul(gu.data(), gu.shape(0), I, y.mutable_data());
+        return y;
+      },
+      py::arg("gate_up"), "silu(gate_up[:, :I]) * gate_up[:, I:]");
+
+  m.def(
+      "embedding",
+      [](py::handle ids_obj, const PackedWeight& table) {
+        auto ids = i32(ids_obj, "ids", 1);
+        const sd::Matrix& T = table.m.view();
+        for (py::ssize_t i = 0; i < ids.size(); ++i)
+          if (ids.data()[i] < 0 || ids.data()[i] >= T.rows)
+            throw py::value_error("ids: token id " + std::to_string(ids.data()[i]) + " is out of range [0, " +
+                                  std::to_string(T.rows) + ")");
+        py::array_t<float> y({ids.shape(0), static_cast<py::ssize_t>(T.cols)});
+        sd::ops::embedding(T, ids.data(), ids.shape(0), y.mutable_data());
+        return y;
+      },
+      py::arg("ids"), py::arg("table"));
+
+  m.def(
+      "paged_attention",
+      [](py::handle q_obj, py::handle k_obj, py::handle v_obj, py::handle qo_obj, py::handle kvp_obj,
+         py::handle kvi_obj, py::handle last_obj, py::object mask_obj, py::object mask_indptr_obj,
+         py::object scale_obj) {
+        auto q = f32(q_obj, "q", 3);            // [total_q, qo_heads, head_dim]
+        auto k = f32(k_obj, "k_cache", 4);      // [pages, page_size, kv_heads, head_dim]
+        auto v = f32(v_obj, "v_cache", 4);
+        auto qo = i32(qo_obj, "qo_indptr", 1);
+        auto kvp = i32(kvp_obj, "kv_indptr", 1);
+        auto kvi = i32(kvi_obj, "kv_indices", 1);
+        auto last = i32(last_obj, "kv_last_page_len", 1);
+        for (int a = 0; a < 4; ++a) expect_dim(v, a, k.shape(a), "v_cache", "the k_cache size");
+        expect_dim(q, 2, k.shape(3), "q", "head_dim");
+        const py::ssize_t B = qo.shape(0) - 1;
+        if (B < 0) throw py::value_error("qo_indptr: expected batch + 1 entries");
+        expect_dim(kvp, 0, B + 1, "kv_indptr", "batch + 1");
+        expect_dim(last, 0, B, "kv_last_page_len", "batch");
+        if (qo.data()[B] != q.shape(0))
+          throw py::value_error("qo_indptr[-1] must equal the number of queries " + std::to_string(q.shape(0)));
+        if (kvp.data()[B] > kvi.shape(0) || kvp.data()[0] < 0)
+          throw py::value_error("kv_indptr must index into kv_indices");
+        py::array_t<uint8_t, py::array::c_style> mask;
+        py::array_t<int64_t, py::array::c_style> mask_indptr;
+        if (!mask_obj.is_none()) {
+          mask = sd_py::checked<bool>(mask_obj, "custom_mask", 1, "bool").attr("view")("uint8")
+                     .cast<py::array_t<uint8_t, py::array::c_style>>();
+          if (mask_indptr_obj.is_none()) throw py::value_error("custom_mask needs mask_indptr");
+          mask_indptr = sd_py::checked<int64_t>(mask_indptr_obj, "mask_indptr", 1, "int64");
+          expect_dim(mask_indptr, 0, B + 1, "mask_indptr", "batch + 1");
+          if (mask_indptr.data()[B] > mask.shape(0) || mask_indptr.data()[0] < 0)
+            throw py::value_error("mask_indptr must index into custom_mask");
+        }
+        sd::ops::PagedKV kv;
+        kv.k = k.data();
+        kv.v = v.data();
+        kv.num_pages = static_cast<int32_t>(k.shape(0));
+        kv.page_size = static_cast<int32_t>(k.shape(1));
+        kv.num_kv_heads = static_cast<int32_t>(k.shape(2));
+        kv.head_dim = static_cast<int32_t>(k.shape(3));
+        const float scale = scale_obj.is_none() ? 1.0f / std::sqrt(static_cast<float>(kv.head_dim))
+                                                : scale_obj.cast<float>();
+        py::array_t<float> out({q.shape(0), q.shape(1), q.shape(2)});
+        sd::Status st;
+        {
+          py::gil_scoped_release nogil;
+          st = sd::ops::paged_attention(q.data(), qo.data(), static_cast<int32_t>(B), kv, kvp.data(),
+                                        kvi.data(), last.data(), mask_obj.is_none() ? nullptr : mask.data(),
+                                        mask_obj.is_none() ? nullptr : mask_indptr.data(),
+                                        static_cast<int32_t>(q.shape(1)), scale, out.mutable_data());
+        }
+        throw_if_error(st);
+        return out;
+      },
+      py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("qo_indptr"), py::arg("kv_indptr"),
+      py::arg("kv_indices"), py::arg("kv_last_page_len"), py::arg("custom_mask") = py::none(),
+      py::arg("mask_indptr") = py::none(), py::arg("sm_scale") = py::none(),
+      "Attention of ragged queries over a paged KV cache (FlashInfer's CSR page table, NHD layout).");
+
+  m.def(
+      "processed_probs",
+      [](py::handle logits_obj, float temperature, int top_k, float top_p, float min_p) {
+        auto logits = f32(logits_obj, "logits", 1);
+        const sd::SamplingConfig c = sampling(temperature, top_k, top_p, min_p, 0);
+        py::array_t<float> p(logits.shape(0));
+        sd::processed_probs(logits.data(), logits.shape(0), c, p.mutable_data());
+        return p;
+      },
+      py::arg("logits"), py::arg("temperature") = 1.0f, py::arg("top_k") = 0, py::arg("top_p") = 1.0f,
+      py::arg("min_p") = 0.0f, "The distribution sampling draws from, after temperature/top-k/top-p/min-p.");
+
+  m.def(
+      "sample",
+      [](py::handle logits_obj, float temperature, int top_k, float top_p, float min_p, uint64_t seed,
+         uint64_t counter) {
+        auto logits = f32(logits_obj, "logits", 1);
+        const sd::SamplingConfig c = sampling(temperature, top_k, top_p, min_p, seed);
+        std::vector<float> scratch;
+        return sd::sample_token(logits.data(), logits.shape(0), c, counter, &scratch);
+      },
+      py::arg("logits"), py::arg("temperature") = 1.0f, py::arg("top_k") = 0, py::arg("top_p") = 1.0f,
+      py::arg("min_p") = 0.0f, py::arg("seed") = 0, py::arg("counter") = 0);
+
+  m.def("philox_uniform", &sd::philox_uniform, py::arg("seed"), py::arg("counter"), py::arg("lane") = 0);
+  m.def("philox4x32", [](uint64_t seed, uint64_t counter) {
+    uint32_t r[4];
+    sd::philox4x32_10(seed, counter, r);
+    return py::make_tuple(r[0], r[1], r[2], r[3]);
+  });
+}

@@ -1,0 +1,89 @@
+// Element types of weights and the scalar conversions every backend shares.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "core/host_device.h"
+
+namespace sd {
+
+enum class DType : int32_t {
+  kF32 = 0,
+  kF16 = 1,
+  kBF16 = 2,
+  kQ8 = 3,  // int8 weights, one f32 scale per block of 32 along a row (like GGUF Q8_0)
+};
+
+constexpr int kQ8Block = 32;
+
+inline const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::kF32: return "float32";
+    case DType::kF16: return "float16";
+    case DType::kBF16: return "bfloat16";
+    case DType::kQ8: return "int8";
+  }
+  return "?";
+}
+
+// Bytes per element for plain types; for kQ8 the int8 payload (scales are stored apart).
+inline int64_t dtype_size(DType t) {
+  switch (t) {
+    case DType::kF32: return 4;
+    case DType::kF16: return 2;
+    case DType::kBF16: return 2;
+    case DType::kQ8: return 1;
+  }
+  return 0;
+}
+
+SD_HD float bits_to_f32(uint32_t u) {
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+SD_HD uint32_t f32_to_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return u;
+}
+
+SD_HD float bf16_to_f32(uint16_t h) { return bits_to_f32(static_cast<uint32_t>(h) << 16); }
+
+// Round to nearest even; NaN stays NaN.
+SD_HD uint16_t f32_to_bf16(float f) {
+  uint32_t u = f32_to_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+SD_HD float f16_to_f32(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  const uint32_t man = h & 0x3ffu;
+  if (exp == 0) {
+    // zero or subnormal: man * 2^-24
+    float v = static_cast<float>(man) * 5.9604644775390625e-08f;
+    return sign ? -v : v;
+  }
+  if (exp == 31) return bits_to_f32(sign | 0x7f800000u | (man << 13));
+  return bits_to_f32(sign | ((exp + 112u) << 23) | (man << 13));
+}
+
+SD_HD uint16_t f32_to_f16(float f) {
+  uint32_t u = f32_to_bits(f);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  u &= 0x7fffffffu;
+  if (u > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
+  if (u >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow -> inf
+  if (u < 0x38800000u) {                                               // subnormal or zero
+    float a = bits_to_f32(u);
+    return static_cast<uint16_t>(sign | static_cast<uint32_t>(a * 16777216.0f + 0.5f));
+  }
+  uint32_t r = u + 0xfffu + ((u >> 13) & 1u);  // round to nearest even on the 13 dropped bits
+  return static_cast<uint16_t>(sign | ((r - 0x38000000u) >> 13));
+}
+
+}  // namespace sd

@@ -1,0 +1,239 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "core/parallel.h"
+
+namespace sd {
+
+namespace {
+
+double now_seconds() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+bool contains(const std::vector<int32_t>& v, int32_t x) { return std::find(v.begin(), v.end(), x) != v.end(); }
+
+}  // namespace
+
+Status Engine::create(const ModelConfig& cfg, const std::vector<std::string>& shard_paths,
+                      const EngineOptions& opts, std::vector<int32_t> eos_token_ids,
+                      const std::function<void(int, int)>& progress, std::unique_ptr<Engine>* out) {
+  if (opts.page_size <= 0 || opts.max_num_seqs <= 0 || opts.prefill_chunk <= 0 || opts.num_blocks < 0)
+    return InvalidArgument("page_size, max_num_seqs and prefill_chunk must be positive, num_blocks >= 0");
+  set_num_threads(opts.num_threads);
+  std::unique_ptr<Checkpoint> ckpt;
+  SD_RETURN_IF_ERROR(Checkpoint::open(shard_paths, &ckpt));
+  DType dtype;
+  SD_RETURN_IF_ERROR(resolve_dtype(opts.dtype, *ckpt, &dtype));
+  std::unique_ptr<Engine> e(new Engine());
+  SD_RETURN_IF_ERROR(LlamaModel::create(cfg, *ckpt, dtype, progress, &e->model_));
+  e->opts_ = opts;
+  if (e->opts_.max_model_len <= 0) e->opts_.max_model_len = cfg.max_position_embeddings;
+  if (e->opts_.num_blocks == 0) {
+    const int64_t per_seq = (e->opts_.max_model_len + opts.page_size - 1) / opts.page_size;
+    e->opts_.num_blocks = static_cast<int32_t>(std::min<int64_t>(per_seq * opts.max_num_seqs + 1, 1 << 24));
+  }
+  e->kv_.reset(new KVCache(e->model_->kv_config(e->opts_.page_size, e->opts_.num_blocks)));
+  for (int32_t id : eos_token_ids)
+    if (id >= 0 && id < cfg.vocab_size) e->eos_.push_back(id);
+  *out = std::move(e);
+  return Status::Ok();
+}
+
+Status Engine::validate(const GenerationRequest& r, int32_t index) const {
+  const std::string who = "request " + std::to_string(index) + ": ";
+  if (r.prompt.empty()) return InvalidArgument(who + "the prompt is empty");
+  for (int32_t id : r.prompt)
+    if (id < 0 || id >= config().vocab_size)
+      return InvalidArgument(who + "prompt token id " + std::to_string(id) + " is out of range [0, " +
+                             std::to_string(config().vocab_size) + ")");
+  if (static_cast<int64_t>(r.prompt.size()) >= opts_.max_model_len)
+    return InvalidArgument(who + "the prompt has " + std::to_string(r.prompt.size()) +
+                           " tokens; the context holds " + std::to_string(opts_.max_model_len) +
+                           " (prompt plus at least one generated token)");
+  if (r.max_tokens < 1) return InvalidArgument(who + "max_tokens must be >= 1, got " + std::to_string(r.max_tokens));
+  SD_RETURN_IF_ERROR(r.sampling.validate());
+  return Status::Ok();
+}
+
+Status Engine::prefill(SeqPages& seq, const std::vector<int32_t>& prompt, std::vector<float>* last_logits) {
+  const int64_t n = static_cast<int64_t>(prompt.size());
+  last_logits->resize(static_cast<size_t>(config().vocab_size));
+  for (int64_t start = 0; start < n; start += opts_.prefill_chunk) {
+    const int64_t len = std::min<int64_t>(opts_.prefill_chunk, n - start);
+    SD_RETURN_IF_ERROR(seq.append(kv_->allocator(), len));
+    ForwardBatch fb;
+    fb.token_ids.assign(prompt.begin() + start, prompt.begin() + start + len);
+    fb.positions.resize(static_cast<size_t>(len));
+    for (int64_t i = 0; i < len; ++i) fb.positions[static_cast<size_t>(i)] = static_cast<int32_t>(start + i);
+    fb.qo_indptr = {0, static_cast<int32_t>(len)};
+    fb.seqs = {&seq};
+    if (start + len == n) fb.logit_rows = {static_cast<int32_t>(len - 1)};
+    SD_RETURN_IF_ERROR(model_->forward(fb, *kv_, last_logits->data()));
+  }
+  return Status::Ok();
+}
+
+Status Engine::generate(const std::vector<GenerationRequest>& requests, const TokenCallback& on_token,
+                        std::vector<GenerationResult>* results) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int32_t N = static_cast<int32_t>(requests.size());
+  for (int32_t i = 0; i < N; ++i) SD_RETURN_IF_ERROR(validate(requests[static_cast<size_t>(i)], i));
+  // Blocks each request may need; one that could never fit is an error before any work.
+  const int32_t P = opts_.page_size;
+  std::vector<int64_t> need(static_cast<size_t>(N));
+  for (int32_t i = 0; i < N; ++i) {
+    const GenerationRequest& r = requests[static_cast<size_t>(i)];
+    const int64_t len = std::min<int64_t>(static_cast<int64_t>(r.prompt.size()) + r.max_tokens, opts_.max_model_len);
+    need[static_cast<size_t>(i)] = (len + P - 1) / P;
+    if (need[static_cast<size_t>(i)] > kv_->allocator().num_blocks() - 1)
+      return OutOfBlocks("request " + std::to_string(i) + " needs " + std::to_string(need[static_cast<size_t>(i)]) +
+                         " KV blocks of " + std::to_string(P) + " tokens but the cache has " +
+                         std::to_string(kv_->allocator().num_blocks() - 1) +
+                         "; raise num_blocks or lower max_tokens");
+  }
+
+  results->assign(static_cast<size_t>(N), GenerationResult());
+  const double t_start = now_seconds();
+  const int64_t V = config().vocab_size;
+  struct Running {
+    int32_t index;
+    SeqPages seq;
+    int32_t next_token;
+  };
+  std::vector<Running> running;
+  std::vector<float> logits, scratch;
+  int32_t next_request = 0;
+  int64_t reserved = 0;  // blocks promised to running requests
+  bool aborted = false;
+
+  auto release = [&](Running& r) {
+    r.seq.release(kv_->allocator());
+    reserved -= need[static_cast<size_t>(r.index)];
+  };
+  // Records a committed token; returns true when the request is finished.
+  auto commit = [&](int32_t index, int32_t token, int64_t context_len) {
+    const GenerationRequest& req = requests[static_cast<size_t>(index)];
+    GenerationResult& res = (*results)[static_cast<size_t>(index)];
+    res.tokens.push_back(token);
+    if (res.tokens.size() == 1) res.first_token_seconds = now_seconds() - t_start;
+    TokenAction act = on_token ? on_token(index, token) : TokenAction::kContinue;
+    if (act == TokenAction::kAbort) aborted = true;
+    if (act != TokenAction::kContinue) {
+      res.finish_reason = act == TokenAction::kAbort ? "abort" : "stop";
+      return true;
+    }
+    if ((!req.ignore_eos && contains(eos_, token)) || contains(req.stop_token_ids, token)) {
+      res.finish_reason = "stop";
+      return true;
+    }
+    if (static_cast<int32_t>(res.tokens.size()) >= req.max_tokens || context_len >= opts_.max_model_len) {
+      res.finish_reason = "length";
+      return true;
+    }
+    return false;
+  };
+
+  auto loop = [&]() -> Status {
+  while (!aborted && (next_request < N || !running.empty())) {
+    // Admit requests while their blocks are free.
+    while (!aborted && next_request < N && static_cast<int32_t>(running.size()) < opts_.max_num_seqs &&
+           reserved + need[static_cast<size_t>(next_request)] <= kv_->allocator().num_blocks() - 1) {
+      const int32_t i = next_request++;
+      const GenerationRequest& req = requests[static_cast<size_t>(i)];
+      GenerationResult& res = (*results)[static_cast<size_t>(i)];
+      res.prompt_tokens = static_cast<int64_t>(req.prompt.size());
+      reserved += need[static_cast<size_t>(i)];
+      Running r{i, SeqPages(P), 0};
+      const double t0 = now_seconds();
+      const Status pst = prefill(r.seq, req.prompt, &logits);
+      if (!pst.ok()) {
+        release(r);
+        return pst;
+      }
+      const int32_t tok = sample_token(logits.data(), V, req.sampling, 0, &scratch);
+      res.prefill_seconds = now_seconds() - t0;
+      if (commit(i, tok, r.seq.num_tokens() + 1)) {
+        release(r);
+        res.total_seconds = now_seconds() - t_start;
+      } else {
+        r.next_token = tok;
+        running.push_back(std::move(r));
+      }
+    }
+    if (aborted || running.empty()) break;
+
+    // One decode step for every running sequence.
+    const double t0 = now_seconds();
+    ForwardBatch fb;
+    fb.qo_indptr.push_back(0);
+    for (Running& r : running) {
+      SD_RETURN_IF_ERROR(r.seq.append(kv_->allocator(), 1));  // blocks were reserved
+      fb.token_ids.push_back(r.next_token);
+      fb.positions.push_back(static_cast<int32_t>(r.seq.num_tokens() - 1));
+      fb.qo_indptr.push_back(static_cast<int32_t>(fb.token_ids.size()));
+      fb.seqs.push_back(&r.seq);
+      fb.logit_rows.push_back(static_cast<int32_t>(fb.token_ids.size() - 1));
+    }
+    logits.resize(static_cast<size_t>(V * static_cast<int64_t>(running.size())));
+    SD_RETURN_IF_ERROR(model_->forward(fb, *kv_, logits.data()));
+    const double dt = now_seconds() - t0;
+    std::vector<Running> still;
+    for (size_t k = 0; k < running.size(); ++k) {
+      Running& r = running[k];
+      const GenerationRequest& req = requests[static_cast<size_t>(r.index)];
+      GenerationResult& res = (*results)[static_cast<size_t>(r.index)];
+      res.decode_seconds += dt;
+      res.steps += 1;
+      const uint64_t counter = res.tokens.size();
+      const int32_t tok = sample_token(logits.data() + static_cast<int64_t>(k) * V, V, req.sampling, counter, &scratch);
+      if (commit(r.index, tok, r.seq.num_tokens() + 1)) {
+        release(r);
+        res.total_seconds = now_seconds() - t_start;
+      } else {
+        r.next_token = tok;
+        still.push_back(std::move(r));
+      }
+    }
+    running = std::move(still);
+  }
+  return Status::Ok();
+  };
+  const Status st = loop();
+  for (Running& r : running) {
+    release(r);
+    (*results)[static_cast<size_t>(r.index)].finish_reason = "abort";
+  }
+  for (GenerationResult& res : *results) {
+    if (res.finish_reason.empty()) res.finish_reason = "abort";
+    if (res.total_seconds == 0) res.total_seconds = now_seconds() - t_start;
+  }
+  return st;
+}
+
+Status Engine::prompt_logits(const std::vector<int32_t>& prompt, std::vector<float>* logits) {
+  std::lock_guard<std::mutex> lock(mu_);
+  GenerationRequest r;
+  r.prompt = prompt;
+  SD_RETURN_IF_ERROR(validate(r, 0));
+  const int64_t n = static_cast<int64_t>(prompt.size());
+  SeqPages seq(opts_.page_size);
+  Status st = seq.append(kv_->allocator(), n);
+  if (!st.ok()) return st;
+  ForwardBatch fb;
+  fb.token_ids = prompt;
+  fb.positions.resize(static_cast<size_t>(n));
+  fb.logit_rows.resize(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) fb.positions[static_cast<size_t>(i)] = fb.logit_rows[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+  fb.qo_indptr = {0, static_cast<int32_t>(n)};
+  fb.seqs = {&seq};
+  logits->resize(static_cast<size_t>(n * config().vocab_size));
+  st = model_->forward(fb, *kv_, logits->data());
+  seq.release(kv_->allocator());
+  return st;
+}
+
+}  // namespace sd

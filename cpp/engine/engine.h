@@ -1,0 +1,82 @@
+// Engine: one model, its paged KV cache, and the generation loop. Requests are admitted while
+// KV blocks for their whole length are free; running sequences decode together, one batched
+// forward per step; a finished sequence frees its blocks and lets the next request in.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "kv/kv_cache.h"
+#include "model/llama.h"
+#include "sampling/sampler.h"
+
+namespace sd {
+
+struct EngineOptions {
+  std::string dtype = "auto";
+  int32_t page_size = 16;
+  int32_t num_blocks = 0;        // 0: enough for max_model_len tokens x max_num_seqs
+  int32_t max_num_seqs = 8;      // sequences decoding at once
+  int64_t max_model_len = 0;     // 0: the config's max_position_embeddings
+  int32_t prefill_chunk = 512;   // prompt tokens per forward
+  int32_t num_threads = 0;       // 0: one per core
+};
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt;
+  SamplingConfig sampling;
+  int32_t max_tokens = 16;
+  std::vector<int32_t> stop_token_ids;
+  bool ignore_eos = false;
+};
+
+struct GenerationResult {
+  std::vector<int32_t> tokens;
+  std::string finish_reason;  // "stop", "length" or "abort"
+  int64_t prompt_tokens = 0;
+  double prefill_seconds = 0;
+  double decode_seconds = 0;
+  double first_token_seconds = 0;  // from the call's start
+  double total_seconds = 0;
+  int64_t steps = 0;  // target forwards after the prefill
+};
+
+// Called after every committed token: return kContinue, kStop (this request is done, reason
+// "stop") or kAbort (every unfinished request ends with reason "abort").
+enum class TokenAction { kContinue = 0, kStop = 1, kAbort = 2 };
+using TokenCallback = std::function<TokenAction(int32_t request, int32_t token)>;
+
+class Engine {
+ public:
+  static Status create(const ModelConfig& cfg, const std::vector<std::string>& shard_paths,
+                       const EngineOptions& opts, std::vector<int32_t> eos_token_ids,
+                       const std::function<void(int, int)>& progress, std::unique_ptr<Engine>* out);
+
+  Status generate(const std::vector<GenerationRequest>& requests, const TokenCallback& on_token,
+                  std::vector<GenerationResult>* results);
+
+  // Logits of every prompt position, computed on a scratch sequence (tests, scoring).
+  Status prompt_logits(const std::vector<int32_t>& prompt, std::vector<float>* logits);
+
+  const ModelConfig& config() const { return model_->config(); }
+  const EngineOptions& options() const { return opts_; }
+  const LlamaModel& model() const { return *model_; }
+  KVCache& kv_cache() { return *kv_; }
+  int64_t max_model_len() const { return opts_.max_model_len; }
+
+ private:
+  Engine() = default;
+  Status validate(const GenerationRequest& r, int32_t index) const;
+  Status prefill(SeqPages& seq, const std::vector<int32_t>& prompt, std::vector<float>* last_logits);
+
+  EngineOptions opts_;
+  std::vector<int32_t> eos_;
+  std::unique_ptr<LlamaModel> model_;
+  std::unique_ptr<KVCache> kv_;
+  std::mutex mu_;  // one generate() at a time
+};
+
+}  // namespace sd

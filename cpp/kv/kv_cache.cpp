@@ -1,0 +1,41 @@
+#include "kv/kv_cache.h"
+
+#include <new>
+
+namespace sd {
+
+KVCache::KVCache(const KVCacheConfig& cfg)
+    : cfg_(cfg),
+      alloc_(cfg.num_blocks),
+      layer_floats_(static_cast<int64_t>(cfg.num_blocks) * cfg.page_size * cfg.num_kv_heads *
+                    cfg.head_dim),
+      k_(static_cast<float*>(std::calloc(static_cast<size_t>(layer_floats_ * cfg.num_layers), 4))),
+      v_(static_cast<float*>(std::calloc(static_cast<size_t>(layer_floats_ * cfg.num_layers), 4))) {
+  if (layer_floats_ * cfg.num_layers > 0 && (!k_ || !v_)) throw std::bad_alloc();
+}
+
+ops::PagedKV KVCache::layer(int32_t l) const {
+  ops::PagedKV kv;
+  kv.k = k_.get() + l * layer_floats_;
+  kv.v = v_.get() + l * layer_floats_;
+  kv.num_pages = cfg_.num_blocks;
+  kv.page_size = cfg_.page_size;
+  kv.num_kv_heads = cfg_.num_kv_heads;
+  kv.head_dim = cfg_.head_dim;
+  return kv;
+}
+
+int64_t KVCache::slot_offset(const SeqPages& seq, int64_t t) const {
+  const int64_t block = seq.blocks()[static_cast<size_t>(t / cfg_.page_size)];
+  return (block * cfg_.page_size + t % cfg_.page_size) * cfg_.num_kv_heads * cfg_.head_dim;
+}
+
+float* KVCache::k_slot(int32_t l, const SeqPages& seq, int64_t t) {
+  return k_.get() + l * layer_floats_ + slot_offset(seq, t);
+}
+
+float* KVCache::v_slot(int32_t l, const SeqPages& seq, int64_t t) {
+  return v_.get() + l * layer_floats_ + slot_offset(seq, t);
+}
+
+}  // namespace sd

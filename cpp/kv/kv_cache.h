@@ -1,0 +1,48 @@
+// K and V storage of one model, per layer, in fixed-size blocks (FlashInfer's NHD layout:
+// [block][slot][kv_head][head_dim], f32). Owns the BlockAllocator that hands its blocks out.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <cstdlib>
+#include <vector>
+
+#include "kv/block_allocator.h"
+#include "kv/seq_pages.h"
+#include "ops/ops.h"
+
+namespace sd {
+
+struct KVCacheConfig {
+  int32_t num_layers = 0;
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;
+  int32_t page_size = 16;
+  int32_t num_blocks = 0;  // including the reserved null block 0
+};
+
+class KVCache {
+ public:
+  explicit KVCache(const KVCacheConfig& cfg);
+
+  const KVCacheConfig& config() const { return cfg_; }
+  BlockAllocator& allocator() { return alloc_; }
+  int64_t bytes() const { return 2 * static_cast<int64_t>(cfg_.num_layers) * layer_floats_ * 4; }
+
+  ops::PagedKV layer(int32_t l) const;
+  // Pointer to the K (or V) vector of kv_head 0 of token t of `seq` in layer l.
+  float* k_slot(int32_t l, const SeqPages& seq, int64_t t);
+  float* v_slot(int32_t l, const SeqPages& seq, int64_t t);
+
+ private:
+  int64_t slot_offset(const SeqPages& seq, int64_t t) const;
+  KVCacheConfig cfg_;
+  BlockAllocator alloc_;
+  int64_t layer_floats_ = 0;
+  struct FreeDeleter {
+    void operator()(float* p) const { std::free(p); }
+  };
+  // calloc'ed: the OS maps zero pages lazily, so a large cache costs only what is touched.
+  std::unique_ptr<float, FreeDeleter> k_, v_;  // [layer][block][slot][kv_head][head_dim]
+};
+
+}  // namespace sd

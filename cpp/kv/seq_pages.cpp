@@ -1,0 +1,24 @@
+#include "kv/seq_pages.h"
+
+namespace sd {
+
+Status SeqPages::append(BlockAllocator& alloc, int64_t n) {
+  if (n < 0) return InvalidArgument("append: negative token count");
+  const int64_t need = blocks_needed(n);
+  if (need > 0) SD_RETURN_IF_ERROR(alloc.allocate(static_cast<int32_t>(need), &blocks_));
+  num_tokens_ += n;
+  return Status::Ok();
+}
+
+void SeqPages::truncate(BlockAllocator& alloc, int64_t n) {
+  if (n < 0) n = 0;
+  if (n >= num_tokens_) return;
+  const size_t keep = static_cast<size_t>((n + page_size_ - 1) / page_size_);
+  while (blocks_.size() > keep) {
+    alloc.decref(blocks_.back());
+    blocks_.pop_back();
+  }
+  num_tokens_ = n;
+}
+
+}  // namespace sd

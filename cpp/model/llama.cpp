@@ -1,0 +1,172 @@
+#include "model/llama.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "ops/ops.h"
+
+namespace sd {
+
+namespace {
+
+void grow(std::vector<float>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+}
+
+void add_inplace(float* x, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+}  // namespace
+
+std::vector<float> rope_inv_freq(const ModelConfig& cfg) {
+  const int64_t half = cfg.head_dim / 2;
+  std::vector<float> inv(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) {
+    // HF computes base ** (arange(0, dim, 2) / dim) in float32 and inverts it.
+    const float expo = static_cast<float>(2 * i) / static_cast<float>(cfg.head_dim);
+    inv[static_cast<size_t>(i)] = 1.0f / static_cast<float>(std::pow(cfg.rope_theta, static_cast<double>(expo)));
+  }
+  const RopeScaling& s = cfg.rope_scaling;
+  if (s.type == "llama3") {
+    const double old_len = static_cast<double>(s.original_max_position_embeddings);
+    const double low_wavelen = old_len / s.low_freq_factor;
+    const double high_wavelen = old_len / s.high_freq_factor;
+    for (float& f : inv) {
+      const double wavelen = 2 * M_PI / f;
+      if (wavelen > low_wavelen) {
+        f = static_cast<float>(f / s.factor);
+      } else if (wavelen >= high_wavelen) {
+        const double smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        f = static_cast<float>((1 - smooth) * f / s.factor + smooth * f);
+      }
+    }
+  }
+  return inv;
+}
+
+Status LlamaModel::create(const ModelConfig& cfg, const Checkpoint& ckpt, DType dtype,
+                          const std::function<void(int, int)>& progress,
+                          std::unique_ptr<LlamaModel>* out) {
+  SD_RETURN_IF_ERROR(cfg.validate());
+  std::unique_ptr<LlamaModel> m(new LlamaModel());
+  m->cfg_ = cfg;
+  m->dtype_ = dtype;
+  SD_RETURN_IF_ERROR(load_llama_weights(cfg, ckpt, dtype, progress, &m->w_));
+  m->inv_freq_ = rope_inv_freq(cfg);
+  *out = std::move(m);
+  return Status::Ok();
+}
+
+int64_t LlamaModel::weight_bytes_per_token() const {
+  int64_t n = w_.head().nbytes();
+  for (const LayerWeights& L : w_.layers)
+    n += L.qkv.view().nbytes() + L.o.view().nbytes() + L.gate_up.view().nbytes() + L.down.view().nbytes();
+  return n;
+}
+
+KVCacheConfig LlamaModel::kv_config(int32_t page_size, int32_t num_blocks) const {
+  KVCacheConfig c;
+  c.num_layers = cfg_.num_layers;
+  c.num_kv_heads = cfg_.num_kv_heads;
+  c.head_dim = cfg_.head_dim;
+  c.page_size = page_size;
+  c.num_blocks = num_blocks;
+  return c;
+}
+
+Status LlamaModel::forward(const ForwardBatch& batch, KVCache& kv, float* logits) {
+  const int64_t T = static_cast<int64_t>(batch.token_ids.size());
+  const int32_t B = static_cast<int32_t>(batch.seqs.size());
+  const int64_t H = cfg_.hidden_size, D = cfg_.head_dim, I = cfg_.intermediate_size;
+  const int64_t nq = cfg_.num_heads, nkv = cfg_.num_kv_heads;
+  const int64_t qkv_w = (nq + 2 * nkv) * D;
+
+  if (static_cast<int64_t>(batch.positions.size()) != T ||
+      static_cast<int32_t>(batch.qo_indptr.size()) != B + 1 || batch.qo_indptr[B] != T)
+    return InvalidArgument("forward: positions/qo_indptr do not match the token count");
+  for (int32_t id : batch.token_ids)
+    if (id < 0 || id >= cfg_.vocab_size)
+      return InvalidArgument("token id " + std::to_string(id) + " is out of range [0, " +
+                             std::to_string(cfg_.vocab_size) + ")");
+  for (int32_t r : batch.logit_rows)
+    if (r < 0 || r >= T) return InvalidArgument("forward: logit row out of range");
+  const bool masked = !batch.custom_mask.empty();
+  if (masked && static_cast<int32_t>(batch.mask_indptr.size()) != B + 1)
+    return InvalidArgument("forward: mask_indptr must have batch + 1 entries");
+
+  // The page table in CSR form.
+  kv_indptr_.assign(1, 0);
+  kv_indices_.clear();
+  kv_last_page_len_.clear();
+  for (int32_t b = 0; b < B; ++b) {
+    const SeqPages& s = *batch.seqs[static_cast<size_t>(b)];
+    const int32_t qo_len = batch.qo_indptr[b + 1] - batch.qo_indptr[b];
+    if (qo_len > s.num_tokens())
+      return InvalidArgument("forward: a sequence's pages do not hold its new tokens (append first)");
+    kv_indices_.insert(kv_indices_.end(), s.blocks().begin(), s.blocks().end());
+    kv_indptr_.push_back(static_cast<int32_t>(kv_indices_.size()));
+    kv_last_page_len_.push_back(s.last_page_len());
+    if (masked && batch.mask_indptr[b + 1] - batch.mask_indptr[b] != static_cast<int64_t>(qo_len) * s.num_tokens())
+      return InvalidArgument("forward: custom mask of request " + std::to_string(b) +
+                             " must have qo_len x kv_len entries");
+  }
+
+  grow(x_, T * H);
+  grow(h_, T * H);
+  grow(qkv_, T * qkv_w);
+  grow(q_, T * nq * D);
+  grow(attn_, T * nq * D);
+  grow(tmp_, T * H);
+  grow(gate_up_, T * 2 * I);
+  grow(act_, T * I);
+
+  ops::embedding(w_.embed.view(), batch.token_ids.data(), T, x_.data());
+  const float sm_scale = 1.0f / std::sqrt(static_cast<float>(D));
+
+  for (int32_t l = 0; l < cfg_.num_layers; ++l) {
+    const LayerWeights& L = w_.layers[static_cast<size_t>(l)];
+    ops::rmsnorm(x_.data(), L.input_norm.data(), cfg_.rms_norm_eps, T, H, h_.data());
+    ops::matmul(L.qkv.view(), h_.data(), T, H, qkv_.data(), qkv_w,
+                L.qkv_bias.empty() ? nullptr : L.qkv_bias.data());
+    ops::rope(qkv_.data(), batch.positions.data(), T, nq, D, qkv_w, inv_freq_.data());
+    ops::rope(qkv_.data() + nq * D, batch.positions.data(), T, nkv, D, qkv_w, inv_freq_.data());
+    // Queries to a dense buffer; keys and values into their pages.
+    for (int32_t b = 0; b < B; ++b) {
+      const SeqPages& s = *batch.seqs[static_cast<size_t>(b)];
+      const int32_t t0 = batch.qo_indptr[b], qo_len = batch.qo_indptr[b + 1] - t0;
+      const int64_t first_slot = s.num_tokens() - qo_len;
+      for (int32_t i = 0; i < qo_len; ++i) {
+        const float* row = qkv_.data() + static_cast<int64_t>(t0 + i) * qkv_w;
+        std::copy(row, row + nq * D, q_.data() + static_cast<int64_t>(t0 + i) * nq * D);
+        std::copy(row + nq * D, row + (nq + nkv) * D, kv.k_slot(l, s, first_slot + i));
+        std::copy(row + (nq + nkv) * D, row + qkv_w, kv.v_slot(l, s, first_slot + i));
+      }
+    }
+    SD_RETURN_IF_ERROR(ops::paged_attention(
+        q_.data(), batch.qo_indptr.data(), B, kv.layer(l), kv_indptr_.data(), kv_indices_.data(),
+        kv_last_page_len_.data(), masked ? batch.custom_mask.data() : nullptr,
+        masked ? batch.mask_indptr.data() : nullptr, static_cast<int32_t>(nq), sm_scale,
+        attn_.data()));
+    ops::matmul(L.o.view(), attn_.data(), T, nq * D, tmp_.data(), H, nullptr);
+    add_inplace(x_.data(), tmp_.data(), T * H);
+
+    ops::rmsnorm(x_.data(), L.post_attention_norm.data(), cfg_.rms_norm_eps, T, H, h_.data());
+    ops::matmul(L.gate_up.view(), h_.data(), T, H, gate_up_.data(), 2 * I, nullptr);
+    ops::silu_mul(gate_up_.data(), T, I, act_.data());
+    ops::matmul(L.down.view(), act_.data(), T, I, tmp_.data(), H, nullptr);
+    add_inplace(x_.data(), tmp_.data(), T * H);
+  }
+
+  const int64_t R = static_cast<int64_t>(batch.logit_rows.size());
+  grow(last_, R * H);
+  for (int64_t r = 0; r < R; ++r)
+    std::copy(x_.data() + batch.logit_rows[static_cast<size_t>(r)] * H,
+              x_.data() + (batch.logit_rows[static_cast<size_t>(r)] + 1) * H, last_.data() + r * H);
+  ops::rmsnorm(last_.data(), w_.final_norm.data(), cfg_.rms_norm_eps, R, H, last_.data());
+  ops::matmul(w_.head(), last_.data(), R, H, logits, cfg_.vocab_size, nullptr);
+  return Status::Ok();
+}
+
+}  // namespace sd

@@ -1,0 +1,58 @@
+// The Llama-family forward (Llama, Qwen2, Mistral) over a paged KV cache. Stateless between
+// calls apart from scratch buffers: every call names the sequences, their new tokens (already
+// appended to their SeqPages), RoPE positions, and optionally a tree mask per sequence.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "io/safetensors.h"
+#include "kv/kv_cache.h"
+#include "model/config.h"
+#include "model/weights.h"
+
+namespace sd {
+
+struct ForwardBatch {
+  std::vector<int32_t> token_ids;  // [T], all sequences' new tokens, request after request
+  std::vector<int32_t> positions;  // [T], RoPE positions (depth in the tree for drafts)
+  std::vector<int32_t> qo_indptr;  // [B + 1]
+  std::vector<const SeqPages*> seqs;  // [B]; each already holds its new tokens at its end
+  // Optional tree masks in FlashInfer's layout: request b has qo_len x kv_len bools (row-major)
+  // at custom_mask[mask_indptr[b]]. Empty: causal.
+  std::vector<uint8_t> custom_mask;
+  std::vector<int64_t> mask_indptr;
+  std::vector<int32_t> logit_rows;  // which of the T tokens need logits
+};
+
+class LlamaModel {
+ public:
+  static Status create(const ModelConfig& cfg, const Checkpoint& ckpt, DType dtype,
+                       const std::function<void(int, int)>& progress,
+                       std::unique_ptr<LlamaModel>* out);
+
+  // logits: [logit_rows.size(), vocab_size] f32. Not reentrant (one call at a time).
+  Status forward(const ForwardBatch& batch, KVCache& kv, float* logits);
+
+  const ModelConfig& config() const { return cfg_; }
+  DType dtype() const { return dtype_; }
+  // Bytes of weights one decode step reads (every matrix once; the embedding row is negligible).
+  int64_t weight_bytes_per_token() const;
+  KVCacheConfig kv_config(int32_t page_size, int32_t num_blocks) const;
+
+ private:
+  LlamaModel() = default;
+  ModelConfig cfg_;
+  DType dtype_ = DType::kF32;
+  LlamaWeights w_;
+  std::vector<float> inv_freq_;
+  // scratch, grown on demand
+  std::vector<float> x_, h_, qkv_, q_, attn_, tmp_, gate_up_, act_, last_;
+  std::vector<int32_t> kv_indptr_, kv_indices_, kv_last_page_len_;
+};
+
+// RoPE inverse frequencies with the config's scaling (HF's default and llama3 rules).
+std::vector<float> rope_inv_freq(const ModelConfig& cfg);
+
+}  // namespace sd

@@ -1,0 +1,183 @@
+#include "model/weights.h"
+
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "core/parallel.h"
+
+namespace sd {
+
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+bool is_float_dtype(const std::string& d) { return d == "F32" || d == "F16" || d == "BF16"; }
+
+// Source row -> f32.
+void read_row(const TensorView& t, int64_t row, int64_t cols, float* dst) {
+  const int64_t off = row * cols;
+  if (t.dtype == "F32") {
+    std::memcpy(dst, t.data + off * 4, static_cast<size_t>(cols) * 4);
+  } else {
+    const uint16_t* src = reinterpret_cast<const uint16_t*>(t.data) + off;
+    uint16_t h;
+    for (int64_t i = 0; i < cols; ++i) {
+      std::memcpy(&h, src + i, 2);
+      dst[i] = t.dtype == "BF16" ? bf16_to_f32(h) : f16_to_f32(h);
+    }
+  }
+}
+
+void write_row(const float* src, int64_t cols, DType target, uint8_t* dst, float* scales) {
+  switch (target) {
+    case DType::kF32:
+      std::memcpy(dst, src, static_cast<size_t>(cols) * 4);
+      break;
+    case DType::kBF16:
+    case DType::kF16: {
+      uint16_t* d = reinterpret_cast<uint16_t*>(dst);
+      for (int64_t i = 0; i < cols; ++i) d[i] = target == DType::kBF16 ? f32_to_bf16(src[i]) : f32_to_f16(src[i]);
+      break;
+    }
+    case DType::kQ8: {
+      int8_t* d = reinterpret_cast<int8_t*>(dst);
+      for (int64_t b = 0; b < cols / kQ8Block; ++b) {
+        float amax = 0.f;
+        for (int i = 0; i < kQ8Block; ++i) amax = std::fmax(amax, std::fabs(src[b * kQ8Block + i]));
+        const float scale = amax / 127.f;
+        const float inv = scale > 0 ? 1.f / scale : 0.f;
+        scales[b] = scale;
+        for (int i = 0; i < kQ8Block; ++i)
+          d[b * kQ8Block + i] = static_cast<int8_t>(std::lround(src[b * kQ8Block + i] * inv));
+      }
+      break;
+    }
+  }
+}
+
+Status require(const Checkpoint& ckpt, const std::string& name, std::vector<int64_t> shape,
+               const TensorView** out) {
+  const TensorView* t = ckpt.find(name);
+  if (!t) return CorruptFile("checkpoint is missing tensor '" + name + "'");
+  if (!is_float_dtype(t->dtype))
+    return Unsupported("tensor '" + name + "' has dtype " + t->dtype +
+                       "; supported weight dtypes: F32, F16, BF16");
+  if (t->shape != shape)
+    return CorruptFile("tensor '" + name + "' has shape " + shape_str(t->shape) + ", expected " +
+                       shape_str(shape) + " from config.json");
+  *out = t;
+  return Status::Ok();
+}
+
+Status load_vector(const Checkpoint& ckpt, const std::string& name, int64_t n, std::vector<float>* out) {
+  const TensorView* t = nullptr;
+  SD_RETURN_IF_ERROR(require(ckpt, name, {n}, &t));
+  out->resize(static_cast<size_t>(n));
+  read_row(*t, 0, n, out->data());
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status OwnedMatrix::from_tensors(const std::vector<const TensorView*>& parts, int64_t cols,
+                                 DType target, OwnedMatrix* out) {
+  if (target == DType::kQ8 && cols % kQ8Block != 0) target = DType::kBF16;
+  int64_t rows = 0;
+  for (const TensorView* p : parts) rows += p->shape[0];
+  out->data_.assign(static_cast<size_t>(rows * cols * dtype_size(target)), 0);
+  out->scales_.assign(target == DType::kQ8 ? static_cast<size_t>(rows * cols / kQ8Block) : 0, 0.f);
+  int64_t row0 = 0;
+  for (const TensorView* p : parts) {
+    const int64_t r = p->shape[0];
+    parallel_for(r, 64, [&](int64_t a, int64_t b) {
+      std::vector<float> buf(static_cast<size_t>(cols));
+      for (int64_t i = a; i < b; ++i) {
+        read_row(*p, i, cols, buf.data());
+        const int64_t dst_row = row0 + i;
+        float* sc = target == DType::kQ8 ? out->scales_.data() + dst_row * (cols / kQ8Block) : nullptr;
+        write_row(buf.data(), cols, target, out->data_.data() + dst_row * cols * dtype_size(target), sc);
+      }
+    });
+    row0 += r;
+  }
+  out->m_ = Matrix{target, rows, cols, out->data_.data(),
+                   target == DType::kQ8 ? out->scales_.data() : nullptr};
+  return Status::Ok();
+}
+
+Status resolve_dtype(const std::string& name, const Checkpoint& ckpt, DType* out) {
+  if (name == "float32") *out = DType::kF32;
+  else if (name == "bfloat16") *out = DType::kBF16;
+  else if (name == "float16") *out = DType::kF16;
+  else if (name == "int8") *out = DType::kQ8;
+  else if (name == "auto") {
+    const TensorView* t = ckpt.find("model.embed_tokens.weight");
+    if (!t) return CorruptFile("checkpoint is missing tensor 'model.embed_tokens.weight'");
+    if (t->dtype == "F32") *out = DType::kF32;
+    else if (t->dtype == "BF16") *out = DType::kBF16;
+    else if (t->dtype == "F16") *out = DType::kF16;
+    else return Unsupported("dtype='auto': checkpoint weights are " + t->dtype + ", supported: F32, F16, BF16");
+  } else {
+    return InvalidArgument("dtype '" + name + "' is not one of auto, float32, bfloat16, float16, int8");
+  }
+  return Status::Ok();
+}
+
+Status load_llama_weights(const ModelConfig& cfg, const Checkpoint& ckpt, DType target,
+                          const std::function<void(int, int)>& progress, LlamaWeights* out) {
+  const int64_t H = cfg.hidden_size, I = cfg.intermediate_size, D = cfg.head_dim;
+  const int64_t q_rows = static_cast<int64_t>(cfg.num_heads) * D;
+  const int64_t kv_rows = static_cast<int64_t>(cfg.num_kv_heads) * D;
+  const int total = cfg.num_layers + 2;
+
+  const TensorView* embed = nullptr;
+  SD_RETURN_IF_ERROR(require(ckpt, "model.embed_tokens.weight", {cfg.vocab_size, H}, &embed));
+  SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({embed}, H, target, &out->embed));
+  const TensorView* head = ckpt.find("lm_head.weight");
+  out->tied = cfg.tie_word_embeddings;
+  if (!cfg.tie_word_embeddings) {
+    SD_RETURN_IF_ERROR(require(ckpt, "lm_head.weight", {cfg.vocab_size, H}, &head));
+    SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({head}, H, target, &out->lm_head));
+  }
+  SD_RETURN_IF_ERROR(load_vector(ckpt, "model.norm.weight", H, &out->final_norm));
+  if (progress) progress(1, total);
+
+  out->layers.resize(static_cast<size_t>(cfg.num_layers));
+  for (int l = 0; l < cfg.num_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    LayerWeights& L = out->layers[static_cast<size_t>(l)];
+    const TensorView *q, *k, *v, *o, *gate, *up, *down;
+    SD_RETURN_IF_ERROR(require(ckpt, p + "self_attn.q_proj.weight", {q_rows, H}, &q));
+    SD_RETURN_IF_ERROR(require(ckpt, p + "self_attn.k_proj.weight", {kv_rows, H}, &k));
+    SD_RETURN_IF_ERROR(require(ckpt, p + "self_attn.v_proj.weight", {kv_rows, H}, &v));
+    SD_RETURN_IF_ERROR(require(ckpt, p + "self_attn.o_proj.weight", {H, q_rows}, &o));
+    SD_RETURN_IF_ERROR(require(ckpt, p + "mlp.gate_proj.weight", {I, H}, &gate));
+    SD_RETURN_IF_ERROR(require(ckpt, p + "mlp.up_proj.weight", {I, H}, &up));
+    SD_RETURN_IF_ERROR(require(ckpt, p + "mlp.down_proj.weight", {H, I}, &down));
+    SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({q, k, v}, H, target, &L.qkv));
+    SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({o}, q_rows, target, &L.o));
+    SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({gate, up}, H, target, &L.gate_up));
+    SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({down}, I, target, &L.down));
+    if (cfg.attention_bias) {
+      std::vector<float> qb, kb, vb;
+      SD_RETURN_IF_ERROR(load_vector(ckpt, p + "self_attn.q_proj.bias", q_rows, &qb));
+      SD_RETURN_IF_ERROR(load_vector(ckpt, p + "self_attn.k_proj.bias", kv_rows, &kb));
+      SD_RETURN_IF_ERROR(load_vector(ckpt, p + "self_attn.v_proj.bias", kv_rows, &vb));
+      L.qkv_bias = qb;
+      L.qkv_bias.insert(L.qkv_bias.end(), kb.begin(), kb.end());
+      L.qkv_bias.insert(L.qkv_bias.end(), vb.begin(), vb.end());
+    }
+    SD_RETURN_IF_ERROR(load_vector(ckpt, p + "input_layernorm.weight", H, &L.input_norm));
+    SD_RETURN_IF_ERROR(load_vector(ckpt, p + "post_attention_layernorm.weight", H, &L.post_attention_norm));
+    if (progress) progress(l + 2, total);
+  }
+  if (progress) progress(total, total);
+  return Status::Ok();
+}
+
+}  // namespace sd

@@ -1,0 +1,54 @@
+// Model weights in the dtype the kernels read: loaded from a Checkpoint, converted (f32, bf16,
+// f16) or quantized to int8 blocks of 32 at load time. q/k/v and gate/up are fused row-wise so
+// one matmul computes each group.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "io/safetensors.h"
+#include "model/config.h"
+#include "ops/matrix.h"
+
+namespace sd {
+
+class OwnedMatrix {
+ public:
+  const Matrix& view() const { return m_; }
+  // Builds rows = sum of the parts' rows, each part a [r_i, cols] tensor, in dtype `target`.
+  // kQ8 needs cols % 32 == 0; otherwise the matrix falls back to bf16.
+  static Status from_tensors(const std::vector<const TensorView*>& parts, int64_t cols,
+                             DType target, OwnedMatrix* out);
+
+ private:
+  Matrix m_;
+  std::vector<uint8_t> data_;
+  std::vector<float> scales_;
+};
+
+struct LayerWeights {
+  OwnedMatrix qkv;      // [(H + 2 * Hkv) * head_dim, hidden]
+  OwnedMatrix o;        // [hidden, H * head_dim]
+  OwnedMatrix gate_up;  // [2 * intermediate, hidden]
+  OwnedMatrix down;     // [hidden, intermediate]
+  std::vector<float> qkv_bias;  // empty without attention bias
+  std::vector<float> input_norm, post_attention_norm;
+};
+
+struct LlamaWeights {
+  OwnedMatrix embed;    // [vocab, hidden]
+  OwnedMatrix lm_head;  // empty when tied: use embed
+  bool tied = false;
+  std::vector<float> final_norm;
+  std::vector<LayerWeights> layers;
+
+  const Matrix& head() const { return tied ? embed.view() : lm_head.view(); }
+};
+
+// "auto" resolves to the checkpoint's own floating dtype (f32, bf16 or f16).
+Status resolve_dtype(const std::string& name, const Checkpoint& ckpt, DType* out);
+
+Status load_llama_weights(const ModelConfig& cfg, const Checkpoint& ckpt, DType target,
+                          const std::function<void(int, int)>& progress, LlamaWeights* out);
+
+}  // namespace sd

@@ -1,0 +1,39 @@
+// The CPU kernels one instruction set provides; ops/dispatch.cpp picks a table at run time.
+#pragma once
+#include <cstdint>
+
+#include "ops/ops.h"
+
+namespace sd::cpu {
+
+// What paged_attention needs once the page table is validated (ops/dispatch.cpp builds it).
+struct AttentionPlan {
+  const int32_t* query_request = nullptr;  // [total_q]: the request each query belongs to
+  const int32_t* kv_len = nullptr;         // [batch]
+  int32_t total_q = 0;
+};
+
+struct KernelTable {
+  void (*matmul)(const Matrix& W, const float* X, int64_t M, int64_t ldx, float* Y, int64_t ldy,
+                 const float* bias);
+  void (*rmsnorm)(const float* x, const float* w, float eps, int64_t M, int64_t D, float* y);
+  void (*rope)(float* x, const int32_t* positions, int64_t T, int64_t n_heads, int64_t head_dim,
+               int64_t stride, const float* inv_freq);
+  void (*silu_mul)(const float* gate_up, int64_t M, int64_t I, float* out);
+  void (*embedding)(const Matrix& table, const int32_t* ids, int64_t T, float* out);
+  void (*paged_attention)(const AttentionPlan& plan, const float* q, const int32_t* qo_indptr,
+                          const ops::PagedKV& kv, const int32_t* kv_indptr,
+                          const int32_t* kv_indices, const uint8_t* custom_mask,
+                          const int64_t* mask_indptr, int32_t num_qo_heads, float sm_scale,
+                          float* out);
+};
+
+const KernelTable& portable_kernels();
+#if defined(SPECDEC_HAVE_AVX2)
+const KernelTable& avx2_kernels();
+#endif
+
+// Per-thread scratch floats (grown on demand, never shrunk); lives in a portable translation unit.
+float* thread_scratch(int64_t n);
+
+}  // namespace sd::cpu

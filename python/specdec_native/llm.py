@@ -1,0 +1,196 @@
+"""LLM: load a checkpoint once, generate from many prompts. The generation loop runs in C++
+(specdec_native._core.Engine) with the GIL released; Python turns text into ids and back."""
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Sequence, Union
+
+from . import _core
+from . import checkpoint as ckpt_mod
+from .outputs import RequestOutput
+from .sampling_params import SamplingParams
+
+_STOP, _CONTINUE = 1, 0
+
+
+class LLM:
+    """A Llama-family model (Llama, Qwen2, Mistral) on the CPU.
+
+    model: a Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json) or
+      a .gguf file (converted once into ~/.cache/specdec_native, or $SPECDEC_CACHE).
+    dtype: "auto" (the checkpoint's), "float32", "bfloat16", "float16" or "int8" (weight-only,
+      a scale per 32 weights, dequantized inside the matmul kernels).
+    max_model_len: context length served (default: the checkpoint's).
+    max_num_seqs: sequences decoded together in one batched forward.
+    num_blocks / page_size: the paged KV cache (default: room for max_num_seqs full contexts;
+      memory is only committed as it is used).
+    num_threads: CPU threads (default: one per core).
+    """
+
+    def __init__(self, model: str, dtype: str = "auto", *, max_model_len: Optional[int] = None,
+                 max_num_seqs: int = 8, num_blocks: Optional[int] = None, page_size: int = 16,
+                 num_threads: Optional[int] = None, prefill_chunk: int = 512, progress: bool = True):
+        path = ckpt_mod.resolve(model, progress=progress)
+        self.checkpoint = ckpt_mod.load(path)
+        config = ckpt_mod.model_config(self.checkpoint)
+        if max_model_len is not None:
+            if not 1 < max_model_len <= self.checkpoint.max_model_len:
+                raise ValueError(f"max_model_len must be in [2, {self.checkpoint.max_model_len}], got {max_model_len}")
+            config.max_position_embeddings = max_model_len
+        opts = _core.EngineOptions()
+        opts.dtype = dtype
+        opts.page_size = page_size
+        opts.num_blocks = num_blocks or 0
+        opts.max_num_seqs = max_num_seqs
+        opts.prefill_chunk = prefill_chunk
+        opts.num_threads = num_threads or 0
+        self.tokenizer = None
+        if (path / "tokenizer.json").is_file():
+            from .tokenizer import Tokenizer
+
+            self.tokenizer = Tokenizer(path)
+        self.engine = _core.Engine(config, self.checkpoint.shards, opts, self.checkpoint.eos_token_ids,
+                                   _progress_bar(f"loading {os.path.basename(str(model))}") if progress else None)
+
+    # ---- properties -----------------------------------------------------------------------
+    @property
+    def config(self):
+        return self.engine.config
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.config.max_position_embeddings
+
+    # ---- generation -----------------------------------------------------------------------
+    def generate(self, prompts: Union[str, Sequence[str], None] = None,
+                 sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None, *,
+                 prompt_token_ids: Optional[Sequence[Sequence[int]]] = None) -> List[RequestOutput]:
+        """One RequestOutput per prompt, in order. Give text prompts or prompt_token_ids."""
+        if (prompts is None) == (prompt_token_ids is None):
+            raise ValueError("give exactly one of prompts (text) or prompt_token_ids")
+        if prompts is not None:
+            texts = [prompts] if isinstance(prompts, str) else list(prompts)
+            ids = [self._require_tokenizer("text prompts").encode(t) for t in texts]
+        else:
+            texts = [None] * len(prompt_token_ids)
+            ids = [_token_list(p) for p in prompt_token_ids]
+        params = _per_request(sampling_params, len(ids))
+        return self._run(texts, ids, params)
+
+    def chat(self, messages, sampling_params: Optional[SamplingParams] = None,
+             add_generation_prompt: bool = True):
+        """Generates a reply to a conversation (a list of {"role", "content"} messages) with the
+        checkpoint's chat template; a list of conversations gives a list of outputs."""
+        many = bool(messages) and isinstance(messages[0], (list, tuple))
+        conversations = messages if many else [messages]
+        tok = self._require_tokenizer("chat")
+        texts = [tok.apply_chat_template(list(c), add_generation_prompt) for c in conversations]
+        ids = [tok.encode(t, add_special_tokens=False) for t in texts]
+        outs = self._run(texts, ids, _per_request(sampling_params, len(ids)))
+        return outs if many else outs[0]
+
+    def prompt_logits(self, token_ids: Sequence[int]):
+        """Logits [len(token_ids), vocab] of every position (float32 numpy array)."""
+        return self.engine.prompt_logits(_token_list(token_ids))
+
+    # ---- internals ------------------------------------------------------------------------
+    def _require_tokenizer(self, what: str):
+        if self.tokenizer is None:
+            raise ValueError(f"{what} need a tokenizer, and this checkpoint has no tokenizer.json; "
+                             "use prompt_token_ids=...")
+        return self.tokenizer
+
+    def _run(self, texts, ids, params) -> List[RequestOutput]:
+        requests = []
+        for prompt, p in zip(ids, params):
+            r = _core.GenerationRequest()
+            r.prompt = prompt
+            s = _core.SamplingConfig()
+            s.temperature, s.top_k, s.top_p, s.min_p, s.seed = p.temperature, p.top_k, p.top_p, p.min_p, p.seed
+            r.sampling = s
+            r.max_tokens = p.max_tokens
+            r.stop_token_ids = p.stop_token_ids
+            r.ignore_eos = p.ignore_eos
+            requests.append(r)
+        detok = None
+        if self.tokenizer is not None:
+            from .tokenizer import IncrementalDetokenizer
+
+            detok = [IncrementalDetokenizer(self.tokenizer, p.stop) for p in params]
+
+        def on_token(index, token):
+            if detok is None or not params[index].stop:
+                return _CONTINUE
+            d = detok[index]
+            d.add(token)
+            return _STOP if d.stopped else _CONTINUE
+
+        on_token_cb = on_token if detok is not None and any(p.stop for p in params) else None
+        results = self.engine.generate(requests, on_token_cb)
+        outs = []
+        for i, res in enumerate(results):
+            tokens = list(res.tokens)
+            if detok is None:
+                text = None
+            elif params[i].stop:
+                text = detok[i].text
+            else:
+                text = self.tokenizer.decode(tokens)
+            outs.append(RequestOutput(prompt=texts[i], prompt_token_ids=ids[i], text=text, token_ids=tokens,
+                                      finish_reason=res.finish_reason, metrics=_metrics(res)))
+        return outs
+
+
+def _metrics(res) -> dict:
+    n = len(res.tokens)
+    decode_tokens = max(n - 1, 0)
+    return {
+        "prompt_tokens": res.prompt_tokens,
+        "tokens": n,
+        "seconds": res.total_seconds,
+        "prefill_seconds": res.prefill_seconds,
+        "decode_seconds": res.decode_seconds,
+        "ttft": res.first_token_seconds,
+        "steps": res.steps,
+        "tokens_per_s": n / res.total_seconds if res.total_seconds > 0 else 0.0,
+        "decode_tokens_per_s": decode_tokens / res.decode_seconds if res.decode_seconds > 0 else 0.0,
+        "prefill_tokens_per_s": res.prompt_tokens / res.prefill_seconds if res.prefill_seconds > 0 else 0.0,
+    }
+
+
+def _token_list(p) -> List[int]:
+    try:
+        ids = [int(t) for t in p]
+    except (TypeError, ValueError):
+        raise ValueError(f"prompt_token_ids must be lists of integers, got {p!r}") from None
+    if not ids:
+        raise ValueError("a prompt must have at least one token")
+    return ids
+
+
+def _per_request(sampling_params, n) -> List[SamplingParams]:
+    if sampling_params is None:
+        return [SamplingParams() for _ in range(n)]
+    if isinstance(sampling_params, SamplingParams):
+        return [sampling_params] * n
+    params = list(sampling_params)
+    if len(params) != n:
+        raise ValueError(f"got {len(params)} SamplingParams for {n} prompts")
+    return params
+
+
+def _progress_bar(desc: str):
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(done, total):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=desc, unit="layer", leave=False)
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
