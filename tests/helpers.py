@@ -61,13 +61,19 @@ def write_checkpoint(path, arch: str = "llama", *, seed: int = 0, dtype=None,
             elif name.endswith(".bias") and fill_biases:
                 # Random init may leave biases at zero; a zero bias would hide a missing one.
                 p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+    saved = model
     if dtype is not None and dtype != torch.float32:
-        model = model.to(dtype)
+        saved = model.to(dtype)
+        # The reference is a fresh float32 model holding the rounded weights. (Upcasting `saved`
+        # would also keep its RoPE inv_freq buffers rounded to `dtype`.)
+        torch.manual_seed(seed)
+        model = getattr(transformers, model_name)(config).eval()
+        model.load_state_dict({k: v.float() for k, v in saved.state_dict().items()})
     kwargs = {"safe_serialization": True}
     if max_shard_size is not None:
         kwargs["max_shard_size"] = max_shard_size
-    model.save_pretrained(str(path), **kwargs)
-    return model.float().eval()
+    saved.save_pretrained(str(path), **kwargs)
+    return model
 
 
 def hf_logits(model, ids: Sequence[int]) -> np.ndarray:
@@ -118,6 +124,20 @@ CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {%
 def word(i: int) -> str:
     """The text of ordinary token id i: fixed width, so no word is a substring of another."""
     return f"w{i:03d}"
+
+
+def token_text(i: int) -> str:
+    """The text of token id i in the tokenizer below ('' for the special ids 0-2, which decode
+    skips)."""
+    fixed = SPECIAL_TOKENS + ROLE_TOKENS
+    if i < len(SPECIAL_TOKENS):
+        return ""
+    return fixed[i] if i < len(fixed) else word(i)
+
+
+def expected_text(ids: Sequence[int]) -> str:
+    """What the tokenizer below decodes `ids` to: token texts joined by single spaces."""
+    return " ".join(t for t in (token_text(i) for i in ids) if t)
 
 
 def tokenizer_vocab(vocab_size: int) -> Dict[str, int]:

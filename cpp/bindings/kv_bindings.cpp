@@ -24,7 +24,11 @@ void register_kv(py::module_& m) {
       .def_property_readonly("num_free", &sd::BlockAllocator::num_free);
 
   py::class_<sd::SeqPages>(m, "SeqPages")
-      .def(py::init<int32_t>(), py::arg("page_size"))
+      .def(py::init([](int32_t page_size) {
+             if (page_size <= 0) throw py::value_error("page_size must be > 0, got " + std::to_string(page_size));
+             return sd::SeqPages(page_size);
+           }),
+           py::arg("page_size"))
       .def("append", [](sd::SeqPages& s, sd::BlockAllocator& a, int64_t n) { throw_if_error(s.append(a, n)); })
       .def("truncate", &sd::SeqPages::truncate)
       .def("release", &sd::SeqPages::release)

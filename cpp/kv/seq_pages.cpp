@@ -5,7 +5,9 @@ namespace sd {
 Status SeqPages::append(BlockAllocator& alloc, int64_t n) {
   if (n < 0) return InvalidArgument("append: negative token count");
   const int64_t need = blocks_needed(n);
-  if (need > 0) SD_RETURN_IF_ERROR(alloc.allocate(static_cast<int32_t>(need), &blocks_));
+  // Clamped, not truncated: a count past int32 can never be served (allocate says so).
+  if (need > 0)
+    SD_RETURN_IF_ERROR(alloc.allocate(static_cast<int32_t>(need < INT32_MAX ? need : INT32_MAX), &blocks_));
   num_tokens_ += n;
   return Status::Ok();
 }

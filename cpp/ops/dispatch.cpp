@@ -78,13 +78,15 @@ Status paged_attention(const float* q, const int32_t* qo_indptr, int32_t batch, 
   if (batch == 0) return Status::Ok();
   if (qo_indptr[0] != 0 || kv_indptr[0] != 0)
     return InvalidArgument("paged_attention: qo_indptr and kv_indptr must start at 0");
+  // All of qo_indptr/kv_indptr is checked before anything is read or written through them.
+  for (int32_t b = 0; b < batch; ++b)
+    if (qo_indptr[b + 1] < qo_indptr[b] || kv_indptr[b + 1] < kv_indptr[b])
+      return InvalidArgument("paged_attention: qo_indptr/kv_indptr must be non-decreasing (request " +
+                             std::to_string(b) + ")");
   std::vector<int32_t> kv_len(batch), query_request(qo_indptr[batch] > 0 ? qo_indptr[batch] : 0);
   for (int32_t b = 0; b < batch; ++b) {
     const int32_t qo_len = qo_indptr[b + 1] - qo_indptr[b];
     const int32_t pages = kv_indptr[b + 1] - kv_indptr[b];
-    if (qo_len < 0 || pages < 0)
-      return InvalidArgument("paged_attention: qo_indptr/kv_indptr must be non-decreasing (request " +
-                             std::to_string(b) + ")");
     if (qo_len > 0 && pages == 0)
       return InvalidArgument("paged_attention: request " + std::to_string(b) + " has queries but no KV pages");
     if (pages > 0 && (kv_last_page_len[b] < 1 || kv_last_page_len[b] > kv.page_size))
@@ -102,6 +104,11 @@ Status paged_attention(const float* q, const int32_t* qo_indptr, int32_t batch, 
                              std::to_string(qo_len) + " queries but only " +
                              std::to_string(kv_len[b]) + " KV tokens (they must include the queries)");
     if (custom_mask) {
+      if (mask_indptr[b + 1] - mask_indptr[b] != static_cast<int64_t>(qo_len) * kv_len[b])
+        return InvalidArgument("paged_attention: mask_indptr gives request " + std::to_string(b) + " " +
+                               std::to_string(mask_indptr[b + 1] - mask_indptr[b]) +
+                               " custom_mask entries, expected qo_len * kv_len = " +
+                               std::to_string(static_cast<int64_t>(qo_len) * kv_len[b]));
       const uint8_t* m = custom_mask + mask_indptr[b];
       for (int32_t i = 0; i < qo_len; ++i) {
         bool any = false;

@@ -51,7 +51,8 @@ struct PagedKV {
 //   tokens; its kv_len counts the queries' own tokens (appended before the call).
 //   custom_mask == nullptr: causal, query i sits at kv position kv_len - qo_len + i.
 //   custom_mask != nullptr: for request b, qo_len x kv_len bools, row-major, starting at
-//   custom_mask[mask_indptr[b]]; nonzero = may attend. A row with nothing visible is an error.
+//   custom_mask[mask_indptr[b]] (so mask_indptr[b + 1] - mask_indptr[b] == qo_len * kv_len);
+//   nonzero = may attend. A row with nothing visible is an error.
 // Grouped-query attention: qo head h reads kv head h / (num_qo_heads / num_kv_heads).
 Status paged_attention(const float* q, const int32_t* qo_indptr, int32_t batch, const PagedKV& kv,
                        const int32_t* kv_indptr, const int32_t* kv_indices,

@@ -92,6 +92,25 @@ def _ids(value) -> List[int]:
     return [int(v) for v in (value if isinstance(value, list) else [value])]
 
 
+def _rope_scaling(config: dict) -> Optional[dict]:
+    """The RoPE scaling dict: transformers < 5 writes 'rope_scaling', transformers >= 5 writes
+    'rope_parameters' (which also holds rope_theta; rope_type 'default' means no scaling)."""
+    scaling = config.get("rope_scaling") or config.get("rope_parameters")
+    if not isinstance(scaling, dict):
+        return None
+    if scaling.get("rope_type", scaling.get("type")) in (None, "default") and "factor" not in scaling:
+        return None
+    return scaling
+
+
+def _rope_theta(config: dict) -> float:
+    theta = config.get("rope_theta")
+    params = config.get("rope_parameters")
+    if theta is None and isinstance(params, dict):
+        theta = params.get("rope_theta")
+    return float(theta if theta is not None else 10000.0)
+
+
 def load(path: Path) -> Checkpoint:
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
@@ -108,7 +127,7 @@ def load(path: Path) -> Checkpoint:
     for flag in ("attention_bias", "mlp_bias"):
         if arch != "Qwen2ForCausalLM" and config.get(flag):
             raise ValueError(f"{cfg_path}: {flag}=true is not supported for {arch}")
-    scaling = config.get("rope_scaling")
+    scaling = _rope_scaling(config)
     if scaling:
         kind = scaling.get("rope_type", scaling.get("type"))
         if kind not in ("default", "llama3"):
@@ -148,11 +167,11 @@ def model_config(ckpt: Checkpoint):
     m.num_kv_heads = int(c.get("num_key_value_heads") or m.num_heads)
     m.head_dim = int(c.get("head_dim") or m.hidden_size // m.num_heads)
     m.rms_norm_eps = float(c.get("rms_norm_eps", 1e-6))
-    m.rope_theta = float(c.get("rope_theta", 10000.0))
+    m.rope_theta = _rope_theta(c)
     m.tie_word_embeddings = bool(c.get("tie_word_embeddings", False))
     m.attention_bias = m.architecture == "Qwen2ForCausalLM"  # Qwen2 has q/k/v biases, always
     m.max_position_embeddings = int(ckpt.max_model_len)
-    scaling = c.get("rope_scaling")
+    scaling = _rope_scaling(c)
     if scaling and scaling.get("rope_type", scaling.get("type")) == "llama3":
         rs = _core.RopeScaling()
         rs.type = "llama3"

@@ -171,6 +171,11 @@ def _dequantize(tensor) -> np.ndarray:
 # Config
 # --------------------------------------------------------------------------------------------------
 
+def _f32(x: Any) -> float:
+    """A float32 metadata value as the shortest decimal that round-trips (1e-05, not 9.99999974e-06)."""
+    return float(str(np.float32(x)))
+
+
 def _build_config(meta: _Meta, arch: str, tensor_names: Sequence[str], embed_shape: Tuple[int, ...],
                   torch_dtype: str) -> Dict[str, Any]:
     def a(key, default=None):
@@ -201,8 +206,8 @@ def _build_config(meta: _Meta, arch: str, tensor_names: Sequence[str], embed_sha
         num_attention_heads=n_head,
         num_key_value_heads=n_kv,
         hidden_act="silu",
-        rms_norm_eps=float(a("attention.layer_norm_rms_epsilon", 1e-6)),
-        rope_theta=float(a("rope.freq_base", 10000.0)),
+        rms_norm_eps=_f32(a("attention.layer_norm_rms_epsilon", 1e-6)),
+        rope_theta=_f32(a("rope.freq_base", 10000.0)),
         max_position_embeddings=int(a("context_length", 4096)),
         vocab_size=vocab_size,
         tie_word_embeddings="output.weight" not in names,
@@ -250,7 +255,7 @@ def _rope_scaling(meta: _Meta, arch: str, names) -> Optional[Dict[str, Any]]:
                       "stored in GGUF metadata, so config.json gets no llama3 rope_scaling")
     if stype is None or stype == "none" or factor is None or float(factor) == 1.0 and stype != "yarn":
         return None
-    out: Dict[str, Any] = {"rope_type": str(stype), "type": str(stype), "factor": float(factor)}
+    out: Dict[str, Any] = {"rope_type": str(stype), "type": str(stype), "factor": _f32(factor)}
     if orig_ctx is not None:
         out["original_max_position_embeddings"] = int(orig_ctx)
     return out
@@ -523,16 +528,15 @@ def _build_tokenizer(meta: _Meta):
     add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False))
     if add_bos or add_eos:
         bos, eos = special_strs["bos_token"], special_strs["eos_token"]
-        single, pair, st = "$A:0", "$A:0 $B:1", []
+        single, pair, st = "$A:0", "$A:0 $B:1", {}
         if add_bos and bos is not None:
             single, pair = f"{bos}:0 " + single, f"{bos}:0 $A:0 {bos}:1 $B:1"
-            st.append((bos, tokens.index(bos) if bos not in vocab else vocab[bos]))
+            st[bos] = int(meta.get("tokenizer.ggml.bos_token_id"))
         if add_eos and eos is not None:
             single += f" {eos}:0"
             pair = pair.replace("$A:0", f"$A:0 {eos}:0").replace("$B:1", f"$B:1 {eos}:1")
-            if eos != bos or not add_bos:
-                st.append((eos, vocab[eos]))
-        tk.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=st)
+            st[eos] = int(meta.get("tokenizer.ggml.eos_token_id"))
+        tk.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=list(st.items()))
     return tk, special_strs, add_bos, add_eos
 
 
@@ -604,7 +608,7 @@ def convert_gguf(gguf_path: str, out_dir: str, dtype: str = "float32", progress:
                  ("input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
                   "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
                   "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")}
-    missing = sorted(per_layer | {"model.norm.weight"} - {p[0] for p in plan})
+    missing = sorted((per_layer | {"model.norm.weight"}) - {p[0] for p in plan})
     if missing:
         raise ValueError(f"GGUF is missing tensors required by the model: {missing[:8]}")
 

@@ -31,16 +31,6 @@ struct Kernels {
       return T == DType::kBF16 ? bf16_to_f32(w[r * ld + k]) : f16_to_f32(w[r * ld + k]);
     }
   };
-  struct LoadQ8 {  // cols % 32 == 0 is guaranteed by the quantizer
-    const int8_t* w;
-    const float* s;
-    int64_t ld;
-    V load(int64_t r, int64_t k) const {
-      return VT::mul(VT::load(w + r * ld + k), VT::set1(s[(r * ld + k) / kQ8Block]));
-    }
-    float at(int64_t r, int64_t k) const { return w[r * ld + k] * s[(r * ld + k) / kQ8Block]; }
-  };
-
   // ---- matmul: an R x C tile of (weight rows) x (tokens), register-blocked -----------------
   template <int R, int C, class L>
   static void tile(const L& w, int64_t n, const float* X, int64_t ldx, int64_t m, int64_t K,
@@ -116,10 +106,86 @@ struct Kernels {
                     Y, ldy, bias);
         break;
       case DType::kQ8:
-        matmul_with(LoadQ8{static_cast<const int8_t*>(W.data), W.scales, K}, N, K, X, M, ldx, Y,
-                    ldy, bias);
+        matmul_q8(W, X, M, ldx, Y, ldy, bias);
         break;
     }
+  }
+
+  // ---- int8 weights x int8-quantized activations (both in blocks of 32 with a scale) ----------
+  // Activations are quantized per row and block like the weights (GGUF Q8_0 x Q8_0), so the
+  // inner product runs on 8-bit integers: a quarter of the f32 work per weight.
+  template <int R, int C>
+  static void tile_q8(const int8_t* w, const float* ws, const int8_t* xq, const float* xs,
+                      int64_t n, int64_t m, int64_t K, float* Y, int64_t ldy, const float* bias) {
+    const int64_t nb = K / kQ8Block;
+    V acc[R][C];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) acc[r][c] = VT::zero();
+    for (int64_t b = 0; b < nb; ++b) {
+      for (int r = 0; r < R; ++r) {
+        const int8_t* wr = w + (n + r) * K + b * kQ8Block;
+        const float sw = ws[(n + r) * nb + b];
+        for (int c = 0; c < C; ++c) {
+          const V d = VT::dot32_i8(wr, xq + (m + c) * K + b * kQ8Block);
+          acc[r][c] = VT::fma(d, VT::set1(sw * xs[(m + c) * nb + b]), acc[r][c]);
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c)
+        Y[(m + c) * ldy + n + r] = VT::hsum(acc[r][c]) + (bias ? bias[n + r] : 0.f);
+  }
+
+  template <int R>
+  static void tile_q8_rows(int cols, const int8_t* w, const float* ws, const int8_t* xq,
+                           const float* xs, int64_t n, int64_t m, int64_t K, float* Y,
+                           int64_t ldy, const float* bias) {
+    switch (cols) {
+      case 3: tile_q8<R, 3>(w, ws, xq, xs, n, m, K, Y, ldy, bias); break;
+      case 2: tile_q8<R, 2>(w, ws, xq, xs, n, m, K, Y, ldy, bias); break;
+      default: tile_q8<R, 1>(w, ws, xq, xs, n, m, K, Y, ldy, bias); break;
+    }
+  }
+
+  static void quantize_row_q8(const float* x, int64_t K, int8_t* q, float* scales) {
+    for (int64_t b = 0; b < K / kQ8Block; ++b) {
+      const float* xb = x + b * kQ8Block;
+      float amax = 0.f;
+      for (int i = 0; i < kQ8Block; ++i) amax = std::fmax(amax, std::fabs(xb[i]));
+      const float scale = amax / 127.f;
+      const float inv = scale > 0.f ? 1.f / scale : 0.f;
+      scales[b] = scale;
+      for (int i = 0; i < kQ8Block; ++i) q[b * kQ8Block + i] = static_cast<int8_t>(std::lround(xb[i] * inv));
+    }
+  }
+
+  static void matmul_q8(const Matrix& W, const float* X, int64_t M, int64_t ldx, float* Y,
+                        int64_t ldy, const float* bias) {
+    const int64_t N = W.rows, K = W.cols, nb = K / kQ8Block;
+    // Quantized activations live in the calling thread's scratch: [M*K int8][M*nb scales].
+    float* xs = thread_scratch(M * nb + (M * K + 3) / 4);
+    int8_t* xq = reinterpret_cast<int8_t*>(xs + M * nb);
+    for (int64_t m = 0; m < M; ++m) quantize_row_q8(X + m * ldx, K, xq + m * K, xs + m * nb);
+    const int8_t* w = static_cast<const int8_t*>(W.data);
+    constexpr int kRows = 4, kTokens = 3;
+    constexpr int64_t kTokenBlock = 48;
+    parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
+      for (int64_t mb = 0; mb < M; mb += kTokenBlock) {
+        const int64_t me = M < mb + kTokenBlock ? M : mb + kTokenBlock;
+        for (int64_t n = n0; n < n1; n += kRows) {
+          const int64_t rows = n1 - n < kRows ? n1 - n : kRows;
+          for (int64_t m = mb; m < me; m += kTokens) {
+            const int cols = static_cast<int>(me - m < kTokens ? me - m : kTokens);
+            switch (rows) {
+              case 4: tile_q8_rows<4>(cols, w, W.scales, xq, xs, n, m, K, Y, ldy, bias); break;
+              case 3: tile_q8_rows<3>(cols, w, W.scales, xq, xs, n, m, K, Y, ldy, bias); break;
+              case 2: tile_q8_rows<2>(cols, w, W.scales, xq, xs, n, m, K, Y, ldy, bias); break;
+              default: tile_q8_rows<1>(cols, w, W.scales, xq, xs, n, m, K, Y, ldy, bias); break;
+            }
+          }
+        }
+      }
+    });
   }
 
   // ---- small vector helpers -----------------------------------------------------------------

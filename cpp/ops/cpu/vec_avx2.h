@@ -27,6 +27,15 @@ struct VecAvx2 {
   static void store(float* p, V a) { _mm256_storeu_ps(p, a); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  // Lane partial sums (as floats) of the int8 dot product of 32 elements; a, b in [-127, 127].
+  static V dot32_i8(const int8_t* a, const int8_t* b) {
+    const __m256i va = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a));
+    const __m256i vb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b));
+    const __m256i abs_a = _mm256_sign_epi8(va, va);
+    const __m256i b_signed = _mm256_sign_epi8(vb, va);
+    const __m256i pairs = _mm256_maddubs_epi16(abs_a, b_signed);  // |sum of 2| <= 2 * 127 * 127
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+  }
   static float hsum(V a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));

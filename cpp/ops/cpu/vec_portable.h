@@ -43,6 +43,16 @@ struct VecPortable {
     for (int i = 0; i < 8; ++i) a.x[i] *= b.x[i];
     return a;
   }
+  // Lane partial sums (as floats) of the int8 dot product of 32 elements.
+  static V dot32_i8(const int8_t* a, const int8_t* b) {
+    V r;
+    for (int i = 0; i < 8; ++i) {
+      int32_t s = 0;
+      for (int j = 0; j < 4; ++j) s += static_cast<int32_t>(a[4 * i + j]) * b[4 * i + j];
+      r.x[i] = static_cast<float>(s);
+    }
+    return r;
+  }
   static float hsum(V a) {
     float s = 0.f;
     for (int i = 0; i < 8; ++i) s += a.x[i];
