@@ -5,7 +5,6 @@ Everything here is deterministic: a checkpoint is a function of its arguments an
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 

@@ -5,10 +5,13 @@ Tolerances (measured on these configs; logits reach |5-7|):
   float32 engine vs HF float32:          max |diff| ~1e-5      -> assert max |diff| < 1e-4
   bf16 checkpoint, dtype="auto" vs HF
     float32 on the same bf16 weights:    max |diff| ~1e-5      -> assert max |diff| < 1e-4
-  f32 checkpoint, relative error ||ours - hf|| / ||hf|| of all prompt logits:
-    dtype="float16":                     ~1.3e-3               -> assert < 5e-3,  argmax >= 95%
-    dtype="bfloat16":                    ~1.0e-2               -> assert < 2e-2,  argmax >= 90%
-    dtype="int8" (a scale per 32):       ~3.2e-2               -> assert < 5e-2,  argmax >= 85%
+  f32 checkpoint (initializer_range 0.1, logits up to ~3.5), relative error
+  ||ours - hf|| / ||hf|| over all prompt logits, measured on 3 seeds:
+    dtype="float16":                     0.9e-3                -> assert < 5e-3,  argmax >= 95%
+    dtype="bfloat16":                    0.7e-2                -> assert < 2e-2,  argmax >= 90%
+    dtype="int8" (weights and activations
+      quantized, a scale per 32):        2.9-3.1e-2            -> assert < 5e-2,  argmax >= 85%
+                                                                  (measured 91-95%)
 Greedy tokens are compared exactly (32 tokens against HF generate(do_sample=False)).
 """
 from __future__ import annotations
@@ -110,6 +113,17 @@ def test_llama3_scaling_matters(tmp_path):
     ours = load_llm(tmp_path).prompt_logits(ids)
     assert np.abs(ours - ref).max() < F32_ATOL
 
+    # transformers < 5 writes the same thing as top-level 'rope_scaling' and 'rope_theta'
+    # (transformers >= 5 as 'rope_parameters'); both spellings load the same model.
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    params = cfg.pop("rope_parameters", None) or dict(cfg.pop("rope_scaling"), rope_theta=cfg.pop("rope_theta"))
+    cfg["rope_theta"] = params.pop("rope_theta")
+    cfg["rope_scaling"] = params
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    v4 = load_llm(tmp_path)
+    assert v4.config.rope_scaling.type == "llama3"
+    assert np.abs(v4.prompt_logits(ids) - ours).max() == 0
+
 
 def test_mistral_sliding_window_caps_context(tmp_path):
     """A sliding window smaller than max_position_embeddings caps the served context; inside
@@ -127,8 +141,8 @@ def test_mistral_sliding_window_caps_context(tmp_path):
 
 def test_bf16_checkpoint_auto_dtype(tmp_path):
     hf = write_checkpoint(tmp_path, "llama", seed=7, dtype=torch.bfloat16)
-    assert json.loads((tmp_path / "config.json").read_text()).get(
-        "dtype", json.loads((tmp_path / "config.json").read_text()).get("torch_dtype")) == "bfloat16"
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg.get("dtype", cfg.get("torch_dtype")) == "bfloat16"
     llm = load_llm(tmp_path, dtype="auto")
     assert llm.engine.dtype == "bfloat16"
     ids = prompt(PROMPT_LEN, seed=7)
@@ -144,7 +158,9 @@ def test_bf16_checkpoint_auto_dtype(tmp_path):
 @pytest.fixture(scope="module")
 def f32_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("f32")
-    hf = write_checkpoint(path, "llama", seed=11)
+    # A milder init than the other tests: random models amplify rounding errors layer by layer,
+    # more so with larger weights; 0.1 keeps the reduced-precision errors representative.
+    hf = write_checkpoint(path, "llama", seed=11, initializer_range=0.1)
     return path, hf
 
 
@@ -229,7 +245,6 @@ def test_chunked_prefill_matches_unchunked(f32_checkpoint):
         a = [o.token_ids for o in whole.generate(prompt_token_ids=prompts, sampling_params=params)]
         b = [o.token_ids for o in chunked.generate(prompt_token_ids=prompts, sampling_params=params)]
         assert a == b
-    assert b is not None
     ref = hf_greedy(hf, prompts[-1], N_GREEDY)
     assert chunked.generate(prompt_token_ids=[prompts[-1]], sampling_params=greedy_params(N_GREEDY))[0].token_ids == ref
     ids = prompt(PROMPT_LEN, seed=13)

@@ -8,7 +8,7 @@ import pytest
 
 from specdec_native import ops
 
-philox4x32 = getattr(ops, "philox4x32", None) or ops._ops.philox4x32
+philox4x32 = ops.philox4x32
 
 M32 = 0xFFFFFFFF
 

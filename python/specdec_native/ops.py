@@ -18,6 +18,7 @@ paged_attention = _ops.paged_attention
 processed_probs = _ops.processed_probs
 sample = _ops.sample
 philox_uniform = _ops.philox_uniform
+philox4x32 = _ops.philox4x32
 cpu_isa = _ops.cpu_isa
 force_portable = _ops.force_portable
 set_num_threads = _ops.set_num_threads
