@@ -475,6 +475,18 @@ def test_tiny_qwen2_mixed_quant_matches_transformers(tiny_qwen2):
     assert greedy(conv, ids, 8) == greedy(ref, ids, 8)
 
 
+def test_chunked_dequantization_is_identical(tiny_qwen2, tmp_path, monkeypatch):
+    """Big tensors are dequantized in row chunks; the bytes must not change."""
+    import specdec_native.gguf_convert as gc
+
+    _, path, out = tiny_qwen2
+    monkeypatch.setattr(gc, "_CHUNK_ELEMENTS", 3000)  # forces chunks of 11 rows, with a ragged last one
+    convert_gguf(path, str(tmp_path / "hf"), progress=True)
+    a = open(os.path.join(out, "model.safetensors"), "rb").read()
+    b = open(tmp_path / "hf" / "model.safetensors", "rb").read()
+    assert a == b
+
+
 def test_tiny_qwen2_tokenizer(tiny_qwen2):
     _, path, out = tiny_qwen2
     ref = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))

@@ -138,33 +138,55 @@ class _Meta:
         return self.get(key)
 
 
-def _dequantize(tensor) -> np.ndarray:
-    """Tensor data as float32 in numpy (row-major) order, i.e. the reverse of the ggml dims.
+_CHUNK_ELEMENTS = 1 << 25  # dequantize big tensors (embeddings, lm_head) this many values at a time
 
-    For a 2-D weight ggml's ne0 is the row length (in_features), so the result is
-    [out_features, in_features], the layout of a torch.nn.Linear weight.
-    """
+
+def _tensor_shape(tensor) -> Tuple[int, ...]:
+    """numpy (row-major) shape: the reverse of ggml's dims (ne0 = row length comes last)."""
+    return tuple(int(d) for d in reversed([int(x) for x in tensor.shape]))
+
+
+def _dequantize_rows(tensor, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of the tensor (rows = all but the last numpy dim, flattened) as float32 [n, row_len]."""
     import gguf
 
     qtype = tensor.tensor_type
-    data = tensor.data
-    shape = tuple(int(d) for d in reversed([int(x) for x in tensor.shape]))
+    shape = _tensor_shape(tensor)
+    row_len = shape[-1]
+    data = np.asarray(tensor.data)
+    data = data.reshape(-1, data.shape[-1]) if data.ndim != 1 else data.reshape(1, -1)
+    part = data[start:stop]
     if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.F64,
                  gguf.GGMLQuantizationType.I8, gguf.GGMLQuantizationType.I16, gguf.GGMLQuantizationType.I32,
                  gguf.GGMLQuantizationType.I64):
-        out = np.asarray(data).astype(np.float32)
+        out = part.astype(np.float32)
     else:
         try:
-            out = gguf.quants.dequantize(np.asarray(data), qtype)
+            out = gguf.quants.dequantize(part, qtype)
         except NotImplementedError as exc:
             raise ValueError(
                 f"tensor {tensor.name!r} has type {qtype.name}, which the installed gguf package cannot "
                 f"dequantize ({exc})"
             ) from exc
         out = np.asarray(out, dtype=np.float32)
-    if out.size != int(np.prod(shape)):
-        raise ValueError(f"tensor {tensor.name!r}: dequantized {out.size} values, expected shape {shape}")
-    return out.reshape(shape)
+    n = stop - start
+    if out.size != n * row_len:
+        raise ValueError(f"tensor {tensor.name!r}: dequantized {out.size} values for {n} rows of {row_len}")
+    return out.reshape(n, row_len)
+
+
+def _n_rows(tensor) -> int:
+    shape = _tensor_shape(tensor)
+    return int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+
+
+def _dequantize(tensor) -> np.ndarray:
+    """The whole tensor as float32 in numpy order.
+
+    For a 2-D weight ggml's ne0 is the row length (in_features), so the result is
+    [out_features, in_features], the layout of a torch.nn.Linear weight.
+    """
+    return _dequantize_rows(tensor, 0, _n_rows(tensor)).reshape(_tensor_shape(tensor))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -369,13 +391,19 @@ class _SafetensorsWriter:
         self._fh.write(struct.pack("<Q", len(blob)))
         self._fh.write(blob)
         self._i = 0
+        self._done = 0
 
     def write(self, name: str, arr: np.ndarray) -> None:
+        """Append (part of) tensor ``name``; a tensor may arrive in several consecutive pieces."""
         exp_name, nbytes = self._expected[self._i]
-        if name != exp_name or arr.nbytes != nbytes:
-            raise AssertionError(f"safetensors writer: got {name} ({arr.nbytes} B), expected {exp_name} ({nbytes} B)")
+        if name != exp_name or self._done + arr.nbytes > nbytes:
+            raise AssertionError(f"safetensors writer: got {name} (+{arr.nbytes} B), expected {exp_name} "
+                                 f"({nbytes - self._done} B left)")
         self._fh.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
-        self._i += 1
+        self._done += arr.nbytes
+        if self._done == nbytes:
+            self._i += 1
+            self._done = 0
 
     def close(self) -> None:
         if self._i != len(self._expected):
@@ -571,7 +599,7 @@ def convert_gguf(gguf_path: str, out_dir: str, dtype: str = "float32", progress:
     by_name = {t.name: t for t in reader.tensors}
     if "token_embd.weight" not in by_name:
         raise ValueError("GGUF has no token_embd.weight tensor")
-    embed_shape = tuple(int(d) for d in reversed([int(x) for x in by_name["token_embd.weight"].shape]))
+    embed_shape = _tensor_shape(by_name["token_embd.weight"])
     config = _build_config(meta, arch, list(by_name), embed_shape, torch_dtype)
     n_head = config["num_attention_heads"]
     n_kv = config["num_key_value_heads"]
@@ -617,8 +645,7 @@ def convert_gguf(gguf_path: str, out_dir: str, dtype: str = "float32", progress:
     os.makedirs(out_dir, exist_ok=True)
     entries = []
     for hf, t, _ in plan:
-        shape = tuple(int(d) for d in reversed([int(x) for x in t.shape]))
-        entries.append((hf, st_tag, shape, esize))
+        entries.append((hf, st_tag, _tensor_shape(t), esize))
 
     tmp_path = os.path.join(out_dir, "model.safetensors.tmp")
     writer = _SafetensorsWriter(tmp_path, entries, metadata={"format": "pt"})
@@ -628,10 +655,16 @@ def convert_gguf(gguf_path: str, out_dir: str, dtype: str = "float32", progress:
             from tqdm.auto import tqdm
             it = tqdm(plan, desc=f"dequantizing {os.path.basename(gguf_path)}", unit="tensor")
         for hf, t, fix in it:
-            w = _dequantize(t)
-            if fix is not None:
-                w = fix(w)
-            writer.write(hf, _cast(w, dtype))
+            rows = _n_rows(t)
+            if fix is not None or rows * _tensor_shape(t)[-1] <= _CHUNK_ELEMENTS:
+                w = _dequantize(t)
+                if fix is not None:
+                    w = fix(w)
+                writer.write(hf, _cast(w, dtype))
+            else:
+                step = max(1, _CHUNK_ELEMENTS // _tensor_shape(t)[-1])
+                for r0 in range(0, rows, step):
+                    writer.write(hf, _cast(_dequantize_rows(t, r0, min(rows, r0 + step)), dtype))
         writer.close()
     except BaseException:
         try:

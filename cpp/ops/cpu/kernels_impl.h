@@ -16,17 +16,22 @@ struct Kernels {
   using V = typename VT::V;
 
   // ---- weight row loaders: 8 weights of row r from column k (k % 8 == 0) as f32 ----------
+  // Each loader also prefetches: kPrefetchEvery vector steps cover one 64-byte cache line.
   struct LoadF32 {
+    static constexpr int kPrefetchEvery = 2;
     const float* w;
     int64_t ld;
     V load(int64_t r, int64_t k) const { return VT::load(w + r * ld + k); }
+    void prefetch(int64_t r, int64_t k) const { __builtin_prefetch(w + r * ld + k); }
     float at(int64_t r, int64_t k) const { return w[r * ld + k]; }
   };
   template <DType T>
   struct Load16 {
+    static constexpr int kPrefetchEvery = 4;
     const uint16_t* w;
     int64_t ld;
     V load(int64_t r, int64_t k) const { return VT::load(w + r * ld + k, T); }
+    void prefetch(int64_t r, int64_t k) const { __builtin_prefetch(w + r * ld + k); }
     float at(int64_t r, int64_t k) const {
       return T == DType::kBF16 ? bf16_to_f32(w[r * ld + k]) : f16_to_f32(w[r * ld + k]);
     }
@@ -40,6 +45,10 @@ struct Kernels {
       for (int c = 0; c < C; ++c) acc[r][c] = VT::zero();
     const int64_t kv = K - K % VT::kWidth;
     for (int64_t k = 0; k < kv; k += VT::kWidth) {
+      // Stream the next tile's rows into cache while this one computes (short rows are too
+      // short for the hardware prefetcher to pick up on its own).
+      if ((k / VT::kWidth) % L::kPrefetchEvery == 0)
+        for (int r = 0; r < R; ++r) w.prefetch(n + R + r, k);
       V xv[C];
       for (int c = 0; c < C; ++c) xv[c] = VT::load(X + (m + c) * ldx + k);
       for (int r = 0; r < R; ++r) {
@@ -122,6 +131,8 @@ struct Kernels {
     for (int r = 0; r < R; ++r)
       for (int c = 0; c < C; ++c) acc[r][c] = VT::zero();
     for (int64_t b = 0; b < nb; ++b) {
+      if ((b & 1) == 0)  // the next tile's rows, one cache line (two blocks) at a time
+        for (int r = 0; r < R; ++r) __builtin_prefetch(w + (n + R + r) * K + b * kQ8Block);
       for (int r = 0; r < R; ++r) {
         const int8_t* wr = w + (n + r) * K + b * kQ8Block;
         const float sw = ws[(n + r) * nb + b];
