@@ -9,7 +9,6 @@ References are independent of the converter:
 """
 import json
 import os
-import struct
 
 import numpy as np
 import pytest

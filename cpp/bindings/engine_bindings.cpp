@@ -15,14 +15,29 @@ namespace py = pybind11;
 
 namespace {
 
-// Runs a C++ progress callback with the GIL held; swallows nothing: a Python error is kept and
-// rethrown after the C++ call returns.
+// A Python error raised inside a callback the core called: kept, and rethrown once the core
+// has returned.
 struct PyErrorSlot {
   std::exception_ptr error;
   void rethrow() {
     if (error) std::rethrow_exception(error);
   }
 };
+
+// A load-progress callback for the core: takes the GIL, calls `progress(done, total)`, and keeps
+// the first Python error in `slot` (empty when progress is None).
+std::function<void(int, int)> progress_callback(const py::object& progress, PyErrorSlot& slot) {
+  if (progress.is_none()) return {};
+  return [&progress, &slot](int done, int total) {
+    py::gil_scoped_acquire gil;
+    if (slot.error) return;
+    try {
+      progress(done, total);
+    } catch (...) {
+      slot.error = std::current_exception();
+    }
+  };
+}
 
 }  // namespace
 
@@ -88,25 +103,34 @@ void register_engine(py::module_& m) {
       .def_readonly("decode_seconds", &sd::GenerationResult::decode_seconds)
       .def_readonly("first_token_seconds", &sd::GenerationResult::first_token_seconds)
       .def_readonly("total_seconds", &sd::GenerationResult::total_seconds)
-      .def_readonly("steps", &sd::GenerationResult::steps);
+      .def_readonly("steps", &sd::GenerationResult::steps)
+      .def_readonly("drafted", &sd::GenerationResult::drafted)
+      .def_readonly("accepted", &sd::GenerationResult::accepted)
+      .def_readonly("draft_seconds", &sd::GenerationResult::draft_seconds)
+      .def_readonly("verify_seconds", &sd::GenerationResult::verify_seconds)
+      .def_readonly("proposed_by_depth", &sd::GenerationResult::proposed_by_depth)
+      .def_readonly("accepted_by_depth", &sd::GenerationResult::accepted_by_depth);
+
+  py::class_<sd::DraftModelOptions>(m, "DraftModelOptions")
+      .def(py::init<>())
+      .def_readwrite("num_tokens", &sd::DraftModelOptions::num_tokens)
+      .def_readwrite("tree_choices", &sd::DraftModelOptions::tree_choices)
+      .def_readwrite("top_k", &sd::DraftModelOptions::top_k)
+      .def_readwrite("max_nodes", &sd::DraftModelOptions::max_nodes);
+
+  py::class_<sd::NgramOptions>(m, "NgramOptions")
+      .def(py::init<>())
+      .def_readwrite("min_n", &sd::NgramOptions::min_n)
+      .def_readwrite("max_n", &sd::NgramOptions::max_n)
+      .def_readwrite("num_tokens", &sd::NgramOptions::num_tokens)
+      .def_readwrite("max_branches", &sd::NgramOptions::max_branches);
 
   py::class_<sd::Engine>(m, "Engine")
       .def(py::init([](const sd::ModelConfig& cfg, const std::vector<std::string>& shards,
                        const sd::EngineOptions& opts, const std::vector<int32_t>& eos,
                        py::object progress) {
              PyErrorSlot slot;
-             std::function<void(int, int)> cb;
-             if (!progress.is_none()) {
-               cb = [&](int done, int total) {
-                 py::gil_scoped_acquire gil;
-                 if (slot.error) return;
-                 try {
-                   progress(done, total);
-                 } catch (...) {
-                   slot.error = std::current_exception();
-                 }
-               };
-             }
+             const auto cb = progress_callback(progress, slot);
              std::unique_ptr<sd::Engine> e;
              sd::Status st;
              {
@@ -155,6 +179,23 @@ void register_engine(py::module_& m) {
           py::arg("requests"), py::arg("on_token") = py::none(),
           "Runs requests to completion. on_token(request_index, token_id) may return 0 "
           "(continue), 1 (stop this request) or 2 (abort all).")
+      .def(
+          "attach_draft_model",
+          [](sd::Engine& e, const sd::ModelConfig& cfg, const std::vector<std::string>& shards,
+             const std::string& dtype, const sd::DraftModelOptions& opts, py::object progress) {
+            PyErrorSlot slot;
+            const auto cb = progress_callback(progress, slot);
+            sd::Status st;
+            {
+              py::gil_scoped_release nogil;
+              st = e.attach_draft_model(cfg, shards, dtype, opts, cb);
+            }
+            slot.rethrow();
+            throw_if_error(st);
+          },
+          py::arg("config"), py::arg("shards"), py::arg("dtype"), py::arg("options"),
+          py::arg("progress") = py::none())
+      .def("attach_ngram", &sd::Engine::attach_ngram, py::arg("options"))
       .def("prompt_logits",
            [](sd::Engine& e, const std::vector<int32_t>& prompt) {
              std::vector<float> logits;

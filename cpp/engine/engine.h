@@ -12,6 +12,8 @@
 #include "kv/kv_cache.h"
 #include "model/llama.h"
 #include "sampling/sampler.h"
+#include "spec/draft_model_drafter.h"
+#include "spec/ngram_drafter.h"
 
 namespace sd {
 
@@ -42,6 +44,13 @@ struct GenerationResult {
   double first_token_seconds = 0;  // from the call's start
   double total_seconds = 0;
   int64_t steps = 0;  // target forwards after the prefill
+  // Speculation (zero without a drafter).
+  int64_t drafted = 0;   // draft tokens proposed (tree nodes)
+  int64_t accepted = 0;  // draft tokens accepted
+  double draft_seconds = 0;
+  double verify_seconds = 0;
+  std::vector<int64_t> proposed_by_depth;  // [d]: steps whose tree reached depth d + 1
+  std::vector<int64_t> accepted_by_depth;  // [d]: steps that accepted at least d + 1 tokens
 };
 
 // Called after every committed token: return kContinue, kStop (this request is done, reason
@@ -58,6 +67,14 @@ class Engine {
   Status generate(const std::vector<GenerationRequest>& requests, const TokenCallback& on_token,
                   std::vector<GenerationResult>* results);
 
+  // Speculative decoding: drafts from a second model (its own KV cache, same vocabulary), or
+  // from n-gram prompt lookup. Replaces any earlier drafter.
+  Status attach_draft_model(const ModelConfig& cfg, const std::vector<std::string>& shard_paths,
+                            const std::string& dtype, const DraftModelOptions& opts,
+                            const std::function<void(int, int)>& progress);
+  void attach_ngram(const NgramOptions& opts);
+  const Drafter* drafter() const { return drafter_.get(); }
+
   // Logits of every prompt position, computed on a scratch sequence (tests, scoring).
   Status prompt_logits(const std::vector<int32_t>& prompt, std::vector<float>* logits);
 
@@ -71,11 +88,18 @@ class Engine {
   Engine() = default;
   Status validate(const GenerationRequest& r, int32_t index) const;
   Status prefill(SeqPages& seq, const std::vector<int32_t>& prompt, std::vector<float>* last_logits);
+  struct Running;
+  // One decoding step for every running sequence; sets done[k] for the ones that finished.
+  Status step(std::vector<Running>& running, const std::vector<GenerationRequest>& requests,
+              std::vector<GenerationResult>* results,
+              const std::function<bool(Running&, int32_t)>& commit, std::vector<bool>* done);
 
   EngineOptions opts_;
   std::vector<int32_t> eos_;
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<KVCache> kv_;
+  std::unique_ptr<Drafter> drafter_;
+  std::vector<float> logits_, probs_, scratch_;
   std::mutex mu_;  // one generate() at a time
 };
 

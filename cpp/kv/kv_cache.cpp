@@ -1,5 +1,6 @@
 #include "kv/kv_cache.h"
 
+#include <algorithm>
 #include <new>
 
 namespace sd {
@@ -36,6 +37,15 @@ float* KVCache::k_slot(int32_t l, const SeqPages& seq, int64_t t) {
 
 float* KVCache::v_slot(int32_t l, const SeqPages& seq, int64_t t) {
   return v_.get() + l * layer_floats_ + slot_offset(seq, t);
+}
+
+void KVCache::copy_token(const SeqPages& seq, int64_t from, int64_t to) {
+  if (from == to) return;
+  const int64_t n = static_cast<int64_t>(cfg_.num_kv_heads) * cfg_.head_dim;
+  for (int32_t l = 0; l < cfg_.num_layers; ++l) {
+    std::copy(k_slot(l, seq, from), k_slot(l, seq, from) + n, k_slot(l, seq, to));
+    std::copy(v_slot(l, seq, from), v_slot(l, seq, from) + n, v_slot(l, seq, to));
+  }
 }
 
 }  // namespace sd

@@ -32,6 +32,9 @@ class KVCache {
   // Pointer to the K (or V) vector of kv_head 0 of token t of `seq` in layer l.
   float* k_slot(int32_t l, const SeqPages& seq, int64_t t);
   float* v_slot(int32_t l, const SeqPages& seq, int64_t t);
+  // Copies token `from`'s K and V to token `to` of the same sequence, in every layer (moving an
+  // accepted draft token into sequence order).
+  void copy_token(const SeqPages& seq, int64_t from, int64_t to);
 
  private:
   int64_t slot_offset(const SeqPages& seq, int64_t t) const;

@@ -14,6 +14,7 @@ _LAZY = {
     "LLM": "specdec_native.llm",
     "RequestOutput": "specdec_native.outputs",
     "SamplingParams": "specdec_native.sampling_params",
+    "SpeculativeConfig": "specdec_native.speculative",
     "convert_gguf": "specdec_native.gguf_convert",
     "ops": "specdec_native.ops",
     "cuda_available": "specdec_native.cuda",

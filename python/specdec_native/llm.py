@@ -9,6 +9,7 @@ from . import _core
 from . import checkpoint as ckpt_mod
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
+from .speculative import SpeculativeConfig
 
 _STOP, _CONTINUE = 1, 0
 
@@ -25,11 +26,15 @@ class LLM:
     num_blocks / page_size: the paged KV cache (default: room for max_num_seqs full contexts;
       memory is only committed as it is used).
     num_threads: CPU threads (default: one per core).
+    draft: a draft checkpoint (directory or .gguf) sharing the target's vocabulary.
+    speculative: SpeculativeConfig (or a dict of its fields). Speculation is lossless: at
+      temperature 0 the tokens are the target's own; otherwise they follow its distribution.
     """
 
     def __init__(self, model: str, dtype: str = "auto", *, max_model_len: Optional[int] = None,
                  max_num_seqs: int = 8, num_blocks: Optional[int] = None, page_size: int = 16,
-                 num_threads: Optional[int] = None, prefill_chunk: int = 512, progress: bool = True):
+                 num_threads: Optional[int] = None, prefill_chunk: int = 512, progress: bool = True,
+                 draft: Optional[str] = None, speculative=None):
         path = ckpt_mod.resolve(model, progress=progress)
         self.checkpoint = ckpt_mod.load(path)
         config = ckpt_mod.model_config(self.checkpoint)
@@ -51,6 +56,46 @@ class LLM:
             self.tokenizer = Tokenizer(path)
         self.engine = _core.Engine(config, self.checkpoint.shards, opts, self.checkpoint.eos_token_ids,
                                    _progress_bar(f"loading {os.path.basename(str(model))}") if progress else None)
+        self.speculative = SpeculativeConfig.coerce(speculative)
+        if self.speculative is None and draft is not None:
+            self.speculative = SpeculativeConfig(method="draft")
+        if self.speculative is not None:
+            self._attach_drafter(draft, dtype, progress)
+
+    def _attach_drafter(self, draft: Optional[str], dtype: str, progress: bool) -> None:
+        spec = self.speculative
+        if spec.method == "ngram":
+            if draft is not None:
+                raise ValueError("method 'ngram' drafts from the context itself; do not pass draft=")
+            o = _core.NgramOptions()
+            o.min_n, o.max_n = spec.prompt_lookup_min, spec.prompt_lookup_max
+            o.num_tokens = spec.num_speculative_tokens
+            o.max_branches = (spec.tree or {}).get("max_branches", 1)
+            self.engine.attach_ngram(o)
+            return
+        if draft is None:
+            raise ValueError("method 'draft' needs a draft model: LLM(target, draft=PATH, ...)")
+        path = ckpt_mod.resolve(draft, progress=progress)
+        draft_ckpt = ckpt_mod.load(path)
+        draft_config = ckpt_mod.model_config(draft_ckpt)
+        draft_config.max_position_embeddings = max(draft_config.max_position_embeddings, self.max_model_len)
+        if draft_config.vocab_size != self.config.vocab_size:
+            raise ValueError(f"the draft's vocabulary has {draft_config.vocab_size} tokens, the target's "
+                             f"{self.config.vocab_size}: a draft must share the target's tokenizer")
+        if self.tokenizer is not None and (path / "tokenizer.json").is_file():
+            from .tokenizer import Tokenizer
+
+            if Tokenizer(path).token_table() != self.tokenizer.token_table():
+                raise ValueError("the draft's tokenizer maps tokens to different ids than the target's: "
+                                 "a draft must share the target's vocabulary")
+        o = _core.DraftModelOptions()
+        o.num_tokens = spec.num_speculative_tokens
+        if isinstance(spec.tree, list):
+            o.tree_choices = spec.tree
+        elif isinstance(spec.tree, dict):
+            o.top_k, o.max_nodes = spec.tree["top_k"], spec.tree["max_nodes"]
+        self.engine.attach_draft_model(draft_config, draft_ckpt.shards, spec.draft_dtype or dtype, o,
+                                       _progress_bar(f"loading draft {os.path.basename(str(draft))}") if progress else None)
 
     # ---- properties -----------------------------------------------------------------------
     @property
@@ -155,6 +200,14 @@ def _metrics(res) -> dict:
         "tokens_per_s": n / res.total_seconds if res.total_seconds > 0 else 0.0,
         "decode_tokens_per_s": decode_tokens / res.decode_seconds if res.decode_seconds > 0 else 0.0,
         "prefill_tokens_per_s": res.prompt_tokens / res.prefill_seconds if res.prefill_seconds > 0 else 0.0,
+        # speculation (target passes after the prefill = steps)
+        "drafted": res.drafted,
+        "accepted": res.accepted,
+        "acceptance_rate": res.accepted / res.drafted if res.drafted else 0.0,
+        "mean_accepted_length": decode_tokens / res.steps if res.steps else 0.0,
+        "acceptance_by_position": [a / p if p else 0.0 for a, p in zip(res.accepted_by_depth, res.proposed_by_depth)],
+        "draft_seconds": res.draft_seconds,
+        "verify_seconds": res.verify_seconds,
     }
 
 

@@ -1,0 +1,56 @@
+// Drafts from a second, smaller model with its own paged KV cache. Shapes: a chain of
+// num_tokens (argmax at temperature 0, else sampled from the draft's processed distribution,
+// which the verifier gets as q), a static tree from tree choices, or a dynamic tree (EAGLE-2:
+// expand the top_k children of the top_k most probable nodes per level, keep the max_nodes
+// nodes of highest cumulative draft probability). Tree children are the draft's top-ranked
+// tokens, deterministic, so trees are verified with one-hot q.
+#pragma once
+#include <map>
+#include <memory>
+
+#include "kv/kv_cache.h"
+#include "model/llama.h"
+#include "spec/drafter.h"
+
+namespace sd {
+
+struct DraftModelOptions {
+  int32_t num_tokens = 5;                          // chain length; tree depth
+  std::vector<std::vector<int32_t>> tree_choices;  // static tree (non-empty: used)
+  int32_t top_k = 0;                               // dynamic tree when > 0
+  int32_t max_nodes = 0;                           // dynamic tree size
+  int32_t prefill_chunk = 512;
+};
+
+class DraftModelDrafter : public Drafter {
+ public:
+  DraftModelDrafter(std::unique_ptr<LlamaModel> model, const KVCacheConfig& kv, const DraftModelOptions& o);
+  Status propose(int32_t seq, const DraftRequest& req, TokenTree* tree) override;
+  void accept(int32_t seq, const TokenTree& tree, const std::vector<int32_t>& accepted) override;
+  void release(int32_t seq) override;
+  int32_t max_nodes() const override;
+  const LlamaModel& model() const { return *model_; }
+  KVCache& kv_cache() { return kv_; }
+
+ private:
+  struct SeqState {
+    explicit SeqState(int32_t page_size) : pages(page_size) {}
+    SeqPages pages;
+    int64_t committed = 0;           // context tokens held in the cache (root included)
+    std::vector<int32_t> node_slot;  // per node of the last tree: slot after `committed`, or -1
+  };
+  // Appends tokens to the sequence's cache and runs them; logits for the rows asked for.
+  Status feed(SeqState& st, const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions,
+              const std::vector<uint8_t>* mask, const std::vector<int32_t>& rows, std::vector<float>* logits);
+  Status catch_up(SeqState& st, const std::vector<int32_t>& ctx, std::vector<float>* root_logits);
+  Status grow_chain(SeqState& st, const DraftRequest& req, int32_t budget, std::vector<float> logits, TokenTree* tree);
+  Status grow_tree(SeqState& st, const DraftRequest& req, int32_t budget, const std::vector<float>& root_logits, TokenTree* tree);
+
+  std::unique_ptr<LlamaModel> model_;
+  KVCache kv_;
+  DraftModelOptions opts_;
+  std::map<int32_t, SeqState> seqs_;
+  std::vector<float> scratch_;
+};
+
+}  // namespace sd

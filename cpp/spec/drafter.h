@@ -1,0 +1,32 @@
+// How drafts are made. A Drafter proposes a TokenTree continuing one sequence; the engine
+// verifies it in one target pass and tells the drafter what was accepted, so that any state
+// the drafter keeps (a draft model's KV cache) rolls back to the committed tokens.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "sampling/sampler.h"
+#include "spec/token_tree.h"
+
+namespace sd {
+
+struct DraftRequest {
+  const std::vector<int32_t>* context = nullptr;  // committed tokens; the last is the root
+  const SamplingConfig* sampling = nullptr;
+  uint64_t position = 0;  // output index of the token after the root (seeds draft sampling)
+  int32_t max_nodes = 0;  // budget for this step (context length and KV permitting)
+};
+
+class Drafter {
+ public:
+  virtual ~Drafter() = default;
+  virtual Status propose(int32_t seq, const DraftRequest& req, TokenTree* tree) = 0;
+  // The target accepted these nodes (a root-to-node path) of the last proposal.
+  virtual void accept(int32_t seq, const TokenTree& tree, const std::vector<int32_t>& accepted) {}
+  // The sequence is finished: free what it holds.
+  virtual void release(int32_t seq) {}
+  // Largest tree this drafter proposes (the engine reserves KV for it).
+  virtual int32_t max_nodes() const = 0;
+};
+
+}  // namespace sd

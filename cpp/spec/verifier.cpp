@@ -1,0 +1,92 @@
+#include "spec/verifier.h"
+
+#include <algorithm>
+
+#include "sampling/philox.h"
+#include "sampling/sampler.h"
+
+namespace sd {
+
+uint64_t accept_stream(uint64_t seed) { return seed ^ 0x5bd1e9955bd1e995ull; }
+uint64_t draft_stream(uint64_t seed) { return seed ^ 0x9e3779b97f4a7c15ull; }
+
+VerifyOutcome verify_greedy(const TokenTree& tree, const int32_t* row_argmax) {
+  VerifyOutcome out;
+  int32_t cur = -1;
+  for (;;) {
+    const int32_t want = row_argmax[cur + 1];
+    int32_t next = -1;
+    bool has_child = false;
+    for (int32_t i = cur + 1; i < tree.size(); ++i) {
+      if (tree.parent[static_cast<size_t>(i)] != cur) continue;
+      has_child = true;
+      if (tree.token[static_cast<size_t>(i)] == want) {
+        next = i;
+        break;
+      }
+    }
+    if (next < 0) {
+      out.next_token = want;
+      out.bonus = !has_child;
+      return out;
+    }
+    out.accepted.push_back(next);
+    cur = next;
+  }
+}
+
+VerifyOutcome verify_sampling(const TokenTree& tree, const float* probs, int64_t vocab,
+                              uint64_t seed, uint64_t position, std::vector<float>* scratch) {
+  VerifyOutcome out;
+  scratch->resize(static_cast<size_t>(vocab));
+  float* p = scratch->data();
+  const bool one_hot = tree.q.empty();
+  int32_t cur = -1;
+  uint64_t pos = position;
+  for (;;) {
+    const float* row = probs + static_cast<int64_t>(cur + 1) * vocab;
+    std::copy(row, row + vocab, p);
+    bool has_child = false, accepted = false;
+    int32_t sibling = 0;
+    for (int32_t i = cur + 1; i < tree.size() && !accepted; ++i) {
+      if (tree.parent[static_cast<size_t>(i)] != cur) continue;
+      has_child = true;
+      const int32_t x = tree.token[static_cast<size_t>(i)];
+      const float* q = one_hot ? nullptr : tree.q.data() + static_cast<int64_t>(i) * vocab;
+      const float qx = one_hot ? 1.0f : q[x];
+      const float u = philox_uniform(accept_stream(seed), (pos << 8) | static_cast<uint64_t>(std::min(sibling, 255)), 0);
+      ++sibling;
+      if (qx > 0.0f && u * qx < p[x]) {  // u < min(1, p(x) / q(x))
+        out.accepted.push_back(i);
+        cur = i;
+        ++pos;
+        accepted = true;
+        break;
+      }
+      // Rejected: the residual max(0, p - q), renormalized (kept as is if nothing is left,
+      // which only rounding can cause: then p <= q everywhere and p was fully covered).
+      double sum = 0;
+      if (one_hot) {
+        p[x] = 0.0f;
+        for (int64_t v = 0; v < vocab; ++v) sum += p[v];
+      } else {
+        for (int64_t v = 0; v < vocab; ++v) {
+          p[v] = std::max(0.0f, p[v] - q[v]);
+          sum += p[v];
+        }
+      }
+      if (sum <= 0) {
+        std::copy(row, row + vocab, p);
+        continue;
+      }
+      const float inv = static_cast<float>(1.0 / sum);
+      for (int64_t v = 0; v < vocab; ++v) p[v] *= inv;
+    }
+    if (accepted) continue;
+    out.next_token = sample_from_probs(p, vocab, philox_uniform(seed, pos, 0));
+    out.bonus = !has_child;
+    return out;
+  }
+}
+
+}  // namespace sd

@@ -1,0 +1,41 @@
+// Judging a draft tree against the target's distributions, vLLM's words: accepted tokens, then
+// one recovered token (drawn from the residual after a rejection) or one bonus token (drawn
+// from the target when a leaf was reached).
+//
+// verify_sampling is multi-draft recursive rejection sampling (SpecInfer; Yang et al. 2023,
+// multi-candidate speculative decoding): at a node, each child x (drawn from q_x) is accepted
+// with probability min(1, p(x) / q_x(x)); after a rejection the target residual becomes
+// norm(max(0, p - q_x)). Siblings drawn i.i.d. from q, or without replacement (q_x then already
+// excludes the earlier siblings), or deterministic drafts (q_x one-hot on x) are all lossless:
+// the emitted tokens are distributed exactly as the target's. A chain is the one-child case
+// (Leviathan et al. 2023, Chen et al. 2023). An empty tree samples the root row exactly like
+// autoregressive decoding (same random number), so seeded runs agree with and without drafts
+// whenever no draft is made.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "spec/token_tree.h"
+
+namespace sd {
+
+struct VerifyOutcome {
+  std::vector<int32_t> accepted;  // node indexes along the accepted path, root first
+  int32_t next_token = -1;        // recovered or bonus token
+  bool bonus = false;             // true when the path ended at a leaf (no rejection)
+};
+
+// Temperature 0: follow the child whose token is the row's argmax. row_argmax: [1 + n].
+VerifyOutcome verify_greedy(const TokenTree& tree, const int32_t* row_argmax);
+
+// probs: [1 + n, vocab], the target's processed distribution (temperature, top-k, top-p,
+// min-p) for the root row and each node row. position: index in the output of the token the
+// root row decides (the random numbers are keyed by it and by seed).
+VerifyOutcome verify_sampling(const TokenTree& tree, const float* probs, int64_t vocab,
+                              uint64_t seed, uint64_t position, std::vector<float>* scratch);
+
+// Random-number keys, shared with the drafters so every stream is distinct.
+uint64_t accept_stream(uint64_t seed);
+uint64_t draft_stream(uint64_t seed);
+
+}  // namespace sd

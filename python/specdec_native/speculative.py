@@ -1,0 +1,83 @@
+"""SpeculativeConfig: how drafts are made and shaped. Verification is always lossless."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Union
+
+METHODS = ("draft", "ngram")
+MAX_NODES = 256
+
+
+@dataclass
+class SpeculativeConfig:
+    """method: "draft" (a smaller model sharing the target's vocabulary, given as LLM(draft=...))
+    or "ngram" (prompt lookup: continuations of the longest recent suffix seen before).
+
+    num_speculative_tokens: chain length, or tree depth.
+    tree: None (a chain); a list of choices (Medusa/EAGLE static tree: each a path of child ranks
+      from the root, e.g. [[0], [1], [0, 0]]); or {"top_k": 4, "max_nodes": 32} (a dynamic tree,
+      EAGLE-2 style). For "ngram", {"max_branches": B} keeps up to B distinct continuations.
+    prompt_lookup_min / prompt_lookup_max: n-gram sizes tried, longest first ("ngram").
+    draft_dtype: the draft model's dtype (default: the target's).
+    """
+
+    method: str = "draft"
+    num_speculative_tokens: int = 5
+    tree: Optional[Union[List[List[int]], dict]] = None
+    prompt_lookup_min: int = 1
+    prompt_lookup_max: int = 4
+    draft_dtype: Optional[str] = None
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"speculative method must be one of {METHODS}, got {self.method!r}")
+        k = self.num_speculative_tokens
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 64:
+            raise ValueError(f"num_speculative_tokens must be an integer in [1, 64], got {k!r}")
+        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
+            raise ValueError("need 1 <= prompt_lookup_min <= prompt_lookup_max, got "
+                             f"{self.prompt_lookup_min}, {self.prompt_lookup_max}")
+        tree = self.tree
+        if tree is None:
+            return
+        if isinstance(tree, dict):
+            allowed = {"max_branches"} if self.method == "ngram" else {"top_k", "max_nodes"}
+            unknown = set(tree) - allowed
+            if unknown:
+                raise ValueError(f"tree: unknown keys {sorted(unknown)} for method {self.method!r}; "
+                                 f"expected {sorted(allowed)}")
+            for key, value in tree.items():
+                if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_NODES:
+                    raise ValueError(f"tree[{key!r}] must be an integer in [1, {MAX_NODES}], got {value!r}")
+            if self.method == "draft" and set(tree) != {"top_k", "max_nodes"}:
+                raise ValueError("a dynamic tree needs both 'top_k' and 'max_nodes'")
+            return
+        if self.method == "ngram":
+            raise ValueError("n-gram drafts take tree=None or {'max_branches': B}, not tree choices")
+        if not isinstance(tree, (list, tuple)) or not tree:
+            raise ValueError(f"tree must be None, a non-empty list of choices, or a dict; got {tree!r}")
+        choices = []
+        for c in tree:
+            if not isinstance(c, (list, tuple)) or not c or any(
+                    isinstance(r, bool) or not isinstance(r, int) or r < 0 for r in c):
+                raise ValueError(f"tree choice {c!r} must be a non-empty list of child ranks >= 0")
+            choices.append(tuple(c))
+        if len(set(choices)) != len(choices):
+            raise ValueError("tree choices contain a duplicate path")
+        if len(choices) > MAX_NODES:
+            raise ValueError(f"tree choices: {len(choices)} nodes, at most {MAX_NODES}")
+        present = set(choices)
+        for c in choices:
+            if len(c) > 1 and c[:-1] not in present:
+                raise ValueError(f"tree choice {list(c)} needs its parent path {list(c[:-1])}")
+            if c[-1] > 0 and c[:-1] + (c[-1] - 1,) not in present:
+                raise ValueError(f"tree choice {list(c)} needs its elder sibling {list(c[:-1] + (c[-1] - 1,))}")
+        self.tree = [list(c) for c in choices]
+
+    @classmethod
+    def coerce(cls, value) -> Optional["SpeculativeConfig"]:
+        if value is None or isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            return cls(**value)
+        raise ValueError(f"speculative must be a SpeculativeConfig, a dict or None, got {type(value).__name__}")
