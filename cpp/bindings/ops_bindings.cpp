@@ -15,6 +15,8 @@
 #include "ops/ops.h"
 #include "sampling/philox.h"
 #include "sampling/sampler.h"
+#include "spec/token_tree.h"
+#include "spec/verifier.h"
 
 namespace py = pybind11;
 using sd_py::expect_dim;
@@ -245,6 +247,36 @@ void register_ops(py::module_& parent) {
       },
       py::arg("logits"), py::arg("temperature") = 1.0f, py::arg("top_k") = 0, py::arg("top_p") = 1.0f,
       py::arg("min_p") = 0.0f, py::arg("seed") = 0, py::arg("counter") = 0);
+
+  m.def(
+      "verify_tree",
+      [](const std::vector<int32_t>& tokens, const std::vector<int32_t>& parents, py::handle p_obj,
+         py::object q_obj, uint64_t seed, uint64_t position) {
+        sd::TokenTree tree;
+        if (tokens.size() != parents.size()) throw py::value_error("tokens and parents must have the same length");
+        for (size_t i = 0; i < tokens.size(); ++i) {
+          if (parents[i] < -1 || parents[i] >= static_cast<int32_t>(i))
+            throw py::value_error("parents[" + std::to_string(i) + "] must be -1 or an earlier node");
+          tree.add(tokens[i], parents[i]);
+        }
+        auto p = f32(p_obj, "target_probs", 2);
+        expect_dim(p, 0, static_cast<py::ssize_t>(tokens.size()) + 1, "target_probs", "1 + nodes rows");
+        const int64_t V = p.shape(1);
+        if (!q_obj.is_none()) {
+          auto q = f32(q_obj, "draft_probs", 2);
+          expect_dim(q, 0, static_cast<py::ssize_t>(tokens.size()), "draft_probs", "one row per node");
+          expect_dim(q, 1, V, "draft_probs", "vocab");
+          tree.q.assign(q.data(), q.data() + q.size());
+        }
+        throw_if_error(tree.validate(static_cast<int32_t>(V)));
+        std::vector<float> scratch;
+        const sd::VerifyOutcome v = sd::verify_sampling(tree, p.data(), V, seed, position, &scratch);
+        return py::make_tuple(v.accepted, v.next_token, v.bonus);
+      },
+      py::arg("tokens"), py::arg("parents"), py::arg("target_probs"), py::arg("draft_probs") = py::none(),
+      py::arg("seed") = 0, py::arg("position") = 0,
+      "Lossless verification of a draft tree: returns (accepted node indexes, next token, bonus). "
+      "draft_probs: the distribution each node was drawn from (None: deterministic drafts).");
 
   m.def("philox_uniform", &sd::philox_uniform, py::arg("seed"), py::arg("counter"), py::arg("lane") = 0);
   m.def("philox4x32", [](uint64_t seed, uint64_t counter) {

@@ -17,6 +17,7 @@ embedding = _ops.embedding
 paged_attention = _ops.paged_attention
 processed_probs = _ops.processed_probs
 sample = _ops.sample
+verify_tree = _ops.verify_tree
 philox_uniform = _ops.philox_uniform
 philox4x32 = _ops.philox4x32
 cpu_isa = _ops.cpu_isa
