@@ -194,3 +194,18 @@ def argmax_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a.argmax(-1) == b.argmax(-1)))
 
 
+
+
+def write_noisy_copy(model, path, scale: float, seed: int = 0):
+    """Saves a copy of HF `model` into `path` with Gaussian noise added to every weight (scale
+    times that tensor's standard deviation): a draft that agrees with the model only partly.
+    Returns the noisy model (float32, eval mode)."""
+    import copy
+
+    noisy = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in noisy.parameters():
+            p.add_(scale * p.std() * torch.randn(p.shape, generator=gen))
+    noisy.save_pretrained(str(path), safe_serialization=True)
+    return noisy

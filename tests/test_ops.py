@@ -180,13 +180,17 @@ def test_int8_quantization_matches_reference_rounding():
     np.testing.assert_allclose(deq, quantize_q8(w)[0], rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("N,K", [(1, 32), (5, 64), (130, 576), (64, 96)])
+@pytest.mark.parametrize("N,K", [(1, 32), (5, 64), (130, 576), (64, 96), (6, 36)])
 def test_packed_weight_nbytes(N, K):
+    # K % 32 == 0: packed in groups of 4 rows (zero-padded), int8 with one f32 scale per row
+    # and block of 32; otherwise row-major (and int8 falls back to bfloat16).
     w = np.ones((N, K), np.float32)
-    assert ops.PackedWeight(w, "float32").nbytes == 4 * N * K
-    assert ops.PackedWeight(w, "bfloat16").nbytes == 2 * N * K
-    assert ops.PackedWeight(w, "float16").nbytes == 2 * N * K
-    assert ops.PackedWeight(w, "int8").nbytes == K * N + 4 * N * K // 32
+    rows = -(-N // 4) * 4 if K % 32 == 0 else N
+    assert ops.PackedWeight(w, "float32").nbytes == 4 * rows * K
+    assert ops.PackedWeight(w, "bfloat16").nbytes == 2 * rows * K
+    assert ops.PackedWeight(w, "float16").nbytes == 2 * rows * K
+    int8_bytes = rows * K + 4 * rows * K // 32 if K % 32 == 0 else 2 * rows * K
+    assert ops.PackedWeight(w, "int8").nbytes == int8_bytes
     assert ops.PackedWeight(w).dtype == "float32"
 
 

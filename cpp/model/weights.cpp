@@ -33,28 +33,26 @@ void read_row(const TensorView& t, int64_t row, int64_t cols, float* dst) {
   }
 }
 
-void write_row(const float* src, int64_t cols, DType target, uint8_t* dst, float* scales) {
+// Writes n source values in dtype `target`; kQ8 writes one block of 32 and its scale.
+void write_values(const float* src, int64_t n, DType target, uint8_t* dst, float* scale) {
   switch (target) {
     case DType::kF32:
-      std::memcpy(dst, src, static_cast<size_t>(cols) * 4);
+      std::memcpy(dst, src, static_cast<size_t>(n) * 4);
       break;
     case DType::kBF16:
     case DType::kF16: {
       uint16_t* d = reinterpret_cast<uint16_t*>(dst);
-      for (int64_t i = 0; i < cols; ++i) d[i] = target == DType::kBF16 ? f32_to_bf16(src[i]) : f32_to_f16(src[i]);
+      for (int64_t i = 0; i < n; ++i) d[i] = target == DType::kBF16 ? f32_to_bf16(src[i]) : f32_to_f16(src[i]);
       break;
     }
     case DType::kQ8: {
+      float amax = 0.f;
+      for (int i = 0; i < kQ8Block; ++i) amax = std::fmax(amax, std::fabs(src[i]));
+      const float s = amax / 127.f;
+      const float inv = s > 0 ? 1.f / s : 0.f;
+      std::memcpy(scale, &s, 4);
       int8_t* d = reinterpret_cast<int8_t*>(dst);
-      for (int64_t b = 0; b < cols / kQ8Block; ++b) {
-        float amax = 0.f;
-        for (int i = 0; i < kQ8Block; ++i) amax = std::fmax(amax, std::fabs(src[b * kQ8Block + i]));
-        const float scale = amax / 127.f;
-        const float inv = scale > 0 ? 1.f / scale : 0.f;
-        scales[b] = scale;
-        for (int i = 0; i < kQ8Block; ++i)
-          d[b * kQ8Block + i] = static_cast<int8_t>(std::lround(src[b * kQ8Block + i] * inv));
-      }
+      for (int i = 0; i < kQ8Block; ++i) d[i] = static_cast<int8_t>(std::lround(src[i] * inv));
       break;
     }
   }
@@ -86,27 +84,37 @@ Status load_vector(const Checkpoint& ckpt, const std::string& name, int64_t n, s
 
 Status OwnedMatrix::from_tensors(const std::vector<const TensorView*>& parts, int64_t cols,
                                  DType target, OwnedMatrix* out) {
-  if (target == DType::kQ8 && cols % kQ8Block != 0) target = DType::kBF16;
+  const bool packed = cols % kPackCols == 0;
+  if (target == DType::kQ8 && !packed) target = DType::kBF16;
   int64_t rows = 0;
   for (const TensorView* p : parts) rows += p->shape[0];
-  out->data_.assign(static_cast<size_t>(rows * cols * dtype_size(target)), 0);
-  out->scales_.assign(target == DType::kQ8 ? static_cast<size_t>(rows * cols / kQ8Block) : 0, 0.f);
+  Matrix m{target, rows, cols, nullptr, packed};
+  out->data_.assign(static_cast<size_t>(m.nbytes()), 0);
+  m.data = out->data_.data();
+  uint8_t* base = out->data_.data();
+  const int64_t esize = dtype_size(target);
   int64_t row0 = 0;
   for (const TensorView* p : parts) {
-    const int64_t r = p->shape[0];
-    parallel_for(r, 64, [&](int64_t a, int64_t b) {
+    parallel_for(p->shape[0], 64, [&](int64_t a, int64_t b) {
       std::vector<float> buf(static_cast<size_t>(cols));
       for (int64_t i = a; i < b; ++i) {
         read_row(*p, i, cols, buf.data());
-        const int64_t dst_row = row0 + i;
-        float* sc = target == DType::kQ8 ? out->scales_.data() + dst_row * (cols / kQ8Block) : nullptr;
-        write_row(buf.data(), cols, target, out->data_.data() + dst_row * cols * dtype_size(target), sc);
+        const int64_t r = row0 + i;
+        if (!packed) {
+          write_values(buf.data(), cols, target, base + r * cols * esize, nullptr);
+          continue;
+        }
+        for (int64_t blk = 0; blk < cols / kPackCols; ++blk) {
+          uint8_t* dst = const_cast<uint8_t*>(m.block(r, blk));
+          uint8_t* block_start = base + (r / kPackRows) * m.group_bytes() + blk * m.block_bytes();
+          float* scale = reinterpret_cast<float*>(block_start + kPackRows * kPackCols) + r % kPackRows;
+          write_values(buf.data() + blk * kPackCols, kPackCols, target, dst, scale);
+        }
       }
     });
-    row0 += r;
+    row0 += p->shape[0];
   }
-  out->m_ = Matrix{target, rows, cols, out->data_.data(),
-                   target == DType::kQ8 ? out->scales_.data() : nullptr};
+  out->m_ = m;
   return Status::Ok();
 }
 

@@ -15,15 +15,14 @@ namespace sd {
 class OwnedMatrix {
  public:
   const Matrix& view() const { return m_; }
-  // Builds rows = sum of the parts' rows, each part a [r_i, cols] tensor, in dtype `target`.
-  // kQ8 needs cols % 32 == 0; otherwise the matrix falls back to bf16.
+  // Builds rows = sum of the parts' rows, each part a [r_i, cols] tensor, in dtype `target`,
+  // packed when cols % 32 == 0. kQ8 needs that; otherwise the matrix falls back to bf16.
   static Status from_tensors(const std::vector<const TensorView*>& parts, int64_t cols,
                              DType target, OwnedMatrix* out);
 
  private:
   Matrix m_;
   std::vector<uint8_t> data_;
-  std::vector<float> scales_;
 };
 
 struct LayerWeights {

@@ -27,7 +27,12 @@ def _generate(args) -> int:
     from .sampling_params import SamplingParams
 
     model = args.model or default_model()
-    llm = LLM(model, dtype=args.dtype, num_threads=args.threads, max_model_len=args.max_model_len)
+    speculative = None
+    if args.method or args.draft:
+        speculative = {"method": args.method or "draft", "num_speculative_tokens": args.num_speculative_tokens,
+                       "tree": json.loads(args.tree) if args.tree else None}
+    llm = LLM(model, dtype=args.dtype, num_threads=args.threads, max_model_len=args.max_model_len,
+              draft=args.draft, speculative=speculative)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, min_p=args.min_p, seed=args.seed, stop=args.stop or None,
                             ignore_eos=args.ignore_eos)
@@ -43,7 +48,9 @@ def _generate(args) -> int:
         m = out.metrics
         print(f"\n[{m['tokens']} tokens, {m['prompt_tokens']} prompt tokens, "
               f"prefill {m['prefill_tokens_per_s']:.1f} tok/s, decode {m['decode_tokens_per_s']:.1f} tok/s, "
-              f"{llm.engine.dtype}, finish: {out.finish_reason}]", file=sys.stderr)
+              f"{llm.engine.dtype}, finish: {out.finish_reason}"
+              + (f", {m['mean_accepted_length']:.2f} tokens per target pass" if speculative else "") + "]",
+              file=sys.stderr)
     return 0
 
 
@@ -75,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None)
     g.add_argument("--max-model-len", type=int, default=None)
     g.add_argument("--json", action="store_true", help="print the output as JSON")
+    g.add_argument("--draft", help="draft checkpoint (directory or .gguf) sharing the target's vocabulary")
+    g.add_argument("--method", choices=["draft", "ngram"], help="speculative drafts (default: draft if --draft)")
+    g.add_argument("--num-speculative-tokens", type=int, default=5)
+    g.add_argument("--tree", help='draft tree as JSON: [[0],[1],[0,0]] or {"top_k": 4, "max_nodes": 32}')
     g.set_defaults(func=_generate)
 
     c = sub.add_parser("convert", help="convert a GGUF file to a Hugging Face checkpoint directory")
@@ -89,7 +100,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError, json.JSONDecodeError) as e:
         print(f"specdec: error: {e}", file=sys.stderr)
         return 2
 

