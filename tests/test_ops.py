@@ -54,27 +54,35 @@ def reference_weight(w, dtype):
     }[dtype](w)
 
 
-@pytest.fixture(params=[False, True], ids=["native", "portable"])
+ALL_ISAS = ["portable", "avx2", "avx512"]
+
+
+@pytest.fixture(params=ALL_ISAS)
 def kernel_set(request):
-    prev = ops.force_portable(request.param)
+    """Runs the test once per CPU kernel set; the ones this CPU lacks skip."""
+    if request.param not in ops.available_cpu_isas():
+        pytest.skip(f"this CPU cannot run the {request.param} kernels")
+    prev = ops.set_cpu_isa(request.param)
     try:
-        if request.param:
-            assert ops.cpu_isa() == "portable"
-        else:
-            assert ops.cpu_isa() in ("avx2", "portable")
-        yield ops.cpu_isa()
+        assert ops.cpu_isa() == request.param
+        yield request.param
     finally:
-        ops.force_portable(prev)
+        ops.set_cpu_isa(prev)
 
 
-def test_force_portable_switches_and_restores():
-    prev = ops.force_portable(True)
+def test_cpu_isa_switches_and_restores():
+    available = ops.available_cpu_isas()
+    assert available[0] == "portable" and set(available) <= set(ALL_ISAS)
+    best = ops.cpu_isa()
+    assert best == available[-1]
+    prev = ops.set_cpu_isa("portable")
     try:
-        assert ops.cpu_isa() == "portable"
-        assert ops.force_portable(True) is True
+        assert prev == best and ops.cpu_isa() == "portable"
     finally:
-        ops.force_portable(prev)
-    assert ops.force_portable(prev) == prev
+        assert ops.set_cpu_isa("best") == "portable"
+    assert ops.cpu_isa() == best
+    with pytest.raises(ValueError, match="available: portable"):
+        ops.set_cpu_isa("sse9")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,13 +191,15 @@ def test_int8_quantization_matches_reference_rounding():
 @pytest.mark.parametrize("N,K", [(1, 32), (5, 64), (130, 576), (64, 96), (6, 36)])
 def test_packed_weight_nbytes(N, K):
     # K % 32 == 0: packed in groups of 4 rows (zero-padded), int8 with one f32 scale per row
-    # and block of 32; otherwise row-major (and int8 falls back to bfloat16).
+    # and block of 32, in superblocks of 64 columns (K zero-padded to a multiple of 64);
+    # otherwise row-major (and int8 falls back to bfloat16).
     w = np.ones((N, K), np.float32)
     rows = -(-N // 4) * 4 if K % 32 == 0 else N
     assert ops.PackedWeight(w, "float32").nbytes == 4 * rows * K
     assert ops.PackedWeight(w, "bfloat16").nbytes == 2 * rows * K
     assert ops.PackedWeight(w, "float16").nbytes == 2 * rows * K
-    int8_bytes = rows * K + 4 * rows * K // 32 if K % 32 == 0 else 2 * rows * K
+    k64 = -(-K // 64) * 64
+    int8_bytes = rows * k64 + 4 * rows * k64 // 32 if K % 32 == 0 else 2 * rows * K
     assert ops.PackedWeight(w, "int8").nbytes == int8_bytes
     assert ops.PackedWeight(w).dtype == "float32"
 

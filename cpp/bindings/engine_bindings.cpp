@@ -198,16 +198,15 @@ void register_engine(py::module_& m) {
       .def("attach_ngram", &sd::Engine::attach_ngram, py::arg("options"))
       .def("prompt_logits",
            [](sd::Engine& e, const std::vector<int32_t>& prompt) {
-             std::vector<float> logits;
+             const py::ssize_t V = e.config().vocab_size;
+             py::array_t<float> out({static_cast<py::ssize_t>(prompt.size()), V});
+             float* dst = out.mutable_data();
              sd::Status st;
              {
                py::gil_scoped_release nogil;
-               st = e.prompt_logits(prompt, &logits);
+               st = e.prompt_logits(prompt, dst);
              }
              throw_if_error(st);
-             const py::ssize_t V = e.config().vocab_size;
-             py::array_t<float> out({static_cast<py::ssize_t>(prompt.size()), V});
-             std::copy(logits.begin(), logits.end(), out.mutable_data());
              return out;
            })
       .def_property_readonly("config", &sd::Engine::config)

@@ -66,9 +66,17 @@ sd::SamplingConfig sampling(float temperature, int top_k, float top_p, float min
 
 void register_ops(py::module_& parent) {
   py::module_ m = parent.def_submodule("ops", "CPU kernels on numpy arrays");
-  m.def("cpu_isa", &sd::ops::cpu_isa, "The CPU kernel set in use: 'avx2' or 'portable'.");
-  m.def("force_portable", &sd::ops::force_portable, py::arg("on"),
-        "Use the portable kernels even where AVX2 is available; returns the previous setting.");
+  m.def("cpu_isa", &sd::ops::cpu_isa, "The CPU kernel set in use: 'avx512', 'avx2' or 'portable'.");
+  m.def("available_cpu_isas", &sd::ops::available_cpu_isas,
+        "The CPU kernel sets this machine can run, best last.");
+  m.def(
+      "set_cpu_isa",
+      [](const std::string& name) {
+        std::string prev;
+        throw_if_error(sd::ops::set_cpu_isa(name, &prev));
+        return prev;
+      },
+      py::arg("name"), "Use CPU kernel set `name` (or 'best'); returns the previous one.");
   m.def("set_num_threads", &sd::set_num_threads, py::arg("n"));
   m.def("num_threads", &sd::num_threads);
   m.def(

@@ -86,4 +86,25 @@ SD_HD uint16_t f32_to_f16(float f) {
   return static_cast<uint16_t>(sign | ((r - 0x38000000u) >> 13));
 }
 
+// One Q8 block: q[i] = round(x[i] / scale) with scale = max|x| / 127 (GGUF Q8_0), ties away
+// from zero like lround but without libm (the AVX2 quantizer rounds the same way); returns the
+// scale.
+SD_HD float quantize_q8_block(const float* x, int8_t* q) {
+  float amax = 0.f;
+  for (int i = 0; i < kQ8Block; ++i) {
+    const float a = x[i] < 0.f ? -x[i] : x[i];
+    amax = a > amax ? a : amax;
+  }
+  const float scale = amax / 127.f;
+  const float inv = scale > 0.f ? 1.f / scale : 0.f;
+  for (int i = 0; i < kQ8Block; ++i) {
+    const float v = x[i] * inv, a = v < 0.f ? -v : v;
+    int r = static_cast<int>(a);  // truncation: exact for |v| <= 127
+    r += (a - static_cast<float>(r) >= 0.5f) ? 1 : 0;
+    r = r > 127 ? 127 : r;
+    q[i] = static_cast<int8_t>(v < 0.f ? -r : r);
+  }
+  return scale;
+}
+
 }  // namespace sd

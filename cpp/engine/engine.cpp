@@ -325,7 +325,7 @@ Status Engine::generate(const std::vector<GenerationRequest>& requests, const To
   return st;
 }
 
-Status Engine::prompt_logits(const std::vector<int32_t>& prompt, std::vector<float>* logits) {
+Status Engine::prompt_logits(const std::vector<int32_t>& prompt, float* logits) {
   std::lock_guard<std::mutex> lock(mu_);
   GenerationRequest r;
   r.prompt = prompt;
@@ -341,8 +341,7 @@ Status Engine::prompt_logits(const std::vector<int32_t>& prompt, std::vector<flo
   for (int64_t i = 0; i < n; ++i) fb.positions[static_cast<size_t>(i)] = fb.logit_rows[static_cast<size_t>(i)] = static_cast<int32_t>(i);
   fb.qo_indptr = {0, static_cast<int32_t>(n)};
   fb.seqs = {&seq};
-  logits->resize(static_cast<size_t>(n * config().vocab_size));
-  st = model_->forward(fb, *kv_, logits->data());
+  st = model_->forward(fb, *kv_, logits);
   seq.release(kv_->allocator());
   return st;
 }

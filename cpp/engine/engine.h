@@ -75,8 +75,9 @@ class Engine {
   void attach_ngram(const NgramOptions& opts);
   const Drafter* drafter() const { return drafter_.get(); }
 
-  // Logits of every prompt position, computed on a scratch sequence (tests, scoring).
-  Status prompt_logits(const std::vector<int32_t>& prompt, std::vector<float>* logits);
+  // Logits of every prompt position ([prompt.size() x vocab] floats written to `logits`),
+  // computed on a scratch sequence (tests, scoring, step-cost measurements).
+  Status prompt_logits(const std::vector<int32_t>& prompt, float* logits);
 
   const ModelConfig& config() const { return model_->config(); }
   const EngineOptions& options() const { return opts_; }

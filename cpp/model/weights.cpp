@@ -33,8 +33,8 @@ void read_row(const TensorView& t, int64_t row, int64_t cols, float* dst) {
   }
 }
 
-// Writes n source values in dtype `target`; kQ8 writes one block of 32 and its scale.
-void write_values(const float* src, int64_t n, DType target, uint8_t* dst, float* scale) {
+// Writes n source values in float dtype `target`.
+void write_values(const float* src, int64_t n, DType target, uint8_t* dst) {
   switch (target) {
     case DType::kF32:
       std::memcpy(dst, src, static_cast<size_t>(n) * 4);
@@ -45,16 +45,8 @@ void write_values(const float* src, int64_t n, DType target, uint8_t* dst, float
       for (int64_t i = 0; i < n; ++i) d[i] = target == DType::kBF16 ? f32_to_bf16(src[i]) : f32_to_f16(src[i]);
       break;
     }
-    case DType::kQ8: {
-      float amax = 0.f;
-      for (int i = 0; i < kQ8Block; ++i) amax = std::fmax(amax, std::fabs(src[i]));
-      const float s = amax / 127.f;
-      const float inv = s > 0 ? 1.f / s : 0.f;
-      std::memcpy(scale, &s, 4);
-      int8_t* d = reinterpret_cast<int8_t*>(dst);
-      for (int i = 0; i < kQ8Block; ++i) d[i] = static_cast<int8_t>(std::lround(src[i] * inv));
+    case DType::kQ8:  // packed block by block in from_tensors
       break;
-    }
   }
 }
 
@@ -101,14 +93,22 @@ Status OwnedMatrix::from_tensors(const std::vector<const TensorView*>& parts, in
         read_row(*p, i, cols, buf.data());
         const int64_t r = row0 + i;
         if (!packed) {
-          write_values(buf.data(), cols, target, base + r * cols * esize, nullptr);
+          write_values(buf.data(), cols, target, base + r * cols * esize);
           continue;
         }
+        uint8_t* group = const_cast<uint8_t*>(m.group(r));
         for (int64_t blk = 0; blk < cols / kPackCols; ++blk) {
-          uint8_t* dst = const_cast<uint8_t*>(m.block(r, blk));
-          uint8_t* block_start = base + (r / kPackRows) * m.group_bytes() + blk * m.block_bytes();
-          float* scale = reinterpret_cast<float*>(block_start + kPackRows * kPackCols) + r % kPackRows;
-          write_values(buf.data() + blk * kPackCols, kPackCols, target, dst, scale);
+          const float* src = buf.data() + blk * kPackCols;
+          const int64_t col = blk * kPackCols;
+          if (target != DType::kQ8) {
+            write_values(src, kPackCols, target, group + m.float_offset(r, col));
+            continue;
+          }
+          int8_t q[kQ8Block];
+          const float scale = quantize_q8_block(src, q);
+          std::memcpy(group + Matrix::q8_scale_offset(r, col), &scale, 4);
+          for (int i = 0; i < kQ8Block; ++i)
+            group[Matrix::q8_offset(r, col + i)] = static_cast<uint8_t>(q[i]) ^ 0x80;
         }
       }
     });

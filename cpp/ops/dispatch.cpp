@@ -10,34 +10,73 @@ namespace sd::ops {
 
 namespace {
 
-bool g_force_portable = false;
+struct CpuIsa {
+  const char* name;
+  const cpu::KernelTable& (*table)();
+  bool (*supported)();
+};
 
+bool always() { return true; }
+#if defined(SPECDEC_HAVE_AVX2)
 bool cpu_has_avx2() {
-#if defined(SPECDEC_HAVE_AVX2)
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
-#else
-  return false;
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
 #endif
+#if defined(SPECDEC_HAVE_AVX512)
+bool cpu_has_avx512() {
+  __builtin_cpu_init();
+  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+}
+#endif
+
+// Worst to best.
+const std::vector<CpuIsa>& isas() {
+  static const std::vector<CpuIsa> all = [] {
+    std::vector<CpuIsa> v{{"portable", &cpu::portable_kernels, &always}};
+#if defined(SPECDEC_HAVE_AVX2)
+    v.push_back({"avx2", &cpu::avx2_kernels, &cpu_has_avx2});
+#endif
+#if defined(SPECDEC_HAVE_AVX512)
+    v.push_back({"avx512", &cpu::avx512_kernels, &cpu_has_avx512});
+#endif
+    std::vector<CpuIsa> ok;
+    for (const CpuIsa& i : v)
+      if (i.supported()) ok.push_back(i);
+    return ok;
+  }();
+  return all;
 }
 
-const cpu::KernelTable& kernels() {
-#if defined(SPECDEC_HAVE_AVX2)
-  static const bool has_avx2 = cpu_has_avx2();
-  if (has_avx2 && !g_force_portable) return cpu::avx2_kernels();
-#endif
-  return cpu::portable_kernels();
-}
+const CpuIsa* g_selected = nullptr;  // null: the best
+
+const CpuIsa& selected() { return g_selected ? *g_selected : isas().back(); }
+const cpu::KernelTable& kernels() { return selected().table(); }
 
 }  // namespace
 
-const char* cpu_isa() { return &kernels() == &cpu::portable_kernels() ? "portable" : "avx2"; }
+std::vector<std::string> available_cpu_isas() {
+  std::vector<std::string> names;
+  for (const CpuIsa& i : isas()) names.push_back(i.name);
+  return names;
+}
 
-bool force_portable(bool on) {
-  const bool prev = g_force_portable;
-  g_force_portable = on;
-  return prev;
+const char* cpu_isa() { return selected().name; }
+
+Status set_cpu_isa(const std::string& name, std::string* previous) {
+  const CpuIsa* pick = nullptr;
+  if (name == "best") pick = &isas().back();
+  for (const CpuIsa& i : isas())
+    if (name == i.name) pick = &i;
+  if (!pick) {
+    std::string names;
+    for (const CpuIsa& i : isas()) names += std::string(names.empty() ? "" : ", ") + i.name;
+    return InvalidArgument("CPU kernel set '" + name + "' is not available here; available: " + names + ", best");
+  }
+  if (previous) *previous = cpu_isa();
+  g_selected = pick;
+  return Status::Ok();
 }
 
 void matmul(const Matrix& W, const float* X, int64_t M, int64_t ldx, float* Y, int64_t ldy,

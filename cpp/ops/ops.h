@@ -1,19 +1,24 @@
 // The op set the model runs on. This header is the one dispatch point: each op picks the
-// implementation for the machine it runs on (AVX2+FMA+F16C or portable C++ today; CUDA later
+// implementation for the machine it runs on (AVX-512 VNNI, AVX2+FMA+F16C or portable C++; CUDA
 // behind the same signatures). Kernels take raw pointers and sizes; the ones that can be given
 // impossible input return a Status, the rest have their preconditions checked by callers.
 #pragma once
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "core/status.h"
 #include "ops/matrix.h"
 
 namespace sd::ops {
 
-// Name of the CPU kernel set in use: "avx2" or "portable".
+// The CPU kernel sets this machine can run, best last: "portable", then "avx2", "avx512".
+std::vector<std::string> available_cpu_isas();
+// Name of the CPU kernel set in use (the best available unless set_cpu_isa chose another).
 const char* cpu_isa();
-// Force the portable kernels (tests compare both paths); returns the previous setting.
-bool force_portable(bool on);
+// Use kernel set `name` (one of available_cpu_isas(), or "best"); tests compare every path.
+// Stores the previous name in *previous when given.
+Status set_cpu_isa(const std::string& name, std::string* previous);
 
 // Y[m, n] = sum_k X[m, k] * W[n, k] + bias[n]   for m < M, n < W.rows, k < W.cols.
 // X: f32 with row stride ldx; Y: f32 with row stride ldy; bias may be null.

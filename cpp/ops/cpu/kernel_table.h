@@ -13,6 +13,17 @@ struct AttentionPlan {
   int32_t total_q = 0;
 };
 
+// Activations quantized for the int8 matmul, per row and block of 32 (Q8_0 x Q8_0), laid out
+// like the weights: per row and superblock p of 64 columns, q holds 8 steps of 8 bytes (4 of
+// block 0, 4 of block 1: step s = columns 4s .. 4s + 3 of each), scale the 2 block scales, and
+// lane_offset = -128 x the 2 blocks' sums of q, which cancels the + 128 the weights are stored
+// with when a kernel multiplies the unsigned stored bytes directly (AVX-512 VNNI).
+struct QuantizedRows {
+  const int8_t* q = nullptr;            // [M][P][64]
+  const float* scale = nullptr;         // [M][P][2]
+  const int32_t* lane_offset = nullptr; // [M][P][2]
+};
+
 struct KernelTable {
   void (*matmul)(const Matrix& W, const float* X, int64_t M, int64_t ldx, float* Y, int64_t ldy,
                  const float* bias);
@@ -31,6 +42,9 @@ struct KernelTable {
 const KernelTable& portable_kernels();
 #if defined(SPECDEC_HAVE_AVX2)
 const KernelTable& avx2_kernels();
+#endif
+#if defined(SPECDEC_HAVE_AVX512)
+const KernelTable& avx512_kernels();
 #endif
 
 // Per-thread scratch floats (grown on demand, never shrunk); lives in a portable translation unit.

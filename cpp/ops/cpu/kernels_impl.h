@@ -21,10 +21,10 @@ struct Kernels {
   // weight load serves three tokens; groups are split over threads, tokens blocked by 48 so a
   // group's weights are reused from cache.
 
-  // Calls tile(g, m, cols) for every (row group g, token tile m .. m + cols) of an N x M output.
-  template <class TileFn>
+  // Calls tile(g, m, cols) for every (row group g, token tile m .. m + cols <= kTokens) of an
+  // N x M output.
+  template <int kTokens = 3, class TileFn>
   static void for_each_tile(int64_t N, int64_t M, TileFn&& tile) {
-    constexpr int kTokens = 3;
     constexpr int64_t kTokenBlock = 48;
     const int64_t G = (N + kPackRows - 1) / kPackRows;
     parallel_for(G, 4, [&](int64_t g0, int64_t g1) {
@@ -37,10 +37,11 @@ struct Kernels {
     });
   }
 
-  // Runs f(std::integral_constant<int, C>) for C = cols in 1..3.
+  // Runs f(std::integral_constant<int, C>) for C = cols in 1..4.
   template <class F>
   static void with_cols(int cols, F&& f) {
     switch (cols) {
+      case 4: f(std::integral_constant<int, 4>()); break;
       case 3: f(std::integral_constant<int, 3>()); break;
       case 2: f(std::integral_constant<int, 2>()); break;
       default: f(std::integral_constant<int, 1>()); break;
@@ -90,40 +91,61 @@ struct Kernels {
     store_tile<C>(acc, W, g, m, Y, ldy, bias);
   }
 
-  // int8 weights x int8-quantized activations: activations are quantized per row and block of
-  // 32 like the weights (GGUF Q8_0 x Q8_0), so the inner product runs on 8-bit integers.
+  // int8 weights x int8-quantized activations (GGUF Q8_0 x Q8_0): per superblock of 64
+  // columns, 8 integer steps give the 8 (row, block) lanes their whole block dot products, then
+  // one convert and one fused multiply-add apply the weight x activation block scales.
   template <int C>
-  static void tile_q8(const Matrix& W, int64_t g, const int8_t* xq, const float* xs, int64_t m,
-                      float* Y, int64_t ldy, const float* bias) {
-    const int64_t K = W.cols, nb = K / kPackCols, bb = W.block_bytes();
-    const uint8_t* gp = static_cast<const uint8_t*>(W.data) + g * W.group_bytes();
-    V acc[kPackRows][C];
-    for (int r = 0; r < kPackRows; ++r)
-      for (int c = 0; c < C; ++c) acc[r][c] = VT::zero();
-    for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* blk = gp + b * bb;
-      const float* sw = reinterpret_cast<const float*>(blk + kPackRows * kPackCols);
-      for (int r = 0; r < kPackRows; ++r) {
-        const int8_t* wr = reinterpret_cast<const int8_t*>(blk) + r * kPackCols;
-        for (int c = 0; c < C; ++c) {
-          const V d = VT::dot32_i8(wr, xq + (m + c) * K + b * kPackCols);
-          acc[r][c] = VT::fma(d, VT::set1(sw[r] * xs[(m + c) * nb + b]), acc[r][c]);
-        }
+  static void tile_q8(const Matrix& W, int64_t g, const QuantizedRows& x, int64_t m, float* Y,
+                      int64_t ldy, const float* bias) {
+    const int64_t P = W.q8_superblocks();
+    const uint8_t* gp = W.group(g * kPackRows);
+    V acc[C];
+    for (int c = 0; c < C; ++c) acc[c] = VT::zero();
+    for (int64_t p = 0; p < P; ++p) {
+      const uint8_t* sb = gp + p * kQ8SuperBytes;
+      typename VT::VI dots[C];
+      for (int c = 0; c < C; ++c) dots[c] = VT::q8_init(x.lane_offset + ((m + c) * P + p) * 2);
+      for (int s = 0; s < kQ8Steps; ++s) {
+        const typename VT::Q8W w = VT::q8_load_step(sb + s * kQ8StepBytes);
+        for (int c = 0; c < C; ++c)
+          dots[c] = VT::q8_step(dots[c], w, x.q + ((m + c) * P + p) * kQ8Super + s * 8);
+      }
+      const V w_scale = VT::load(reinterpret_cast<const float*>(sb + kQ8Steps * kQ8StepBytes));
+      for (int c = 0; c < C; ++c) {
+        const V scale = VT::mul(w_scale, VT::load2(x.scale + ((m + c) * P + p) * 2));
+        acc[c] = VT::fma(VT::q8_float(dots[c]), scale, acc[c]);
       }
     }
-    store_tile<C>(acc, W, g, m, Y, ldy, bias);
+    for (int c = 0; c < C; ++c) {
+      float lanes[kQ8Lanes];
+      VT::store(lanes, acc[c]);
+      for (int r = 0; r < kPackRows; ++r) {
+        const int64_t row = g * kPackRows + r;
+        if (row >= W.rows) break;
+        Y[(m + c) * ldy + row] = lanes[2 * r] + lanes[2 * r + 1] + (bias ? bias[row] : 0.f);
+      }
+    }
   }
 
-  static void quantize_row_q8(const float* x, int64_t K, int8_t* q, float* scales) {
-    for (int64_t b = 0; b < K / kQ8Block; ++b) {
-      const float* xb = x + b * kQ8Block;
-      float amax = 0.f;
-      for (int i = 0; i < kQ8Block; ++i) amax = std::fmax(amax, std::fabs(xb[i]));
-      const float scale = amax / 127.f;
-      const float inv = scale > 0.f ? 1.f / scale : 0.f;
-      scales[b] = scale;
-      for (int i = 0; i < kQ8Block; ++i) q[b * kQ8Block + i] = static_cast<int8_t>(std::lround(xb[i] * inv));
-    }
+  // Quantizes M rows of K activations (K % 32 == 0) into the calling thread's scratch, in the
+  // superblock step order the weights use (see QuantizedRows).
+  static QuantizedRows quantize_rows_q8(const float* X, int64_t M, int64_t K, int64_t ldx) {
+    const int64_t P = (K + kQ8Super - 1) / kQ8Super, nb = K / kQ8Block;
+    float* scale = thread_scratch(M * P * 4 + (M * P * kQ8Super) / 4);
+    int32_t* lane_offset = reinterpret_cast<int32_t*>(scale + M * P * 2);
+    int8_t* q = reinterpret_cast<int8_t*>(lane_offset + M * P * 2);
+    parallel_for(M * P * 2, 64, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {  // i = (row * P + p) * 2 + block
+        const int64_t r = i / (2 * P), blk = i % (2 * P);
+        int8_t qb[kQ8Block] = {};
+        int32_t sum = 0;
+        scale[i] = blk < nb ? VT::q8_quantize(X + r * ldx + blk * kQ8Block, qb, &sum) : 0.f;
+        lane_offset[i] = -128 * sum;
+        int8_t* dst = q + (i / 2) * kQ8Super + (i % 2) * 4;  // step s: 4 bytes at 8 s
+        for (int s = 0; s < kQ8Steps; ++s) __builtin_memcpy(dst + 8 * s, qb + 4 * s, 4);
+      }
+    });
+    return QuantizedRows{q, scale, lane_offset};
   }
 
   // Row-major weights (cols not a multiple of 32): one row at a time, any K.
@@ -173,13 +195,9 @@ struct Kernels {
       case DType::kBF16: matmul_float<DType::kBF16>(W, X, M, ldx, Y, ldy, bias); break;
       case DType::kF16: matmul_float<DType::kF16>(W, X, M, ldx, Y, ldy, bias); break;
       case DType::kQ8: {
-        const int64_t K = W.cols, nb = K / kQ8Block;
-        // Quantized activations in the calling thread's scratch: [M * nb scales][M * K int8].
-        float* xs = thread_scratch(M * nb + (M * K + 3) / 4);
-        int8_t* xq = reinterpret_cast<int8_t*>(xs + M * nb);
-        for (int64_t r = 0; r < M; ++r) quantize_row_q8(X + r * ldx, K, xq + r * K, xs + r * nb);
-        for_each_tile(W.rows, M, [&](int64_t g, int64_t m, int cols) {
-          with_cols(cols, [&](auto c) { tile_q8<decltype(c)::value>(W, g, xq, xs, m, Y, ldy, bias); });
+        const QuantizedRows x = quantize_rows_q8(X, M, W.cols, ldx);
+        for_each_tile<4>(W.rows, M, [&](int64_t g, int64_t m, int cols) {
+          with_cols(cols, [&](auto c) { tile_q8<decltype(c)::value>(W, g, x, m, Y, ldy, bias); });
         });
         break;
       }
@@ -254,25 +272,15 @@ struct Kernels {
       float* o = out + t * D;
       if (!table.packed) {
         for (int64_t i = 0; i < D; ++i) o[i] = weight_at(table, row, i);
-        continue;
-      }
-      for (int64_t b = 0; b < D / kPackCols; ++b) {
-        const uint8_t* src = table.block(row, b);
-        float* ob = o + b * kPackCols;
-        switch (table.dtype) {
-          case DType::kF32:
-            for (int i = 0; i < kPackCols; ++i) ob[i] = reinterpret_cast<const float*>(src)[i];
-            break;
-          case DType::kBF16:
-            for (int i = 0; i < kPackCols; ++i) ob[i] = bf16_to_f32(reinterpret_cast<const uint16_t*>(src)[i]);
-            break;
-          case DType::kF16:
-            for (int i = 0; i < kPackCols; ++i) ob[i] = f16_to_f32(reinterpret_cast<const uint16_t*>(src)[i]);
-            break;
-          case DType::kQ8: {
-            const float s = table.q8_scale(row, b);
-            for (int i = 0; i < kPackCols; ++i) ob[i] = reinterpret_cast<const int8_t*>(src)[i] * s;
-            break;
+      } else if (table.dtype == DType::kQ8) {
+        for (int64_t i = 0; i < D; ++i) o[i] = table.q8_value(row, i) * table.q8_scale(row, i);
+      } else {
+        for (int64_t b = 0; b < D; b += kPackCols) {
+          const uint8_t* src = table.group(row) + table.float_offset(row, b);
+          for (int i = 0; i < kPackCols; ++i) {
+            if (table.dtype == DType::kF32) o[b + i] = reinterpret_cast<const float*>(src)[i];
+            else if (table.dtype == DType::kBF16) o[b + i] = bf16_to_f32(reinterpret_cast<const uint16_t*>(src)[i]);
+            else o[b + i] = f16_to_f32(reinterpret_cast<const uint16_t*>(src)[i]);
           }
         }
       }

@@ -27,14 +27,67 @@ struct VecAvx2 {
   static void store(float* p, V a) { _mm256_storeu_ps(p, a); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
-  // Lane partial sums (as floats) of the int8 dot product of 32 elements; a, b in [-127, 127].
-  static V dot32_i8(const int8_t* a, const int8_t* b) {
-    const __m256i va = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a));
-    const __m256i vb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b));
-    const __m256i abs_a = _mm256_sign_epi8(va, va);
-    const __m256i b_signed = _mm256_sign_epi8(vb, va);
-    const __m256i pairs = _mm256_maddubs_epi16(abs_a, b_signed);  // |sum of 2| <= 2 * 127 * 127
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+  // [p0, p1] repeated over the 8 lanes.
+  static V load2(const float* p) {
+    return _mm256_castpd_ps(_mm256_broadcast_sd(reinterpret_cast<const double*>(p)));
+  }
+
+  // int8 matmul steps (see Matrix's kQ8 layout): lane l accumulates the dot product of its 4
+  // stored weights with 4 activations of block l % 2. AVX2 has no unsigned x signed dot
+  // product without 16-bit saturation, so the weights are made signed again (w + 128 - 128)
+  // and multiplied by the sign trick: |w| x (x with w's sign).
+  using VI = __m256i;
+  struct Q8W {
+    __m256i abs, sign;
+  };
+  static VI q8_init(const int32_t*) { return _mm256_setzero_si256(); }  // exact: no offset
+  static Q8W q8_load_step(const uint8_t* p) {
+    const __m256i w = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
+                                       _mm256_set1_epi8(static_cast<char>(0x80)));
+    return Q8W{_mm256_sign_epi8(w, w), w};
+  }
+  static VI q8_step(VI acc, const Q8W& w, const int8_t* x8) {
+    int64_t bits;
+    __builtin_memcpy(&bits, x8, 8);
+    const __m256i x = _mm256_sign_epi8(_mm256_set1_epi64x(bits), w.sign);
+    const __m256i pairs = _mm256_maddubs_epi16(w.abs, x);  // |sum of 2| <= 2 * 128 * 127
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+  }
+  static V q8_float(VI a) { return _mm256_cvtepi32_ps(a); }
+
+  // Quantizes 32 activations (Q8_0) exactly like quantize_q8_block; returns the scale and the
+  // sum of q.
+  static float q8_quantize(const float* x, int8_t* q, int32_t* sum) {
+    const __m256 sign = _mm256_set1_ps(-0.f);
+    __m256 v[4], amax = _mm256_setzero_ps();
+    for (int i = 0; i < 4; ++i) {
+      v[i] = _mm256_loadu_ps(x + 8 * i);
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[i]));
+    }
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    const float scale = _mm_cvtss_f32(m) / 127.f;
+    const __m256 inv = _mm256_set1_ps(scale > 0.f ? 1.f / scale : 0.f);
+    __m256i n[4], total = _mm256_setzero_si256();
+    for (int i = 0; i < 4; ++i) {
+      const __m256 t = _mm256_mul_ps(v[i], inv);
+      const __m256 a = _mm256_andnot_ps(sign, t);
+      __m256 r = _mm256_round_ps(a, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+      r = _mm256_add_ps(r, _mm256_and_ps(_mm256_cmp_ps(_mm256_sub_ps(a, r), _mm256_set1_ps(0.5f), _CMP_GE_OQ),
+                                         _mm256_set1_ps(1.f)));
+      r = _mm256_min_ps(r, _mm256_set1_ps(127.f));
+      n[i] = _mm256_sign_epi32(_mm256_cvttps_epi32(r), _mm256_castps_si256(t));
+      total = _mm256_add_epi32(total, n[i]);
+    }
+    const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(n[0], n[1]), _mm256_packs_epi32(n[2], n[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q),
+                        _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+    *sum = _mm_cvtsi128_si32(s4);
+    return scale;
   }
   static float hsum(V a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));

@@ -43,14 +43,37 @@ struct VecPortable {
     for (int i = 0; i < 8; ++i) a.x[i] *= b.x[i];
     return a;
   }
-  // Lane partial sums (as floats) of the int8 dot product of 32 elements.
-  static V dot32_i8(const int8_t* a, const int8_t* b) {
+  // [p0, p1] repeated over the 8 lanes.
+  static V load2(const float* p) {
     V r;
-    for (int i = 0; i < 8; ++i) {
-      int32_t s = 0;
-      for (int j = 0; j < 4; ++j) s += static_cast<int32_t>(a[4 * i + j]) * b[4 * i + j];
-      r.x[i] = static_cast<float>(s);
-    }
+    for (int i = 0; i < 8; ++i) r.x[i] = p[i % 2];
+    return r;
+  }
+
+  // int8 matmul steps (see Matrix's kQ8 layout): lane l accumulates the dot product of its 4
+  // stored weights (unsigned, w + 128) with 4 activations of block l % 2.
+  struct VI {
+    int32_t x[8];
+  };
+  using Q8W = const uint8_t*;
+  static VI q8_init(const int32_t*) { return VI{}; }  // exact signed products: no offset
+  static Q8W q8_load_step(const uint8_t* p) { return p; }
+  static VI q8_step(VI acc, Q8W w, const int8_t* x8) {
+    for (int l = 0; l < 8; ++l)
+      for (int e = 0; e < 4; ++e)
+        acc.x[l] += static_cast<int8_t>(w[4 * l + e] ^ 0x80) * static_cast<int32_t>(x8[(l % 2) * 4 + e]);
+    return acc;
+  }
+  // Quantizes 32 activations (Q8_0); returns the scale and the sum of q.
+  static float q8_quantize(const float* x, int8_t* q, int32_t* sum) {
+    const float scale = quantize_q8_block(x, q);
+    *sum = 0;
+    for (int i = 0; i < 32; ++i) *sum += q[i];
+    return scale;
+  }
+  static V q8_float(VI a) {
+    V r;
+    for (int i = 0; i < 8; ++i) r.x[i] = static_cast<float>(a.x[i]);
     return r;
   }
   static float hsum(V a) {
