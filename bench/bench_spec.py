@@ -54,20 +54,23 @@ def timeit(fn, repeats=3):
     return best
 
 
-def run_ours(target_dir, draft_dir, dtype, threads, tokens, temperature):
+def run_ours(target_dir, draft_dir, dtype, threads, tokens, temperature, configs_filter=None):
     from specdec_native import LLM, SamplingParams
 
     configs = [
         ("autoregressive", None, None),
         ("draft chain k=4", draft_dir, dict(method="draft", num_speculative_tokens=4)),
         ("draft chain k=6", draft_dir, dict(method="draft", num_speculative_tokens=6)),
+        ("draft chain auto<=8", draft_dir, dict(method="draft", num_speculative_tokens=8, adaptive=True)),
+        ("draft tree 2x6", draft_dir, dict(method="draft", num_speculative_tokens=4, tree={"top_k": 2, "max_nodes": 6})),
         ("draft tree 3x12", draft_dir, dict(method="draft", num_speculative_tokens=4, tree={"top_k": 3, "max_nodes": 12})),
         ("ngram k=4", None, dict(method="ngram", num_speculative_tokens=4)),
+        ("ngram auto<=8", None, dict(method="ngram", num_speculative_tokens=8, adaptive=True)),
     ]
     rows = []
     for name, draft, spec in configs:
-        if temperature > 0 and spec and spec.get("tree"):
-            pass  # trees are verified with one-hot q at T > 0 too (lossless): keep them
+        if configs_filter and name not in configs_filter and spec is not None:
+            continue  # the autoregressive baseline always runs
         llm = LLM(str(target_dir), dtype=dtype, num_threads=threads, max_model_len=2048, max_num_seqs=1,
                   draft=str(draft) if draft else None, speculative=spec, progress=False)
         per_prompt = {}
@@ -81,9 +84,12 @@ def run_ours(target_dir, draft_dir, dtype, threads, tokens, temperature):
                 "decode_tokens_per_s": m["decode_tokens_per_s"], "mean_accepted_length": m["mean_accepted_length"],
                 "acceptance_rate": m["acceptance_rate"], "acceptance_by_position": m["acceptance_by_position"],
                 "draft_seconds": m["draft_seconds"], "verify_seconds": m["verify_seconds"], "steps": m["steps"],
-                "text": out.text[:80]}
-        rows.append({"config": name, "spec": spec, "prompts": per_prompt})
-        print(f"  {name:18s} " + "  ".join(f"{p}: {v['decode_tokens_per_s']:5.1f} tok/s (mal {v['mean_accepted_length']:.2f})"
+                "drafted_per_step": m["drafted"] / max(m["steps"], 1), "text": out.text[:80]}
+        row = {"config": name, "spec": spec, "prompts": per_prompt}
+        if spec and spec.get("adaptive"):
+            row["cost_model"] = llm.engine.chain_length_cost_model()
+        rows.append(row)
+        print(f"  {name:20s} " + "  ".join(f"{p}: {v['decode_tokens_per_s']:5.1f} tok/s (mal {v['mean_accepted_length']:.2f})"
                                             for p, v in per_prompt.items()), flush=True)
         del llm
         gc.collect()
@@ -154,6 +160,7 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--temperatures", default="0,0.8")
     ap.add_argument("--peers", default="transformers,llamacpp")
+    ap.add_argument("--configs", default="", help="comma-separated config names to run (default: all)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "spec.json"))
     args = ap.parse_args()
     from specdec_native import checkpoint
@@ -170,7 +177,8 @@ def main() -> int:
     report = {"dtype": args.dtype, "threads": args.threads, "tokens": args.tokens, "cost": cost, "runs": {}}
     for temp in [float(t) for t in args.temperatures.split(",")]:
         print(f"\nT = {temp}", flush=True)
-        report["runs"][str(temp)] = run_ours(target_dir, draft_dir, args.dtype, args.threads, args.tokens, temp)
+        report["runs"][str(temp)] = run_ours(target_dir, draft_dir, args.dtype, args.threads, args.tokens, temp,
+                                             [c for c in args.configs.split(",") if c] or None)
     if "transformers" in args.peers:
         print("\ntransformers (float32, T = 0, code prompt)", flush=True)
         report["transformers"] = run_transformers(target_dir, draft_dir, args.threads, min(args.tokens, 48))
@@ -181,7 +189,7 @@ def main() -> int:
             print("llama-cpp-python not installed: skipping", flush=True)
 
     # Summary table: speedup over our own autoregressive, with the analytic expectation.
-    print(f"\n{'T':>4s} {'config':18s} {'prompt':8s} {'tok/s':>7s} {'speedup':>8s} {'mal':>5s} {'alpha':>6s} {'expected':>9s}")
+    print(f"\n{'T':>4s} {'config':20s} {'prompt':8s} {'tok/s':>7s} {'speedup':>8s} {'mal':>5s} {'alpha':>6s} {'expected':>9s} {'k/step':>6s}")
     for temp, rows in report["runs"].items():
         ar = {p: v["decode_tokens_per_s"] for p, v in rows[0]["prompts"].items()}
         for row in rows:
@@ -191,13 +199,13 @@ def main() -> int:
                 speedup = v["decode_tokens_per_s"] / ar[p]
                 v["speedup"] = speedup
                 exp = ""
-                if spec.get("method") == "draft" and not spec.get("tree"):
+                if spec.get("method") == "draft" and not spec.get("tree") and not spec.get("adaptive"):
                     alpha = v["acceptance_rate"]
                     vv = cost["v"].get(k + 1) or cost["v"][min(cost["v"], key=lambda n: abs(n - k - 1))]
                     v["expected_speedup"] = expected_speedup(alpha, k, cost["c"], vv)
                     exp = f"{v['expected_speedup']:.2f}x"
-                print(f"{temp:>4s} {row['config']:18s} {p:8s} {v['decode_tokens_per_s']:7.1f} {speedup:7.2f}x "
-                      f"{v['mean_accepted_length']:5.2f} {v['acceptance_rate']:6.2f} {exp:>9s}")
+                print(f"{temp:>4s} {row['config']:20s} {p:8s} {v['decode_tokens_per_s']:7.1f} {speedup:7.2f}x "
+                      f"{v['mean_accepted_length']:5.2f} {v['acceptance_rate']:6.2f} {exp:>9s} {v['drafted_per_step']:6.2f}")
         code_best = max(statistics.mean([r["prompts"]["code"]["speedup"], r["prompts"]["code2"]["speedup"]]) for r in rows)
         print(f"  best speedup on code at T={temp}: {code_best:.2f}x")
     if report.get("llamacpp_autoregressive"):

@@ -531,3 +531,39 @@ def test_bad_speculative_usage(ckpts):
         load_llm(ckpts["target"], speculative=[("method", "ngram")])
     # A dict works and means the same as the config object.
     assert load_llm(ckpts["target"], speculative={"method": "ngram"}).speculative == SpeculativeConfig(method="ngram")
+
+
+# ---- adaptive chain length --------------------------------------------------------------------
+
+@pytest.mark.parametrize("draft", ["self", "unrelated", "noisy", "ngram"])
+def test_adaptive_chain_length_is_token_identical(ckpts, references, draft):
+    """Adaptive k changes only how much is drafted per step, never the output."""
+    if draft == "ngram":
+        llm = load_llm(ckpts["loopy"], speculative={"method": "ngram", "num_speculative_tokens": 6, "adaptive": True})
+        expected = references["loopy"]
+    else:
+        llm = load_llm(ckpts["target"], draft=str(ckpts[draft]),
+                       speculative={"num_speculative_tokens": 6, "adaptive": True})
+        expected = references["target"]
+    outs = _run(llm)
+    assert [o.token_ids for o in outs] == expected
+    _check_blocks_free(llm)
+    model = llm.engine.chain_length_cost_model()
+    assert len(model["verify_ratio"]) == 7 and model["verify_ratio"][0] == 1.0
+    assert model["target_step_seconds"] > 0
+    best = [model["best_k_by_alpha"][a] for a in sorted(model["best_k_by_alpha"])]
+    assert all(1 <= k <= 6 for k in best)
+    assert best == sorted(best)  # more acceptance never asks for a shorter chain
+    if draft == "ngram":
+        # Drafting is free (c ~ 0) and a tiny target verifies 7 tokens at about the cost of 1:
+        # at 90% acceptance long chains must win.
+        assert model["draft_cost_ratio"] < 0.2
+        assert model["best_k_by_alpha"][0.9] >= 3
+    assert max(o.metrics["drafted"] / max(o.metrics["steps"], 1) for o in outs) <= 6
+
+
+def test_adaptive_needs_a_chain(ckpts):
+    with pytest.raises(ValueError, match="adaptive"):
+        SpeculativeConfig(tree=STATIC_TREE, adaptive=True)
+    with pytest.raises(ValueError, match="adaptive"):
+        SpeculativeConfig(adaptive="yes")

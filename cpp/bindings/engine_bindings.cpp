@@ -196,6 +196,27 @@ void register_engine(py::module_& m) {
           py::arg("config"), py::arg("shards"), py::arg("dtype"), py::arg("options"),
           py::arg("progress") = py::none())
       .def("attach_ngram", &sd::Engine::attach_ngram, py::arg("options"))
+      .def_property("adaptive_speculation", &sd::Engine::adaptive_speculation, &sd::Engine::set_adaptive_speculation)
+      .def("chain_length_cost_model",
+           [](const sd::Engine& e) {
+             const sd::ChainLengthPolicy& p = e.chain_length_policy();
+             py::dict d;
+             if (!p.calibrated()) return d;
+             py::list v;
+             for (double t : p.verify_seconds()) v.append(t / p.verify_seconds()[0]);
+             d["verify_ratio"] = v;  // [n - 1]: v(n)
+             d["target_step_seconds"] = p.verify_seconds()[0];
+             d["draft_cost_ratio"] = p.draft_cost_ratio();
+             py::dict best;
+             for (double a : {0.5, 0.6, 0.7, 0.8, 0.9}) {
+               sd::ChainLengthPolicy::Acceptance acc;
+               acc.accepted = a * 1000, acc.rejected = (1 - a) * 1000;
+               best[py::float_(a)] = p.choose(acc);
+             }
+             d["best_k_by_alpha"] = best;
+             return d;
+           },
+           "The adaptive chain-length policy's calibrated model (empty before the first use).")
       .def("prompt_logits",
            [](sd::Engine& e, const std::vector<int32_t>& prompt) {
              const py::ssize_t V = e.config().vocab_size;

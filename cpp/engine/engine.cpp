@@ -82,6 +82,7 @@ struct Engine::Running {
   int32_t index;
   SeqPages seq;                 // KV of every committed token but the last (the root)
   std::vector<int32_t> tokens;  // prompt + generated; tokens.back() is the root
+  ChainLengthPolicy::Acceptance acceptance;
 };
 
 Status Engine::attach_draft_model(const ModelConfig& cfg, const std::vector<std::string>& shard_paths,
@@ -105,12 +106,14 @@ Status Engine::attach_draft_model(const ModelConfig& cfg, const std::vector<std:
   o.prefill_chunk = opts_.prefill_chunk;
   const KVCacheConfig kv = model->kv_config(opts_.page_size, opts_.num_blocks);
   drafter_.reset(new DraftModelDrafter(std::move(model), kv, o));
+  policy_ = ChainLengthPolicy();
   return Status::Ok();
 }
 
 void Engine::attach_ngram(const NgramOptions& opts) {
   std::lock_guard<std::mutex> lock(mu_);
   drafter_.reset(new NgramDrafter(opts));
+  policy_ = ChainLengthPolicy();
 }
 
 Status Engine::step(std::vector<Running>& running, const std::vector<GenerationRequest>& requests,
@@ -131,10 +134,13 @@ Status Engine::step(std::vector<Running>& running, const std::vector<GenerationR
     dr.sampling = &requests[static_cast<size_t>(r.index)].sampling;
     dr.position = res.tokens.size();
     dr.max_nodes = static_cast<int32_t>(std::max<int64_t>(0, opts_.max_model_len - 1 - prefix[k]));
+    const bool adapt = adaptive_ && policy_.calibrated();
+    if (adapt) dr.max_nodes = std::min(dr.max_nodes, policy_.choose(r.acceptance));
     const double t0 = now_seconds();
     SD_RETURN_IF_ERROR(drafter_->propose(r.index, dr, &trees[k]));
     SD_RETURN_IF_ERROR(trees[k].validate(static_cast<int32_t>(V)));
     res.draft_seconds += now_seconds() - t0;
+    if (adapt) policy_.observe_draft(trees[k].size(), now_seconds() - t0);
   }
   // 2. One target forward over every root and draft tree.
   const double t0 = now_seconds();
@@ -188,6 +194,7 @@ Status Engine::step(std::vector<Running>& running, const std::vector<GenerationR
     for (int64_t j = 0; j < m; ++j) kv_->copy_token(r.seq, prefix[k] + 1 + v.accepted[static_cast<size_t>(j)], prefix[k] + 1 + j);
     r.seq.truncate(kv_->allocator(), prefix[k] + 1 + m);
     if (drafter_) drafter_->accept(r.index, t, v.accepted);
+    r.acceptance.observe(t.size(), static_cast<int32_t>(m));
     res.steps += 1;
     res.drafted += t.size();
     res.accepted += m;
@@ -232,6 +239,8 @@ Status Engine::generate(const std::vector<GenerationRequest>& requests, const To
                          "; raise num_blocks or lower max_tokens");
   }
 
+  if (adaptive_ && drafter_ && drafter_->proposes_chains() && !policy_.calibrated())
+    SD_RETURN_IF_ERROR(calibrate_chain_length_policy());
   results->assign(static_cast<size_t>(N), GenerationResult());
   const double t_start = now_seconds();
   const int64_t V = config().vocab_size;
@@ -330,12 +339,16 @@ Status Engine::prompt_logits(const std::vector<int32_t>& prompt, float* logits) 
   GenerationRequest r;
   r.prompt = prompt;
   SD_RETURN_IF_ERROR(validate(r, 0));
-  const int64_t n = static_cast<int64_t>(prompt.size());
+  return scratch_forward(prompt, logits);
+}
+
+Status Engine::scratch_forward(const std::vector<int32_t>& tokens, float* logits) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
   SeqPages seq(opts_.page_size);
   Status st = seq.append(kv_->allocator(), n);
   if (!st.ok()) return st;
   ForwardBatch fb;
-  fb.token_ids = prompt;
+  fb.token_ids = tokens;
   fb.positions.resize(static_cast<size_t>(n));
   fb.logit_rows.resize(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) fb.positions[static_cast<size_t>(i)] = fb.logit_rows[static_cast<size_t>(i)] = static_cast<int32_t>(i);
@@ -344,6 +357,25 @@ Status Engine::prompt_logits(const std::vector<int32_t>& prompt, float* logits) 
   st = model_->forward(fb, *kv_, logits);
   seq.release(kv_->allocator());
   return st;
+}
+
+Status Engine::calibrate_chain_length_policy() {
+  const int32_t n_max = drafter_->max_nodes() + 1;
+  std::vector<float> logits(static_cast<size_t>(n_max) * static_cast<size_t>(config().vocab_size));
+  std::vector<double> seconds;
+  for (int32_t n = 1; n <= n_max; ++n) {
+    std::vector<int32_t> tokens(static_cast<size_t>(n));
+    for (int32_t i = 0; i < n; ++i) tokens[static_cast<size_t>(i)] = (1000 + 7 * i) % config().vocab_size;
+    double best = 1e30;
+    for (int rep = 0; rep < 3; ++rep) {
+      const double t0 = now_seconds();
+      SD_RETURN_IF_ERROR(scratch_forward(tokens, logits.data()));
+      best = std::min(best, now_seconds() - t0);
+    }
+    seconds.push_back(best);
+  }
+  policy_.calibrate(std::move(seconds));
+  return Status::Ok();
 }
 
 }  // namespace sd

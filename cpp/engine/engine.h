@@ -12,6 +12,7 @@
 #include "kv/kv_cache.h"
 #include "model/llama.h"
 #include "sampling/sampler.h"
+#include "spec/chain_length_policy.h"
 #include "spec/draft_model_drafter.h"
 #include "spec/ngram_drafter.h"
 
@@ -74,6 +75,12 @@ class Engine {
                             const std::function<void(int, int)>& progress);
   void attach_ngram(const NgramOptions& opts);
   const Drafter* drafter() const { return drafter_.get(); }
+  // Adaptive chain length: each step drafts the k (up to the drafter's) that the cost model
+  // (spec/chain_length_policy.h) expects to be fastest for that request. Off by default: seeded
+  // sampling stays reproducible only with a fixed k.
+  void set_adaptive_speculation(bool on) { adaptive_ = on; }
+  bool adaptive_speculation() const { return adaptive_; }
+  const ChainLengthPolicy& chain_length_policy() const { return policy_; }
 
   // Logits of every prompt position ([prompt.size() x vocab] floats written to `logits`),
   // computed on a scratch sequence (tests, scoring, step-cost measurements).
@@ -89,6 +96,8 @@ class Engine {
   Engine() = default;
   Status validate(const GenerationRequest& r, int32_t index) const;
   Status prefill(SeqPages& seq, const std::vector<int32_t>& prompt, std::vector<float>* last_logits);
+  Status scratch_forward(const std::vector<int32_t>& tokens, float* logits);
+  Status calibrate_chain_length_policy();
   struct Running;
   // One decoding step for every running sequence; sets done[k] for the ones that finished.
   Status step(std::vector<Running>& running, const std::vector<GenerationRequest>& requests,
@@ -100,6 +109,8 @@ class Engine {
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<KVCache> kv_;
   std::unique_ptr<Drafter> drafter_;
+  bool adaptive_ = false;
+  ChainLengthPolicy policy_;
   std::vector<float> logits_, probs_, scratch_;
   std::mutex mu_;  // one generate() at a time
 };

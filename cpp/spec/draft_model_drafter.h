@@ -29,6 +29,7 @@ class DraftModelDrafter : public Drafter {
   void accept(int32_t seq, const TokenTree& tree, const std::vector<int32_t>& accepted) override;
   void release(int32_t seq) override;
   int32_t max_nodes() const override;
+  bool proposes_chains() const override { return opts_.tree_choices.empty() && opts_.top_k <= 0; }
   const LlamaModel& model() const { return *model_; }
   KVCache& kv_cache() { return kv_; }
 

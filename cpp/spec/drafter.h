@@ -27,6 +27,8 @@ class Drafter {
   virtual void release(int32_t seq) {}
   // Largest tree this drafter proposes (the engine reserves KV for it).
   virtual int32_t max_nodes() const = 0;
+  // Whether every proposal is a chain (then the engine may choose its length per step).
+  virtual bool proposes_chains() const = 0;
 };
 
 }  // namespace sd

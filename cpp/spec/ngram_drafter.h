@@ -19,6 +19,7 @@ class NgramDrafter : public Drafter {
   explicit NgramDrafter(const NgramOptions& o) : opts_(o) {}
   Status propose(int32_t seq, const DraftRequest& req, TokenTree* tree) override;
   int32_t max_nodes() const override { return opts_.num_tokens * opts_.max_branches; }
+  bool proposes_chains() const override { return opts_.max_branches == 1; }
 
  private:
   NgramOptions opts_;

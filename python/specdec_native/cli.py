@@ -30,7 +30,7 @@ def _generate(args) -> int:
     speculative = None
     if args.method or args.draft:
         speculative = {"method": args.method or "draft", "num_speculative_tokens": args.num_speculative_tokens,
-                       "tree": json.loads(args.tree) if args.tree else None}
+                       "tree": json.loads(args.tree) if args.tree else None, "adaptive": args.adaptive}
     llm = LLM(model, dtype=args.dtype, num_threads=args.threads, max_model_len=args.max_model_len,
               draft=args.draft, speculative=speculative)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--method", choices=["draft", "ngram"], help="speculative drafts (default: draft if --draft)")
     g.add_argument("--num-speculative-tokens", type=int, default=5)
     g.add_argument("--tree", help='draft tree as JSON: [[0],[1],[0,0]] or {"top_k": 4, "max_nodes": 32}')
+    g.add_argument("--adaptive", action="store_true",
+                   help="choose each step's chain length (<= --num-speculative-tokens) from the measured costs")
     g.set_defaults(func=_generate)
 
     c = sub.add_parser("convert", help="convert a GGUF file to a Hugging Face checkpoint directory")

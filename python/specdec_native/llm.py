@@ -64,6 +64,7 @@ class LLM:
 
     def _attach_drafter(self, draft: Optional[str], dtype: str, progress: bool) -> None:
         spec = self.speculative
+        self.engine.adaptive_speculation = spec.adaptive
         if spec.method == "ngram":
             if draft is not None:
                 raise ValueError("method 'ngram' drafts from the context itself; do not pass draft=")

@@ -19,6 +19,11 @@ class SpeculativeConfig:
       EAGLE-2 style). For "ngram", {"max_branches": B} keeps up to B distinct continuations.
     prompt_lookup_min / prompt_lookup_max: n-gram sizes tried, longest first ("ngram").
     draft_dtype: the draft model's dtype (default: the target's).
+    adaptive: chains only: each step drafts the k <= num_speculative_tokens that the cost model
+      (1 - a^(k+1)) / ((1 - a)(k c + v(k+1))) expects to be fastest, with a = the request's
+      measured acceptance, c = draft/target step cost, v = measured verify-width cost. Still
+      lossless; but k then depends on timings, so seeded sampled outputs repeat exactly only
+      with adaptive=False.
     """
 
     method: str = "draft"
@@ -27,6 +32,7 @@ class SpeculativeConfig:
     prompt_lookup_min: int = 1
     prompt_lookup_max: int = 4
     draft_dtype: Optional[str] = None
+    adaptive: bool = False
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -37,7 +43,11 @@ class SpeculativeConfig:
         if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
             raise ValueError("need 1 <= prompt_lookup_min <= prompt_lookup_max, got "
                              f"{self.prompt_lookup_min}, {self.prompt_lookup_max}")
+        if not isinstance(self.adaptive, bool):
+            raise ValueError(f"adaptive must be True or False, got {self.adaptive!r}")
         tree = self.tree
+        if self.adaptive and tree is not None and tree != {"max_branches": 1}:
+            raise ValueError("adaptive=True chooses chain lengths: it needs tree=None")
         if tree is None:
             return
         if isinstance(tree, dict):
