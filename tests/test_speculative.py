@@ -435,6 +435,9 @@ def test_metrics(ckpts):
             assert all(0.0 <= a <= 1.0 for a in by_pos)
             assert all(a >= b for a, b in zip(by_pos, by_pos[1:]))  # a chain: non-increasing
             assert m["draft_seconds"] > 0 and m["verify_seconds"] > 0
+            # Decode time is drafting plus verification (speculative tokens/s must pay for both).
+            assert m["decode_seconds"] >= m["draft_seconds"] + m["verify_seconds"] - 1e-9
+            assert m["decode_seconds"] <= m["seconds"]
         assert sum(o.metrics["accepted"] for o in outs) > 0
     # Without speculation the counters stay at zero.
     plain = load_llm(ckpts["target"]).generate(prompt_token_ids=PROMPTS[:1], sampling_params=greedy_params(8))[0]

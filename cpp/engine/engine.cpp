@@ -139,8 +139,10 @@ Status Engine::step(std::vector<Running>& running, const std::vector<GenerationR
     const double t0 = now_seconds();
     SD_RETURN_IF_ERROR(drafter_->propose(r.index, dr, &trees[k]));
     SD_RETURN_IF_ERROR(trees[k].validate(static_cast<int32_t>(V)));
-    res.draft_seconds += now_seconds() - t0;
-    if (adapt) policy_.observe_draft(trees[k].size(), now_seconds() - t0);
+    const double drafting = now_seconds() - t0;
+    res.draft_seconds += drafting;
+    res.decode_seconds += drafting;  // decode time is drafting + verification
+    if (adapt) policy_.observe_draft(trees[k].size(), drafting);
   }
   // 2. One target forward over every root and draft tree.
   const double t0 = now_seconds();
