@@ -557,11 +557,12 @@ def test_adaptive_chain_length_is_token_identical(ckpts, references, draft):
     best = [model["best_k_by_alpha"][a] for a in sorted(model["best_k_by_alpha"])]
     assert all(1 <= k <= 6 for k in best)
     assert best == sorted(best)  # more acceptance never asks for a shorter chain
-    if draft == "ngram":
-        # Drafting is free (c ~ 0) and a tiny target verifies 7 tokens at about the cost of 1:
-        # at 90% acceptance long chains must win.
-        assert model["draft_cost_ratio"] < 0.2
-        assert model["best_k_by_alpha"][0.9] >= 3
+    # The choice is the argmax of the cost model over its own calibrated numbers (timings vary
+    # from machine to machine; the decision rule must not).
+    c, v = model["draft_cost_ratio"], model["verify_ratio"]
+    for alpha, chosen in model["best_k_by_alpha"].items():
+        gain = [(1 - alpha ** (k + 1)) / (1 - alpha) / (k * c + v[k]) for k in range(1, 7)]
+        assert gain[chosen - 1] == pytest.approx(max(gain), rel=1e-9)
     assert max(o.metrics["drafted"] / max(o.metrics["steps"], 1) for o in outs) <= 6
 
 
