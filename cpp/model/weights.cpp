@@ -1,6 +1,5 @@
 #include "model/weights.h"
 
-#include <cmath>
 #include <cstring>
 #include <string>
 

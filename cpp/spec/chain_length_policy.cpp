@@ -30,7 +30,7 @@ double ChainLengthPolicy::expected_speedup(double alpha, int32_t k) const {
 }
 
 int32_t ChainLengthPolicy::choose(const Acceptance& a) const {
-  if (!calibrated() || k_max() < 1) return k_max() < 1 ? 1 : k_max();
+  if (k_max() < 1) return 1;  // also before calibration (k_max() is -1 then)
   int32_t best = 1;
   double best_speedup = -1.0;
   for (int32_t k = 1; k <= k_max(); ++k) {

@@ -19,7 +19,7 @@ class ChainLengthPolicy {
   bool calibrated() const { return !verify_seconds_.empty(); }
   int32_t k_max() const { return static_cast<int32_t>(verify_seconds_.size()) - 1; }
 
-  // One step's outcome: `drafted` chain tokens proposed in `draft_seconds`, `accepted` taken.
+  // One step's drafting: `drafted` chain tokens proposed in `draft_seconds`.
   void observe_draft(int32_t drafted, double draft_seconds);
 
   // Per-request acceptance statistics.

@@ -27,11 +27,6 @@ struct VecPortable {
     for (int i = 0; i < 8; ++i) r.x[i] = t == DType::kBF16 ? bf16_to_f32(p[i]) : f16_to_f32(p[i]);
     return r;
   }
-  static V load(const int8_t* p) {
-    V r;
-    for (int i = 0; i < 8; ++i) r.x[i] = static_cast<float>(p[i]);
-    return r;
-  }
   static void store(float* p, V a) {
     for (int i = 0; i < 8; ++i) p[i] = a.x[i];
   }
