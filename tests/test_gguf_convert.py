@@ -328,6 +328,35 @@ def test_smollm2_matches_transformers_gguf_loader(smollm2):
     assert engine.generate(prompt_token_ids=[ids[0].tolist()], sampling_params=params)[0].token_ids == ref_greedy
 
 
+def test_smollm2_int4_reproduces_the_gguf_q4_1_weights(smollm2):
+    # Q4_1 blocks span q = 0..15 with a float16 scale and minimum, which is exactly what the
+    # int4 packer finds from the dequantized values: int4 holds the GGUF's own weights.
+    from safetensors.numpy import load_file
+
+    from specdec_native import LLM, SamplingParams, ops
+
+    path, out = smollm2
+    sd = load_file(os.path.join(out, "model.safetensors"))
+    for name in ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
+                 "model.layers.7.mlp.down_proj.weight", "model.layers.29.mlp.gate_proj.weight"]:
+        w = sd[name][:96]
+        deq = ops.matmul(np.eye(w.shape[1], dtype=np.float32), ops.PackedWeight(w, "int4")).T
+        assert np.abs(deq - w).max() <= 1e-6 * np.abs(w).max(), name
+
+    # So the engine's int4 logits differ from float32 only by the int8 activations.
+    ids = [1, 4093, 198, 19161, 253, 5905, 1517, 338, 6765, 260, 2028, 282, 253, 1398, 30, 2, 198, 1, 520, 9531, 198]
+    # the chat prompt "Write a Python function that returns the sum of a list."
+    f32, int4 = (LLM(out, dtype=d, max_model_len=256, progress=False) for d in ("float32", "int4"))
+    a, b = f32.prompt_logits(ids), int4.prompt_logits(ids)
+    rel = float(np.linalg.norm(b - a) / np.linalg.norm(a))
+    print(f"SmolLM2 int4 relative logits error {rel:.3g}")
+    assert 1e-4 < rel < 5e-2  # measured 0.025 (int8: 0.029)
+    assert np.mean(a.argmax(-1) == b.argmax(-1)) >= 0.9
+    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    assert int4.generate(prompt_token_ids=[ids], sampling_params=params)[0].token_ids == \
+        f32.generate(prompt_token_ids=[ids], sampling_params=params)[0].token_ids
+
+
 def test_smollm2_tokenizer_matches_transformers(smollm2):
     path, out = smollm2
     ref = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))

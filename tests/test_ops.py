@@ -45,12 +45,42 @@ def quantize_q8(w):
     return q * np.repeat(scale, 32, axis=1)
 
 
+def quantize_q4_parts(a):
+    """4-bit blocks of 32 along each row (like GGUF Q4_1): min and scale = (max - min) / 15, both
+    rounded to float16, q = floor((a - min) / scale + 0.5) clamped to 0..15, in float32
+    arithmetic as the C quantizer does it. Returns (q, scale, min) as float64, q [rows, K],
+    scale and min [rows, K / 32]."""
+    a = np.asarray(a, dtype=np.float32)
+    n, k = a.shape
+    assert k % 32 == 0
+    blocks = a.reshape(n, k // 32, 32)
+    lo, hi = blocks.min(axis=2, keepdims=True), blocks.max(axis=2, keepdims=True)
+    scale = ((hi - lo) / np.float32(15)).astype(np.float16).astype(np.float32)
+    mn = lo.astype(np.float16).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(scale > 0, np.float32(1) / scale, np.float32(0)).astype(np.float32)
+    v = ((blocks - mn).astype(np.float32) * inv).astype(np.float32)
+    q = np.where(v > 0, np.floor((v + np.float32(0.5)).astype(np.float32)), 0)
+    q = np.minimum(q, 15).astype(np.float64)
+    return q.reshape(n, k), scale[:, :, 0].astype(np.float64), mn[:, :, 0].astype(np.float64)
+
+
+def quantize_q4(w):
+    """The float64 values a 4-bit weight stands for: q * scale + min."""
+    q, scale, mn = quantize_q4_parts(w)
+    return q * np.repeat(scale, 32, axis=1) + np.repeat(mn, 32, axis=1)
+
+
+QUANTIZED = ("int8", "int4")
+
+
 def reference_weight(w, dtype):
     return {
         "float32": lambda a: np.asarray(a, np.float64),
         "bfloat16": round_bf16,
         "float16": round_f16,
         "int8": quantize_q8,
+        "int4": quantize_q4,
     }[dtype](w)
 
 
@@ -116,16 +146,13 @@ def check_matmul(M, K, N, dtype, with_bias, seed):
     wr = reference_weight(w, dtype)
     x64 = x.astype(np.float64)
     b64 = bias.astype(np.float64) if with_bias else np.zeros(N)
-    if dtype == "int8":
-        # int8 weights run against activations quantized the same way (Q8_0 x Q8_0, as GGUF):
-        # y = sum over blocks of (xq . wq) * sx * sw, exact integer dots in the reference.
+    if dtype in QUANTIZED:
+        # Quantized weights run against activations quantized per block of 32 (Q8_0 x Q8_0 and
+        # Q4_1 x Q8_1, as GGUF): y = sum over blocks of sx * (xq . w), w the dequantized weights.
         xq, sx = quantize_q8_parts(x)
-        wq, sw = quantize_q8_parts(w)
         nb = K // 32
-        dots = np.einsum("mbi,nbi->mnb", xq.reshape(M, nb, 32), wq.reshape(N, nb, 32))
-        ref = (dots * sx[:, None, :] * sw[None, :, :]).sum(axis=2) + b64
-        absdots = np.einsum("mbi,nbi->mnb", np.abs(xq).reshape(M, nb, 32), np.abs(wq).reshape(N, nb, 32))
-        scale = (absdots * sx[:, None, :] * sw[None, :, :]).sum(axis=2) + np.abs(b64)
+        ref = (np.einsum("mbi,nbi->mnb", xq.reshape(M, nb, 32), wr.reshape(N, nb, 32)) * sx[:, None, :]).sum(axis=2) + b64
+        scale = (np.einsum("mbi,nbi->mnb", np.abs(xq).reshape(M, nb, 32), np.abs(wr).reshape(N, nb, 32)) * sx[:, None, :]).sum(axis=2) + np.abs(b64)
         # Whatever the activations' rounding, y stays within its bound of the exact product
         # with the quantized weights: |x - xq*sx| <= sx/2 per element.
         act_bound = (np.abs(wr).reshape(N, nb, 32).sum(axis=2) @ (sx / 2).T).T
@@ -140,7 +167,7 @@ def check_matmul(M, K, N, dtype, with_bias, seed):
 
 
 @pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "int8", "int4"])
 @pytest.mark.parametrize("M,K,N", MATMUL_SHAPES)
 def test_matmul(kernel_set, M, K, N, dtype, with_bias):
     check_matmul(M, K, N, dtype, with_bias, seed=M * 1000003 + K * 1009 + N)
@@ -161,12 +188,13 @@ def test_matmul_bias_is_added_once_per_output():
     np.testing.assert_array_equal(ops.matmul(x, ops.PackedWeight(w), b), np.tile(b, (4, 1)))
 
 
+@pytest.mark.parametrize("dtype", QUANTIZED)
 @pytest.mark.parametrize("K", [36, 100, 48])
-def test_int8_falls_back_to_bf16_when_k_not_multiple_of_32(kernel_set, K):
+def test_quantized_falls_back_to_bf16_when_k_not_multiple_of_32(kernel_set, K, dtype):
     rng = np.random.default_rng(K)
     w = rng.standard_normal((9, K)).astype(np.float32)
     x = rng.standard_normal((5, K)).astype(np.float32)
-    pw = ops.PackedWeight(w, "int8")
+    pw = ops.PackedWeight(w, dtype)
     assert pw.dtype == "bfloat16"
     assert pw.nbytes == 2 * 9 * K
     ref = x.astype(np.float64) @ round_bf16(w).T
@@ -188,6 +216,34 @@ def test_int8_quantization_matches_reference_rounding():
     np.testing.assert_allclose(deq, quantize_q8(w)[0], rtol=1e-6, atol=0)
 
 
+def test_int4_quantization_matches_reference_rounding(kernel_set):
+    # min -3, max 12: scale 1 and min -3 are exact in float16, so w - min lands on integers and
+    # halves, which round up; a constant block has scale 0 and stands for its value exactly.
+    row = np.array([-3.0, 12.0, -2.5, 0.5, 1.49, 4.5, 11.6, 0.0] + [2.0] * 24, np.float32)
+    w = np.stack([row, np.full(32, 0.75, np.float32)])
+    pw = ops.PackedWeight(w, "int4")
+    assert pw.dtype == "int4"
+    eye = np.eye(32, dtype=np.float32)  # one-hot activations quantize exactly (q = 127)
+    deq = ops.matmul(eye, pw).T  # W as the kernels see it
+    expected = np.array([-3, 12, -2, 1, 1, 5, 12, 0] + [2] * 24, np.float64)
+    np.testing.assert_allclose(deq[0], expected, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(deq[1], 0.75, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(deq, quantize_q4(w), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_int4_error_is_within_half_a_step(seed):
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((7, 96)) * 10.0 ** rng.uniform(-3, 1)).astype(np.float32)
+    q, scale, mn = quantize_q4_parts(w)
+    deq = ops.matmul(np.eye(96, dtype=np.float32), ops.PackedWeight(w, "int4")).T.astype(np.float64)
+    step = np.repeat(scale, 32, axis=1)
+    # float16 rounding of min and scale moves the grid by at most a few ulps of the range
+    slack = 2e-3 * (np.abs(np.repeat(mn, 32, axis=1)) + 15 * step)
+    assert (np.abs(deq - w) <= step / 2 + slack).all()
+    assert ((0 <= q) & (q <= 15)).all()
+
+
 @pytest.mark.parametrize("N,K", [(1, 32), (5, 64), (130, 576), (64, 96), (6, 36)])
 def test_packed_weight_nbytes(N, K):
     # K % 32 == 0: packed in groups of 4 rows (zero-padded), int8 with one f32 scale per row
@@ -201,6 +257,9 @@ def test_packed_weight_nbytes(N, K):
     k64 = -(-K // 64) * 64
     int8_bytes = rows * k64 + 4 * rows * k64 // 32 if K % 32 == 0 else 2 * rows * K
     assert ops.PackedWeight(w, "int8").nbytes == int8_bytes
+    # int4: half a byte per weight plus a float16 scale and minimum per row and block of 32
+    int4_bytes = rows * k64 // 2 + 4 * rows * k64 // 32 if K % 32 == 0 else 2 * rows * K
+    assert ops.PackedWeight(w, "int4").nbytes == int4_bytes
     assert ops.PackedWeight(w).dtype == "float32"
 
 
@@ -287,7 +346,7 @@ def test_silu_mul(kernel_set, M, I):
     np.testing.assert_allclose(ops.silu_mul(gu), ref, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "int8", "int4"])
 @pytest.mark.parametrize("V,D", [(10, 64), (50, 96), (7, 32)])
 def test_embedding(dtype, V, D):
     rng = np.random.default_rng(V * D)
@@ -479,7 +538,7 @@ def test_bad_dtype_and_ndim():
     with pytest.raises(ValueError, match="float32"):
         ops.PackedWeight(np.ones((4, 32)), "float32")
     with pytest.raises(ValueError, match="dtype must be one of"):
-        ops.PackedWeight(np.ones((4, 32), np.float32), "int4")
+        ops.PackedWeight(np.ones((4, 32), np.float32), "int3")
     with pytest.raises(ValueError, match="float32"):
         ops.rmsnorm(np.ones((2, 4)), np.ones(4, np.float32))
     with pytest.raises(ValueError, match="int32"):

@@ -25,7 +25,8 @@ using sd_py::i32;
 
 namespace {
 
-// A weight matrix packed into one of the kernel dtypes (int8: blocks of 32 with a scale).
+// A weight matrix packed into one of the kernel dtypes (int8: blocks of 32 with a scale; int4:
+// blocks of 32 with a scale and a minimum).
 struct PackedWeight {
   sd::OwnedMatrix m;
 };
@@ -35,7 +36,8 @@ sd::DType dtype_from_name(const std::string& name) {
   if (name == "bfloat16") return sd::DType::kBF16;
   if (name == "float16") return sd::DType::kF16;
   if (name == "int8") return sd::DType::kQ8;
-  throw py::value_error("dtype must be one of float32, bfloat16, float16, int8; got '" + name + "'");
+  if (name == "int4") return sd::DType::kQ4;
+  throw py::value_error("dtype must be one of float32, bfloat16, float16, int8, int4; got '" + name + "'");
 }
 
 std::unique_ptr<PackedWeight> pack(py::handle w_obj, const std::string& dtype) {

@@ -13,6 +13,7 @@ enum class DType : int32_t {
   kF16 = 1,
   kBF16 = 2,
   kQ8 = 3,  // int8 weights, one f32 scale per block of 32 along a row (like GGUF Q8_0)
+  kQ4 = 4,  // 4-bit weights, one f16 scale and minimum per block of 32 (like GGUF Q4_1)
 };
 
 constexpr int kQ8Block = 32;
@@ -23,17 +24,20 @@ inline const char* dtype_name(DType t) {
     case DType::kF16: return "float16";
     case DType::kBF16: return "bfloat16";
     case DType::kQ8: return "int8";
+    case DType::kQ4: return "int4";
   }
   return "?";
 }
 
-// Bytes per element for plain types; for kQ8 the int8 payload (scales are stored apart).
+// Bytes per element for plain types; for kQ8 the int8 payload (scales are stored apart); kQ4
+// packs two elements per byte, so its size is never taken per element.
 inline int64_t dtype_size(DType t) {
   switch (t) {
     case DType::kF32: return 4;
     case DType::kF16: return 2;
     case DType::kBF16: return 2;
     case DType::kQ8: return 1;
+    case DType::kQ4: return 0;
   }
   return 0;
 }
@@ -105,6 +109,26 @@ SD_HD float quantize_q8_block(const float* x, int8_t* q) {
     q[i] = static_cast<int8_t>(v < 0.f ? -r : r);
   }
   return scale;
+}
+
+// One Q4 block: w ~ scale * q + min with q in 0..15, min = the block's minimum and scale =
+// (max - min) / 15, both rounded to f16 first; q = round((x - min) / scale) with the rounded
+// values (ties up), clamped to 0..15.
+SD_HD void quantize_q4_block(const float* x, uint8_t* q, uint16_t* scale_f16, uint16_t* min_f16) {
+  float lo = x[0], hi = x[0];
+  for (int i = 1; i < kQ8Block; ++i) {
+    lo = x[i] < lo ? x[i] : lo;
+    hi = x[i] > hi ? x[i] : hi;
+  }
+  *scale_f16 = f32_to_f16((hi - lo) / 15.f);
+  *min_f16 = f32_to_f16(lo);
+  const float scale = f16_to_f32(*scale_f16), min = f16_to_f32(*min_f16);
+  const float inv = scale > 0.f ? 1.f / scale : 0.f;
+  for (int i = 0; i < kQ8Block; ++i) {
+    const float v = (x[i] - min) * inv;
+    int r = v > 0.f ? static_cast<int>(v + 0.5f) : 0;
+    q[i] = static_cast<uint8_t>(r > 15 ? 15 : r);
+  }
 }
 
 }  // namespace sd

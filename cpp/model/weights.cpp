@@ -45,6 +45,7 @@ void write_values(const float* src, int64_t n, DType target, uint8_t* dst) {
       break;
     }
     case DType::kQ8:  // packed block by block in from_tensors
+    case DType::kQ4:
       break;
   }
 }
@@ -76,7 +77,7 @@ Status load_vector(const Checkpoint& ckpt, const std::string& name, int64_t n, s
 Status OwnedMatrix::from_tensors(const std::vector<const TensorView*>& parts, int64_t cols,
                                  DType target, OwnedMatrix* out) {
   const bool packed = cols % kPackCols == 0;
-  if (target == DType::kQ8 && !packed) target = DType::kBF16;
+  if ((target == DType::kQ8 || target == DType::kQ4) && !packed) target = DType::kBF16;
   int64_t rows = 0;
   for (const TensorView* p : parts) rows += p->shape[0];
   Matrix m{target, rows, cols, nullptr, packed};
@@ -99,15 +100,23 @@ Status OwnedMatrix::from_tensors(const std::vector<const TensorView*>& parts, in
         for (int64_t blk = 0; blk < cols / kPackCols; ++blk) {
           const float* src = buf.data() + blk * kPackCols;
           const int64_t col = blk * kPackCols;
-          if (target != DType::kQ8) {
+          if (target == DType::kQ8) {
+            int8_t q[kQ8Block];
+            const float scale = quantize_q8_block(src, q);
+            std::memcpy(group + Matrix::q8_scale_offset(r, col), &scale, 4);
+            for (int i = 0; i < kQ8Block; ++i)
+              group[Matrix::q8_offset(r, col + i)] = static_cast<uint8_t>(q[i]) ^ 0x80;
+          } else if (target == DType::kQ4) {
+            uint8_t q[kQ8Block];
+            uint16_t scale, min;
+            quantize_q4_block(src, q, &scale, &min);
+            std::memcpy(group + Matrix::q4_scale_offset(r, col), &scale, 2);
+            std::memcpy(group + Matrix::q4_scale_offset(r, col) + Matrix::kQ4MinOffset, &min, 2);
+            for (int i = 0; i < kQ8Block; ++i)
+              group[Matrix::q4_offset(r, col + i)] |= static_cast<uint8_t>(q[i] << Matrix::q4_shift(col + i));
+          } else {
             write_values(src, kPackCols, target, group + m.float_offset(r, col));
-            continue;
           }
-          int8_t q[kQ8Block];
-          const float scale = quantize_q8_block(src, q);
-          std::memcpy(group + Matrix::q8_scale_offset(r, col), &scale, 4);
-          for (int i = 0; i < kQ8Block; ++i)
-            group[Matrix::q8_offset(r, col + i)] = static_cast<uint8_t>(q[i]) ^ 0x80;
         }
       }
     });
@@ -122,6 +131,7 @@ Status resolve_dtype(const std::string& name, const Checkpoint& ckpt, DType* out
   else if (name == "bfloat16") *out = DType::kBF16;
   else if (name == "float16") *out = DType::kF16;
   else if (name == "int8") *out = DType::kQ8;
+  else if (name == "int4") *out = DType::kQ4;
   else if (name == "auto") {
     const TensorView* t = ckpt.find("model.embed_tokens.weight");
     if (!t) return CorruptFile("checkpoint is missing tensor 'model.embed_tokens.weight'");
@@ -130,7 +140,7 @@ Status resolve_dtype(const std::string& name, const Checkpoint& ckpt, DType* out
     else if (t->dtype == "F16") *out = DType::kF16;
     else return Unsupported("dtype='auto': checkpoint weights are " + t->dtype + ", supported: F32, F16, BF16");
   } else {
-    return InvalidArgument("dtype '" + name + "' is not one of auto, float32, bfloat16, float16, int8");
+    return InvalidArgument("dtype '" + name + "' is not one of auto, float32, bfloat16, float16, int8, int4");
   }
   return Status::Ok();
 }
@@ -142,14 +152,17 @@ Status load_llama_weights(const ModelConfig& cfg, const Checkpoint& ckpt, DType 
   const int64_t kv_rows = static_cast<int64_t>(cfg.num_kv_heads) * D;
   const int total = cfg.num_layers + 2;
 
+  // 4-bit weights keep the embedding and LM head in int8 (as GGUF's Q4_K_M keeps its output
+  // tensor at 6 bits): the logits are the most sensitive matmul and a small share of the bytes.
+  const DType table_dtype = target == DType::kQ4 ? DType::kQ8 : target;
   const TensorView* embed = nullptr;
   SD_RETURN_IF_ERROR(require(ckpt, "model.embed_tokens.weight", {cfg.vocab_size, H}, &embed));
-  SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({embed}, H, target, &out->embed));
+  SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({embed}, H, table_dtype, &out->embed));
   const TensorView* head = ckpt.find("lm_head.weight");
   out->tied = cfg.tie_word_embeddings;
   if (!cfg.tie_word_embeddings) {
     SD_RETURN_IF_ERROR(require(ckpt, "lm_head.weight", {cfg.vocab_size, H}, &head));
-    SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({head}, H, target, &out->lm_head));
+    SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({head}, H, table_dtype, &out->lm_head));
   }
   SD_RETURN_IF_ERROR(load_vector(ckpt, "model.norm.weight", H, &out->final_norm));
   if (progress) progress(1, total);

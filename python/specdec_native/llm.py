@@ -19,8 +19,10 @@ class LLM:
 
     model: a Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json) or
       a .gguf file (converted once into ~/.cache/specdec_native, or $SPECDEC_CACHE).
-    dtype: "auto" (the checkpoint's), "float32", "bfloat16", "float16" or "int8" (weight-only,
-      a scale per 32 weights, dequantized inside the matmul kernels).
+    dtype: "auto" (the checkpoint's), "float32", "bfloat16", "float16", "int8" (weight-only,
+      a scale per 32 weights, dequantized inside the matmul kernels) or "int4" (4-bit layers:
+      a scale and minimum per 32 weights, like GGUF Q4_1, whose tensors it holds exactly;
+      embedding and LM head stay int8).
     max_model_len: context length served (default: the checkpoint's).
     max_num_seqs: sequences decoded together in one batched forward.
     num_blocks / page_size: the paged KV cache (default: room for max_num_seqs full contexts;

@@ -1,5 +1,5 @@
 """The core's CPU kernels on numpy arrays (float32 activations; weights packed as float32,
-bfloat16, float16 or int8), for tests and for benchmarking the kernels themselves.
+bfloat16, float16, int8 or int4), for tests and for benchmarking the kernels themselves.
 
     w = ops.PackedWeight(weight_f32, "int8"); y = ops.matmul(x, w)
     ops.paged_attention(q, k_cache, v_cache, qo_indptr, kv_indptr, kv_indices, kv_last_page_len,

@@ -17,10 +17,12 @@ struct AttentionPlan {
 // like the weights: per row and superblock p of 64 columns, q holds 8 steps of 8 bytes (4 of
 // block 0, 4 of block 1: step s = columns 4s .. 4s + 3 of each), scale the 2 block scales, and
 // lane_offset = -128 x the 2 blocks' sums of q, which cancels the + 128 the weights are stored
-// with when a kernel multiplies the unsigned stored bytes directly (AVX-512 VNNI).
+// with when a kernel multiplies the unsigned stored bytes directly (AVX-512 VNNI), and
+// block_sum = scale x the sum of q (the int4 weights' minimums multiply it).
 struct QuantizedRows {
   const int8_t* q = nullptr;            // [M][P][64]
   const float* scale = nullptr;         // [M][P][2]
+  const float* block_sum = nullptr;     // [M][P][2]
   const int32_t* lane_offset = nullptr; // [M][P][2]
 };
 

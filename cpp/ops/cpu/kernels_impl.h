@@ -97,7 +97,7 @@ struct Kernels {
   template <int C>
   static void tile_q8(const Matrix& W, int64_t g, const QuantizedRows& x, int64_t m, float* Y,
                       int64_t ldy, const float* bias) {
-    const int64_t P = W.q8_superblocks();
+    const int64_t P = W.superblocks();
     const uint8_t* gp = W.group(g * kPackRows);
     V acc[C];
     for (int c = 0; c < C; ++c) acc[c] = VT::zero();
@@ -116,6 +116,46 @@ struct Kernels {
         acc[c] = VT::fma(VT::q8_float(dots[c]), scale, acc[c]);
       }
     }
+    store_lanes<C>(acc, W, g, m, Y, ldy, bias);
+  }
+
+  // 4-bit weights x int8-quantized activations (GGUF Q4_1 x Q8_1): the same superblock walk as
+  // tile_q8 with unsigned weights, then per lane scale x dot + min x (sum of the activations).
+  template <int C>
+  static void tile_q4(const Matrix& W, int64_t g, const QuantizedRows& x, int64_t m, float* Y,
+                      int64_t ldy, const float* bias) {
+    const int64_t P = W.superblocks();
+    const uint8_t* gp = W.group(g * kPackRows);
+    V acc[C];
+    for (int c = 0; c < C; ++c) acc[c] = VT::zero();
+    for (int64_t p = 0; p < P; ++p) {
+      const uint8_t* sb = gp + p * kQ4SuperBytes;
+      typename VT::VI dots[C];
+      for (int c = 0; c < C; ++c) dots[c] = VT::vi_zero();
+      for (int t = 0; t < kQ4Loads; ++t) {
+        typename VT::U8W lo, hi;
+        VT::q4_unpack(sb + t * kQ8StepBytes, &lo, &hi);
+        for (int c = 0; c < C; ++c) {
+          const int8_t* xs = x.q + ((m + c) * P + p) * kQ8Super;
+          dots[c] = VT::u8_step(dots[c], lo, xs + t * 8);
+          dots[c] = VT::u8_step(dots[c], hi, xs + (t + kQ4Loads) * 8);
+        }
+      }
+      const uint16_t* scales = reinterpret_cast<const uint16_t*>(sb + kQ4ScaleOffset);
+      const V w_scale = VT::load(scales, DType::kF16), w_min = VT::load(scales + kQ8Lanes, DType::kF16);
+      for (int c = 0; c < C; ++c) {
+        const int64_t xi = ((m + c) * P + p) * 2;
+        acc[c] = VT::fma(VT::q8_float(dots[c]), VT::mul(w_scale, VT::load2(x.scale + xi)), acc[c]);
+        acc[c] = VT::fma(w_min, VT::load2(x.block_sum + xi), acc[c]);
+      }
+    }
+    store_lanes<C>(acc, W, g, m, Y, ldy, bias);
+  }
+
+  // Stores C vectors of 8 (row, block) lane sums: output row r is lanes 2r + 2r + 1.
+  template <int C>
+  static void store_lanes(const V (&acc)[C], const Matrix& W, int64_t g, int64_t m, float* Y,
+                          int64_t ldy, const float* bias) {
     for (int c = 0; c < C; ++c) {
       float lanes[kQ8Lanes];
       VT::store(lanes, acc[c]);
@@ -131,8 +171,9 @@ struct Kernels {
   // superblock step order the weights use (see QuantizedRows).
   static QuantizedRows quantize_rows_q8(const float* X, int64_t M, int64_t K, int64_t ldx) {
     const int64_t P = (K + kQ8Super - 1) / kQ8Super, nb = K / kQ8Block;
-    float* scale = thread_scratch(M * P * 4 + (M * P * kQ8Super) / 4);
-    int32_t* lane_offset = reinterpret_cast<int32_t*>(scale + M * P * 2);
+    float* scale = thread_scratch(M * P * 6 + (M * P * kQ8Super) / 4);
+    float* block_sum = scale + M * P * 2;
+    int32_t* lane_offset = reinterpret_cast<int32_t*>(block_sum + M * P * 2);
     int8_t* q = reinterpret_cast<int8_t*>(lane_offset + M * P * 2);
     parallel_for(M * P * 2, 64, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {  // i = (row * P + p) * 2 + block
@@ -141,11 +182,12 @@ struct Kernels {
         int32_t sum = 0;
         scale[i] = blk < nb ? VT::q8_quantize(X + r * ldx + blk * kQ8Block, qb, &sum) : 0.f;
         lane_offset[i] = -128 * sum;
+        block_sum[i] = scale[i] * static_cast<float>(sum);
         int8_t* dst = q + (i / 2) * kQ8Super + (i % 2) * 4;  // step s: 4 bytes at 8 s
         for (int s = 0; s < kQ8Steps; ++s) __builtin_memcpy(dst + 8 * s, qb + 4 * s, 4);
       }
     });
-    return QuantizedRows{q, scale, lane_offset};
+    return QuantizedRows{q, scale, block_sum, lane_offset};
   }
 
   // Row-major weights (cols not a multiple of 32): one row at a time, any K.
@@ -169,7 +211,8 @@ struct Kernels {
       case DType::kF32: return static_cast<const float*>(W.data)[i];
       case DType::kBF16: return bf16_to_f32(static_cast<const uint16_t*>(W.data)[i]);
       case DType::kF16: return f16_to_f32(static_cast<const uint16_t*>(W.data)[i]);
-      case DType::kQ8: break;  // always packed
+      case DType::kQ8:
+      case DType::kQ4: break;  // always packed
     }
     return 0.f;
   }
@@ -194,10 +237,14 @@ struct Kernels {
       case DType::kF32: matmul_float<DType::kF32>(W, X, M, ldx, Y, ldy, bias); break;
       case DType::kBF16: matmul_float<DType::kBF16>(W, X, M, ldx, Y, ldy, bias); break;
       case DType::kF16: matmul_float<DType::kF16>(W, X, M, ldx, Y, ldy, bias); break;
-      case DType::kQ8: {
+      case DType::kQ8:
+      case DType::kQ4: {
         const QuantizedRows x = quantize_rows_q8(X, M, W.cols, ldx);
         for_each_tile<4>(W.rows, M, [&](int64_t g, int64_t m, int cols) {
-          with_cols(cols, [&](auto c) { tile_q8<decltype(c)::value>(W, g, x, m, Y, ldy, bias); });
+          with_cols(cols, [&](auto c) {
+            if (W.dtype == DType::kQ8) tile_q8<decltype(c)::value>(W, g, x, m, Y, ldy, bias);
+            else tile_q4<decltype(c)::value>(W, g, x, m, Y, ldy, bias);
+          });
         });
         break;
       }
@@ -274,6 +321,8 @@ struct Kernels {
         for (int64_t i = 0; i < D; ++i) o[i] = weight_at(table, row, i);
       } else if (table.dtype == DType::kQ8) {
         for (int64_t i = 0; i < D; ++i) o[i] = table.q8_value(row, i) * table.q8_scale(row, i);
+      } else if (table.dtype == DType::kQ4) {
+        for (int64_t i = 0; i < D; ++i) o[i] = table.q4_weight(row, i);
       } else {
         for (int64_t b = 0; b < D; b += kPackCols) {
           const uint8_t* src = table.group(row) + table.float_offset(row, b);

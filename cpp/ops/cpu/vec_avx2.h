@@ -36,7 +36,8 @@ struct VecAvx2 {
   struct Q8W {
     __m256i abs, sign;
   };
-  static VI q8_init(const int32_t*) { return _mm256_setzero_si256(); }  // exact: no offset
+  static VI vi_zero() { return _mm256_setzero_si256(); }
+  static VI q8_init(const int32_t*) { return vi_zero(); }  // exact: no offset
   static Q8W q8_load_step(const uint8_t* p) {
     const __m256i w = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
                                        _mm256_set1_epi8(static_cast<char>(0x80)));
@@ -50,6 +51,23 @@ struct VecAvx2 {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
   }
   static V q8_float(VI a) { return _mm256_cvtepi32_ps(a); }
+
+  // 4-bit steps (Matrix's kQ4 layout): the low and high nibbles of 32 stored bytes are two
+  // steps of unsigned weights in 0..15; u8_step multiplies one with 4 activations per lane
+  // (a pair of products never exceeds 2 x 15 x 128, so maddubs cannot saturate).
+  using U8W = __m256i;
+  static void q4_unpack(const uint8_t* p, U8W* lo, U8W* hi) {
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    const __m256i mask = _mm256_set1_epi8(0x0F);
+    *lo = _mm256_and_si256(b, mask);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), mask);
+  }
+  static VI u8_step(VI acc, U8W w, const int8_t* x8) {
+    int64_t bits;
+    __builtin_memcpy(&bits, x8, 8);
+    const __m256i pairs = _mm256_maddubs_epi16(w, _mm256_set1_epi64x(bits));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+  }
 
   // Quantizes 32 activations (Q8_0) exactly like quantize_q8_block; returns the scale and the
   // sum of q.

@@ -51,12 +51,28 @@ struct VecPortable {
     int32_t x[8];
   };
   using Q8W = const uint8_t*;
-  static VI q8_init(const int32_t*) { return VI{}; }  // exact signed products: no offset
+  static VI vi_zero() { return VI{}; }
+  static VI q8_init(const int32_t*) { return vi_zero(); }  // exact signed products: no offset
   static Q8W q8_load_step(const uint8_t* p) { return p; }
   static VI q8_step(VI acc, Q8W w, const int8_t* x8) {
     for (int l = 0; l < 8; ++l)
       for (int e = 0; e < 4; ++e)
         acc.x[l] += static_cast<int8_t>(w[4 * l + e] ^ 0x80) * static_cast<int32_t>(x8[(l % 2) * 4 + e]);
+    return acc;
+  }
+  // 4-bit steps: the low and high nibbles of 32 stored bytes (see VecAvx2).
+  struct U8W {
+    uint8_t b[32];
+  };
+  static void q4_unpack(const uint8_t* p, U8W* lo, U8W* hi) {
+    for (int i = 0; i < 32; ++i) {
+      lo->b[i] = p[i] & 0x0F;
+      hi->b[i] = p[i] >> 4;
+    }
+  }
+  static VI u8_step(VI acc, const U8W& w, const int8_t* x8) {
+    for (int l = 0; l < 8; ++l)
+      for (int e = 0; e < 4; ++e) acc.x[l] += w.b[4 * l + e] * static_cast<int32_t>(x8[(l % 2) * 4 + e]);
     return acc;
   }
   // Quantizes 32 activations (Q8_0); returns the scale and the sum of q.
