@@ -30,9 +30,14 @@ struct Kernels {
     parallel_for(G, 4, [&](int64_t g0, int64_t g1) {
       for (int64_t mb = 0; mb < M; mb += kTokenBlock) {
         const int64_t me = M < mb + kTokenBlock ? M : mb + kTokenBlock;
+        // Balanced tiles (5 tokens: 3 + 2, not 4 + 1): a narrow tile wastes the weight loads.
+        const int64_t n = me - mb, tiles = (n + kTokens - 1) / kTokens;
         for (int64_t g = g0; g < g1; ++g)
-          for (int64_t m = mb; m < me; m += kTokens)
-            tile(g, m, static_cast<int>(me - m < kTokens ? me - m : kTokens));
+          for (int64_t t = 0, m = mb; t < tiles; ++t) {
+            const int64_t cols = n / tiles + (t < n % tiles ? 1 : 0);
+            tile(g, m, static_cast<int>(cols));
+            m += cols;
+          }
       }
     });
   }
@@ -91,29 +96,40 @@ struct Kernels {
     store_tile<C>(acc, W, g, m, Y, ldy, bias);
   }
 
+  // Independent integer accumulators per token in the quantized tiles: one dependency chain of
+  // 8 dot-product steps per superblock would leave a narrow tile waiting on latency.
+  template <int C>
+  static constexpr int kChainsFor = C <= 2 ? 2 : 1;
+
   // int8 weights x int8-quantized activations (GGUF Q8_0 x Q8_0): per superblock of 64
   // columns, 8 integer steps give the 8 (row, block) lanes their whole block dot products, then
   // one convert and one fused multiply-add apply the weight x activation block scales.
   template <int C>
   static void tile_q8(const Matrix& W, int64_t g, const QuantizedRows& x, int64_t m, float* Y,
                       int64_t ldy, const float* bias) {
+    constexpr int kChains = kChainsFor<C>;
     const int64_t P = W.superblocks();
     const uint8_t* gp = W.group(g * kPackRows);
     V acc[C];
     for (int c = 0; c < C; ++c) acc[c] = VT::zero();
     for (int64_t p = 0; p < P; ++p) {
       const uint8_t* sb = gp + p * kQ8SuperBytes;
-      typename VT::VI dots[C];
-      for (int c = 0; c < C; ++c) dots[c] = VT::q8_init(x.lane_offset + ((m + c) * P + p) * 2);
+      typename VT::VI dots[kChains][C];
+      for (int c = 0; c < C; ++c) {
+        dots[0][c] = VT::q8_init(x.lane_offset + ((m + c) * P + p) * 2);
+        for (int h = 1; h < kChains; ++h) dots[h][c] = VT::vi_zero();
+      }
       for (int s = 0; s < kQ8Steps; ++s) {
         const typename VT::Q8W w = VT::q8_load_step(sb + s * kQ8StepBytes);
         for (int c = 0; c < C; ++c)
-          dots[c] = VT::q8_step(dots[c], w, x.q + ((m + c) * P + p) * kQ8Super + s * 8);
+          dots[s % kChains][c] = VT::q8_step(dots[s % kChains][c], w, x.q + ((m + c) * P + p) * kQ8Super + s * 8);
       }
+      for (int h = 1; h < kChains; ++h)
+        for (int c = 0; c < C; ++c) dots[0][c] = VT::vi_add(dots[0][c], dots[h][c]);
       const V w_scale = VT::load(reinterpret_cast<const float*>(sb + kQ8Steps * kQ8StepBytes));
       for (int c = 0; c < C; ++c) {
         const V scale = VT::mul(w_scale, VT::load2(x.scale + ((m + c) * P + p) * 2));
-        acc[c] = VT::fma(VT::q8_float(dots[c]), scale, acc[c]);
+        acc[c] = VT::fma(VT::q8_float(dots[0][c]), scale, acc[c]);
       }
     }
     store_lanes<C>(acc, W, g, m, Y, ldy, bias);
@@ -124,28 +140,32 @@ struct Kernels {
   template <int C>
   static void tile_q4(const Matrix& W, int64_t g, const QuantizedRows& x, int64_t m, float* Y,
                       int64_t ldy, const float* bias) {
+    constexpr int kChains = kChainsFor<C>;
     const int64_t P = W.superblocks();
     const uint8_t* gp = W.group(g * kPackRows);
     V acc[C];
     for (int c = 0; c < C; ++c) acc[c] = VT::zero();
     for (int64_t p = 0; p < P; ++p) {
       const uint8_t* sb = gp + p * kQ4SuperBytes;
-      typename VT::VI dots[C];
-      for (int c = 0; c < C; ++c) dots[c] = VT::vi_zero();
+      typename VT::VI dots[kChains][C];
+      for (int h = 0; h < kChains; ++h)
+        for (int c = 0; c < C; ++c) dots[h][c] = VT::vi_zero();
       for (int t = 0; t < kQ4Loads; ++t) {
         typename VT::U8W lo, hi;
         VT::q4_unpack(sb + t * kQ8StepBytes, &lo, &hi);
         for (int c = 0; c < C; ++c) {
           const int8_t* xs = x.q + ((m + c) * P + p) * kQ8Super;
-          dots[c] = VT::u8_step(dots[c], lo, xs + t * 8);
-          dots[c] = VT::u8_step(dots[c], hi, xs + (t + kQ4Loads) * 8);
+          dots[0][c] = VT::u8_step(dots[0][c], lo, xs + t * 8);
+          dots[kChains - 1][c] = VT::u8_step(dots[kChains - 1][c], hi, xs + (t + kQ4Loads) * 8);
         }
       }
+      for (int h = 1; h < kChains; ++h)
+        for (int c = 0; c < C; ++c) dots[0][c] = VT::vi_add(dots[0][c], dots[h][c]);
       const uint16_t* scales = reinterpret_cast<const uint16_t*>(sb + kQ4ScaleOffset);
       const V w_scale = VT::load(scales, DType::kF16), w_min = VT::load(scales + kQ8Lanes, DType::kF16);
       for (int c = 0; c < C; ++c) {
         const int64_t xi = ((m + c) * P + p) * 2;
-        acc[c] = VT::fma(VT::q8_float(dots[c]), VT::mul(w_scale, VT::load2(x.scale + xi)), acc[c]);
+        acc[c] = VT::fma(VT::q8_float(dots[0][c]), VT::mul(w_scale, VT::load2(x.scale + xi)), acc[c]);
         acc[c] = VT::fma(w_min, VT::load2(x.block_sum + xi), acc[c]);
       }
     }

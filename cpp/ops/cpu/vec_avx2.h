@@ -37,6 +37,7 @@ struct VecAvx2 {
     __m256i abs, sign;
   };
   static VI vi_zero() { return _mm256_setzero_si256(); }
+  static VI vi_add(VI a, VI b) { return _mm256_add_epi32(a, b); }
   static VI q8_init(const int32_t*) { return vi_zero(); }  // exact: no offset
   static Q8W q8_load_step(const uint8_t* p) {
     const __m256i w = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),

@@ -52,6 +52,10 @@ struct VecPortable {
   };
   using Q8W = const uint8_t*;
   static VI vi_zero() { return VI{}; }
+  static VI vi_add(VI a, VI b) {
+    for (int i = 0; i < 8; ++i) a.x[i] += b.x[i];
+    return a;
+  }
   static VI q8_init(const int32_t*) { return vi_zero(); }  // exact signed products: no offset
   static Q8W q8_load_step(const uint8_t* p) { return p; }
   static VI q8_step(VI acc, Q8W w, const int8_t* x8) {
