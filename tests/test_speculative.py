@@ -119,6 +119,23 @@ def test_greedy_draft_chain_is_token_identical(ckpts, reference, draft, k):
         assert 1.0 < mean_len < k + 1
 
 
+def test_int4_draft_quantizes_its_lm_head_and_stays_lossless(ckpts):
+    # A draft only proposes, so an int4 draft quantizes its embedding / LM head to int4 too,
+    # while an int4 target keeps them int8 (its logits are the output). Greedy output is the
+    # int4 target's own either way.
+    target = load_llm(ckpts["target"], dtype="int4")
+    reference = [o.token_ids for o in _run(target)]
+    llm = load_llm(ckpts["target"], dtype="int4", draft=str(ckpts["self"]),
+                   speculative={"num_speculative_tokens": 3})
+    assert [o.token_ids for o in _run(llm)] == reference
+    _check_blocks_free(llm)
+    cfg = llm.engine.config
+    rows, k64 = -(-cfg.vocab_size // 4) * 4, -(-cfg.hidden_size // 64) * 64
+    head_int8, head_int4 = rows * k64 + rows * k64 // 8, rows * k64 // 2 + rows * k64 // 8
+    assert llm.engine.weight_bytes_per_token - llm.engine.draft_weight_bytes_per_token == head_int8 - head_int4
+    assert target.engine.draft_weight_bytes_per_token == 0
+
+
 @pytest.mark.parametrize("draft", ["self", "unrelated", "noisy"])
 @pytest.mark.parametrize("tree", ["static", "dynamic"])
 def test_greedy_draft_tree_is_token_identical(ckpts, reference, draft, tree):

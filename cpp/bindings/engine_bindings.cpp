@@ -234,6 +234,10 @@ void register_engine(py::module_& m) {
       .def_property_readonly("options", &sd::Engine::options)
       .def_property_readonly("dtype", [](const sd::Engine& e) { return sd::dtype_name(e.model().dtype()); })
       .def_property_readonly("weight_bytes_per_token", [](const sd::Engine& e) { return e.model().weight_bytes_per_token(); })
+      .def_property_readonly(
+          "draft_weight_bytes_per_token",
+          [](const sd::Engine& e) -> int64_t { return e.drafter() ? e.drafter()->weight_bytes_per_token() : 0; },
+          "Weight bytes one drafted token reads (0 without a draft model).")
       .def_property_readonly("kv_cache_bytes", [](sd::Engine& e) { return e.kv_cache().bytes(); })
       .def_property_readonly("num_free_blocks", [](sd::Engine& e) { return e.kv_cache().allocator().num_free(); })
       .def_property_readonly("num_blocks", [](sd::Engine& e) { return e.kv_cache().allocator().num_blocks(); });

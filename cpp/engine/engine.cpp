@@ -30,7 +30,7 @@ Status Engine::create(const ModelConfig& cfg, const std::vector<std::string>& sh
   DType dtype;
   SD_RETURN_IF_ERROR(resolve_dtype(opts.dtype, *ckpt, &dtype));
   std::unique_ptr<Engine> e(new Engine());
-  SD_RETURN_IF_ERROR(LlamaModel::create(cfg, *ckpt, dtype, progress, &e->model_));
+  SD_RETURN_IF_ERROR(LlamaModel::create(cfg, *ckpt, WeightDTypes::for_target(dtype), progress, &e->model_));
   e->opts_ = opts;
   if (e->opts_.max_model_len <= 0) e->opts_.max_model_len = cfg.max_position_embeddings;
   if (e->opts_.num_blocks == 0) {
@@ -101,7 +101,7 @@ Status Engine::attach_draft_model(const ModelConfig& cfg, const std::vector<std:
   DType dt;
   SD_RETURN_IF_ERROR(resolve_dtype(dtype, *ckpt, &dt));
   std::unique_ptr<LlamaModel> model;
-  SD_RETURN_IF_ERROR(LlamaModel::create(cfg, *ckpt, dt, progress, &model));
+  SD_RETURN_IF_ERROR(LlamaModel::create(cfg, *ckpt, WeightDTypes::for_draft(dt), progress, &model));
   DraftModelOptions o = opts;
   o.prefill_chunk = opts_.prefill_chunk;
   const KVCacheConfig kv = model->kv_config(opts_.page_size, opts_.num_blocks);

@@ -46,14 +46,14 @@ std::vector<float> rope_inv_freq(const ModelConfig& cfg) {
   return inv;
 }
 
-Status LlamaModel::create(const ModelConfig& cfg, const Checkpoint& ckpt, DType dtype,
+Status LlamaModel::create(const ModelConfig& cfg, const Checkpoint& ckpt, WeightDTypes dtypes,
                           const std::function<void(int, int)>& progress,
                           std::unique_ptr<LlamaModel>* out) {
   SD_RETURN_IF_ERROR(cfg.validate());
   std::unique_ptr<LlamaModel> m(new LlamaModel());
   m->cfg_ = cfg;
-  m->dtype_ = dtype;
-  SD_RETURN_IF_ERROR(load_llama_weights(cfg, ckpt, dtype, progress, &m->w_));
+  m->dtype_ = dtypes.layers;
+  SD_RETURN_IF_ERROR(load_llama_weights(cfg, ckpt, dtypes, progress, &m->w_));
   m->inv_freq_ = rope_inv_freq(cfg);
   *out = std::move(m);
   return Status::Ok();

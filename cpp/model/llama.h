@@ -28,7 +28,7 @@ struct ForwardBatch {
 
 class LlamaModel {
  public:
-  static Status create(const ModelConfig& cfg, const Checkpoint& ckpt, DType dtype,
+  static Status create(const ModelConfig& cfg, const Checkpoint& ckpt, WeightDTypes dtypes,
                        const std::function<void(int, int)>& progress,
                        std::unique_ptr<LlamaModel>* out);
 

@@ -145,16 +145,14 @@ Status resolve_dtype(const std::string& name, const Checkpoint& ckpt, DType* out
   return Status::Ok();
 }
 
-Status load_llama_weights(const ModelConfig& cfg, const Checkpoint& ckpt, DType target,
+Status load_llama_weights(const ModelConfig& cfg, const Checkpoint& ckpt, WeightDTypes dtypes,
                           const std::function<void(int, int)>& progress, LlamaWeights* out) {
+  const DType target = dtypes.layers, table_dtype = dtypes.tables;
   const int64_t H = cfg.hidden_size, I = cfg.intermediate_size, D = cfg.head_dim;
   const int64_t q_rows = static_cast<int64_t>(cfg.num_heads) * D;
   const int64_t kv_rows = static_cast<int64_t>(cfg.num_kv_heads) * D;
   const int total = cfg.num_layers + 2;
 
-  // 4-bit weights keep the embedding and LM head in int8 (as GGUF's Q4_K_M keeps its output
-  // tensor at 6 bits): the logits are the most sensitive matmul and a small share of the bytes.
-  const DType table_dtype = target == DType::kQ4 ? DType::kQ8 : target;
   const TensorView* embed = nullptr;
   SD_RETURN_IF_ERROR(require(ckpt, "model.embed_tokens.weight", {cfg.vocab_size, H}, &embed));
   SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({embed}, H, table_dtype, &out->embed));

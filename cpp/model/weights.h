@@ -47,7 +47,20 @@ struct LlamaWeights {
 // "auto" resolves to the checkpoint's own floating dtype (f32, bf16 or f16).
 Status resolve_dtype(const std::string& name, const Checkpoint& ckpt, DType* out);
 
-Status load_llama_weights(const ModelConfig& cfg, const Checkpoint& ckpt, DType target,
+// The dtypes of a model's decoder layers and of its embedding and LM head ("tables").
+struct WeightDTypes {
+  DType layers = DType::kF32;
+  DType tables = DType::kF32;
+  // A model whose logits are served: int4 layers keep int8 tables (as GGUF's Q4_K_M keeps its
+  // output tensor at 6 bits): the logits are the most sensitive matmul and a small share of
+  // the bytes.
+  static WeightDTypes for_target(DType d) { return {d, d == DType::kQ4 ? DType::kQ8 : d}; }
+  // A draft only proposes (verification keeps the output exact), and its LM head is a large
+  // share of its bytes (Qwen2.5 0.5B: 136M of 494M weights), so it is quantized like the rest.
+  static WeightDTypes for_draft(DType d) { return {d, d}; }
+};
+
+Status load_llama_weights(const ModelConfig& cfg, const Checkpoint& ckpt, WeightDTypes dtypes,
                           const std::function<void(int, int)>& progress, LlamaWeights* out);
 
 }  // namespace sd

@@ -30,6 +30,7 @@ class DraftModelDrafter : public Drafter {
   void release(int32_t seq) override;
   int32_t max_nodes() const override;
   bool proposes_chains() const override { return opts_.tree_choices.empty() && opts_.top_k <= 0; }
+  int64_t weight_bytes_per_token() const override { return model_->weight_bytes_per_token(); }
   const LlamaModel& model() const { return *model_; }
   KVCache& kv_cache() { return kv_; }
 

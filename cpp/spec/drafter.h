@@ -29,6 +29,8 @@ class Drafter {
   virtual int32_t max_nodes() const = 0;
   // Whether every proposal is a chain (then the engine may choose its length per step).
   virtual bool proposes_chains() const = 0;
+  // Weight bytes one drafted token reads (0 for drafters without a model).
+  virtual int64_t weight_bytes_per_token() const { return 0; }
 };
 
 }  // namespace sd
