@@ -158,8 +158,8 @@ def test_shard_index_names_missing_file(copy):
 
 
 def test_bad_dtype(good):
-    with pytest.raises(ValueError, match="int4"):
-        load_llm(good, dtype="int4")
+    with pytest.raises(ValueError, match="int3.*not one of auto, float32, bfloat16, float16, int8, int4"):
+        load_llm(good, dtype="int3")
 
 
 # ---- requests ----------------------------------------------------------------------------------

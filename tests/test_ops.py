@@ -346,6 +346,20 @@ def test_silu_mul(kernel_set, M, I):
     np.testing.assert_allclose(ops.silu_mul(gu), ref, rtol=1e-5, atol=1e-6)
 
 
+def test_silu_mul_extremes(kernel_set):
+    # the vectorized exp clamps its input: huge |gate| still gives silu's limits (0 and gate),
+    # and every gate in [-90, 90] stays within float32 rounding of float64
+    g = np.concatenate([np.array([-1e30, -1000, -100, -88.7, 88.7, 100, 1000, 1e30, 0.0, -0.0]),
+                        np.linspace(-90, 90, 502)]).astype(np.float32)
+    gu = np.concatenate([g, np.ones_like(g)])[None, :]
+    out = ops.silu_mul(gu)[0].astype(np.float64)
+    g64 = g.astype(np.float64)
+    with np.errstate(over="ignore"):
+        ref = g64 / (1.0 + np.exp(-g64))
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, ref, rtol=2e-6, atol=1e-30)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "int8", "int4"])
 @pytest.mark.parametrize("V,D", [(10, 64), (50, 96), (7, 32)])
 def test_embedding(dtype, V, D):

@@ -323,11 +323,19 @@ struct Kernels {
   }
 
   static void silu_mul(const float* gate_up, int64_t M, int64_t I, float* out) {
-    parallel_for(M * I, 4096, [&](int64_t b, int64_t e) {
-      for (int64_t j = b; j < e; ++j) {
-        const int64_t m = j / I, i = j % I;
-        const float g = gate_up[m * 2 * I + i];
-        out[j] = g / (1.0f + std::exp(-g)) * gate_up[m * 2 * I + I + i];
+    const int64_t chunks = (I + 255) / 256;  // work items: 256 outputs of one row
+    parallel_for(M * chunks, 8, [&](int64_t b, int64_t e) {
+      for (int64_t w = b; w < e; ++w) {
+        const int64_t m = w / chunks, i0 = w % chunks * 256, i1 = i0 + 256 < I ? i0 + 256 : I;
+        const float *g = gate_up + m * 2 * I, *u = g + I;
+        float* o = out + m * I;
+        int64_t i = i0;
+        for (; i + VT::kWidth <= i1; i += VT::kWidth) {
+          const V gv = VT::load(g + i);
+          const V sig = VT::div(gv, VT::add(VT::set1(1.f), VT::exp(VT::mul(gv, VT::set1(-1.f)))));
+          VT::store(o + i, VT::mul(sig, VT::load(u + i)));
+        }
+        for (; i < i1; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
       }
     });
   }

@@ -1,5 +1,6 @@
 // Eight-lane float vector in plain C++: the portable instruction set of the CPU kernels.
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #include "core/dtype.h"
@@ -36,6 +37,18 @@ struct VecPortable {
   }
   static V mul(V a, V b) {
     for (int i = 0; i < 8; ++i) a.x[i] *= b.x[i];
+    return a;
+  }
+  static V add(V a, V b) {
+    for (int i = 0; i < 8; ++i) a.x[i] += b.x[i];
+    return a;
+  }
+  static V div(V a, V b) {
+    for (int i = 0; i < 8; ++i) a.x[i] /= b.x[i];
+    return a;
+  }
+  static V exp(V a) {
+    for (int i = 0; i < 8; ++i) a.x[i] = std::exp(a.x[i]);
     return a;
   }
   // [p0, p1] repeated over the 8 lanes.
