@@ -6,7 +6,7 @@ Beside each speedup it prints what bounds it: the draft's cost ratio c (draft st
 step), the verify ratio v(n) (target time for n tokens / for 1), the measured acceptance alpha,
 and the analytic expectation (1 - a^(k+1)) / ((1 - a) (k c + v(k+1))).
 
-    python bench/bench_spec.py [--dtype int8] [--tokens 96] [--threads 2] [--peers transformers,llamacpp]
+    python bench/bench_spec.py [--dtype int4] [--tokens 96] [--threads 2] [--peers transformers,llamacpp]
 """
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ def run_llamacpp(gguf, threads, tokens):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dtype", default="int8")
+    ap.add_argument("--dtype", default="int4")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--temperatures", default="0,0.8")

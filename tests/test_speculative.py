@@ -119,6 +119,48 @@ def test_greedy_draft_chain_is_token_identical(ckpts, reference, draft, k):
         assert 1.0 < mean_len < k + 1
 
 
+def test_tree_of_chains_gives_each_chains_logits(ckpts):
+    # One forward over a tree (with the tree mask, positions = depth) must give every node the
+    # logits its branch gets when run alone as a plain causal sequence.
+    llm = load_llm(ckpts["target"], dtype="float32")
+    ctx = prompt(11, seed=21)
+    branches = [[5, 9, 13], [6, 9], [5, 2, 7, 1], [30]]  # the first and third share their first token
+    tokens, parents, node_path = [], [], []
+    index = {}  # path prefix -> node
+    for branch in branches:
+        for d in range(len(branch)):
+            key = tuple(branch[:d + 1])
+            if key not in index:
+                index[key] = len(tokens)
+                tokens.append(branch[d])
+                parents.append(index[key[:-1]] if d else -1)
+                node_path.append(list(key))
+    tree = llm.engine.tree_logits(ctx, tokens, parents)
+    assert tree.shape == (1 + len(tokens), llm.engine.config.vocab_size)
+    root = llm.prompt_logits(ctx)[-1]
+    np.testing.assert_allclose(tree[0], root, rtol=0, atol=1e-5)
+    for i, path in enumerate(node_path):
+        alone = llm.prompt_logits(ctx + path)[-1]
+        np.testing.assert_allclose(tree[1 + i], alone, rtol=0, atol=1e-5, err_msg=f"node {i} {path}")
+    # the mask matters: the node for [5, 2] differs from a sequence that also saw [5, 9]
+    assert np.abs(tree[1 + index[(5, 2)]] - llm.prompt_logits(ctx + [5, 9, 2])[-1]).max() > 1e-3
+    _check_blocks_free(llm)
+
+
+def test_tree_logits_bad_input(ckpts):
+    llm = load_llm(ckpts["target"])
+    V = llm.engine.config.vocab_size
+    with pytest.raises(ValueError, match="same length"):
+        llm.engine.tree_logits([1, 2], [3, 4], [-1])
+    with pytest.raises(ValueError, match="earlier node"):
+        llm.engine.tree_logits([1, 2], [3, 4], [-1, 1])
+    with pytest.raises(ValueError, match="out of range|vocab"):
+        llm.engine.tree_logits([1, 2], [3, V], [-1, 0])
+    with pytest.raises(ValueError, match="empty"):
+        llm.engine.tree_logits([], [3], [-1])
+    np.testing.assert_allclose(llm.engine.tree_logits([1, 2], [], [])[0], llm.prompt_logits([1, 2])[-1], atol=1e-5)
+
+
 def test_int4_draft_quantizes_its_lm_head_and_stays_lossless(ckpts):
     # A draft only proposes, so an int4 draft quantizes its embedding / LM head to int4 too,
     # while an int4 target keeps them int8 (its logits are the output). Greedy output is the

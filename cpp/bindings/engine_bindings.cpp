@@ -230,6 +230,34 @@ void register_engine(py::module_& m) {
              throw_if_error(st);
              return out;
            })
+      .def(
+          "tree_logits",
+          [](sd::Engine& e, const std::vector<int32_t>& prompt, const std::vector<int32_t>& tokens,
+             const std::vector<int32_t>& parents) {
+            if (tokens.size() != parents.size())
+              throw py::value_error("tree_logits: tokens and parents must have the same length, got " +
+                                    std::to_string(tokens.size()) + " and " + std::to_string(parents.size()));
+            sd::TokenTree tree;
+            for (size_t i = 0; i < tokens.size(); ++i) {
+              if (parents[i] < -1 || parents[i] >= static_cast<int32_t>(i))
+                throw py::value_error("tree_logits: parents[" + std::to_string(i) + "] = " + std::to_string(parents[i]) +
+                                      " must be -1 (the root) or an earlier node");
+              tree.add(tokens[i], parents[i]);
+            }
+            const py::ssize_t V = e.config().vocab_size;
+            py::array_t<float> out({static_cast<py::ssize_t>(tokens.size() + 1), V});
+            float* dst = out.mutable_data();
+            sd::Status st;
+            {
+              py::gil_scoped_release nogil;
+              st = e.tree_logits(prompt, tree, dst);
+            }
+            throw_if_error(st);
+            return out;
+          },
+          py::arg("prompt"), py::arg("tokens"), py::arg("parents"),
+          "Logits of the prompt's last token (row 0) and of each node of a token tree hanging off "
+          "it (row 1 + i; parents[i] = -1 for a child of that token), from one forward with the tree mask.")
       .def_property_readonly("config", &sd::Engine::config)
       .def_property_readonly("options", &sd::Engine::options)
       .def_property_readonly("dtype", [](const sd::Engine& e) { return sd::dtype_name(e.model().dtype()); })

@@ -344,17 +344,37 @@ Status Engine::prompt_logits(const std::vector<int32_t>& prompt, float* logits) 
   return scratch_forward(prompt, logits);
 }
 
-Status Engine::scratch_forward(const std::vector<int32_t>& tokens, float* logits) {
-  const int64_t n = static_cast<int64_t>(tokens.size());
-  SeqPages seq(opts_.page_size);
-  Status st = seq.append(kv_->allocator(), n);
-  if (!st.ok()) return st;
+Status Engine::tree_logits(const std::vector<int32_t>& prompt, const TokenTree& tree, float* logits) {
+  std::lock_guard<std::mutex> lock(mu_);
+  GenerationRequest r;
+  r.prompt = prompt;
+  SD_RETURN_IF_ERROR(validate(r, 0));
+  SD_RETURN_IF_ERROR(tree.validate(config().vocab_size));
+  if (static_cast<int64_t>(prompt.size()) + tree.max_depth() > opts_.max_model_len)
+    return InvalidArgument("the prompt plus the tree's depth exceed the context (" + std::to_string(opts_.max_model_len) + " tokens)");
+  return scratch_forward(prompt, logits, &tree);
+}
+
+Status Engine::scratch_forward(const std::vector<int32_t>& tokens, float* logits, const TokenTree* tree) {
+  const int64_t n = static_cast<int64_t>(tokens.size()), S = tree ? tree->size() : 0;
   ForwardBatch fb;
   fb.token_ids = tokens;
   fb.positions.resize(static_cast<size_t>(n));
-  fb.logit_rows.resize(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) fb.positions[static_cast<size_t>(i)] = fb.logit_rows[static_cast<size_t>(i)] = static_cast<int32_t>(i);
-  fb.qo_indptr = {0, static_cast<int32_t>(n)};
+  for (int64_t i = 0; i < n; ++i) fb.positions[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+  for (int64_t i = tree ? n - 1 : 0; i < n + S; ++i) fb.logit_rows.push_back(static_cast<int32_t>(i));
+  if (tree) {
+    fb.token_ids.insert(fb.token_ids.end(), tree->token.begin(), tree->token.end());
+    for (int32_t d : tree->depth) fb.positions.push_back(static_cast<int32_t>(n - 1 + d));
+    const int64_t kv_len = n + S;  // causal rows for the prefix, then the tree's rows
+    fb.custom_mask.assign(static_cast<size_t>((n - 1) * kv_len), 0);
+    for (int64_t i = 0; i < n - 1; ++i) std::fill_n(fb.custom_mask.begin() + i * kv_len, i + 1, 1);
+    tree->append_mask(n - 1, &fb.custom_mask);
+    fb.mask_indptr = {0, static_cast<int64_t>(fb.custom_mask.size())};
+  }
+  fb.qo_indptr = {0, static_cast<int32_t>(n + S)};
+  SeqPages seq(opts_.page_size);
+  Status st = seq.append(kv_->allocator(), n + S);
+  if (!st.ok()) return st;
   fb.seqs = {&seq};
   st = model_->forward(fb, *kv_, logits);
   seq.release(kv_->allocator());

@@ -85,6 +85,10 @@ class Engine {
   // Logits of every prompt position ([prompt.size() x vocab] floats written to `logits`),
   // computed on a scratch sequence (tests, scoring, step-cost measurements).
   Status prompt_logits(const std::vector<int32_t>& prompt, float* logits);
+  // One forward of prompt + a token tree hanging off its last token (the root), with the tree
+  // mask and positions = depth, as verification runs it: logits of the root and of every node
+  // ([1 + tree.size() x vocab] floats).
+  Status tree_logits(const std::vector<int32_t>& prompt, const TokenTree& tree, float* logits);
 
   const ModelConfig& config() const { return model_->config(); }
   const EngineOptions& options() const { return opts_; }
@@ -96,7 +100,9 @@ class Engine {
   Engine() = default;
   Status validate(const GenerationRequest& r, int32_t index) const;
   Status prefill(SeqPages& seq, const std::vector<int32_t>& prompt, std::vector<float>* last_logits);
-  Status scratch_forward(const std::vector<int32_t>& tokens, float* logits);
+  // Runs tokens on a scratch sequence; with a tree, tokens' last is its root and the nodes follow
+  // (logits of the root and the nodes), else logits of every token.
+  Status scratch_forward(const std::vector<int32_t>& tokens, float* logits, const TokenTree* tree = nullptr);
   Status calibrate_chain_length_policy();
   struct Running;
   // One decoding step for every running sequence; sets done[k] for the ones that finished.
