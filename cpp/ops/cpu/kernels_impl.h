@@ -104,69 +104,72 @@ struct Kernels {
   // int8 weights x int8-quantized activations (GGUF Q8_0 x Q8_0): per superblock of 64
   // columns, 8 integer steps give the 8 (row, block) lanes their whole block dot products, then
   // one convert and one fused multiply-add apply the weight x activation block scales.
-  template <int C>
-  static void tile_q8(const Matrix& W, int64_t g, const QuantizedRows& x, int64_t m, float* Y,
-                      int64_t ldy, const float* bias) {
-    constexpr int kChains = kChainsFor<C>;
-    const int64_t P = W.superblocks();
-    const uint8_t* gp = W.group(g * kPackRows);
-    V acc[C];
-    for (int c = 0; c < C; ++c) acc[c] = VT::zero();
-    for (int64_t p = 0; p < P; ++p) {
-      const uint8_t* sb = gp + p * kQ8SuperBytes;
-      typename VT::VI dots[kChains][C];
-      for (int c = 0; c < C; ++c) {
-        dots[0][c] = VT::q8_init(x.lane_offset + ((m + c) * P + p) * 2);
-        for (int h = 1; h < kChains; ++h) dots[h][c] = VT::vi_zero();
-      }
+  struct Q8Format {
+    static constexpr int kBytes = kQ8SuperBytes;
+    template <int C, int kChains>
+    static void dots(const uint8_t* sb, const int8_t* const (&xs)[C], const int32_t* const (&offsets)[C],
+                     typename VT::VI (&d)[kChains][C]) {
+      for (int c = 0; c < C; ++c) d[0][c] = VT::q8_init(offsets[c]);
       for (int s = 0; s < kQ8Steps; ++s) {
         const typename VT::Q8W w = VT::q8_load_step(sb + s * kQ8StepBytes);
-        for (int c = 0; c < C; ++c)
-          dots[s % kChains][c] = VT::q8_step(dots[s % kChains][c], w, x.q + ((m + c) * P + p) * kQ8Super + s * 8);
-      }
-      for (int h = 1; h < kChains; ++h)
-        for (int c = 0; c < C; ++c) dots[0][c] = VT::vi_add(dots[0][c], dots[h][c]);
-      const V w_scale = VT::load(reinterpret_cast<const float*>(sb + kQ8Steps * kQ8StepBytes));
-      for (int c = 0; c < C; ++c) {
-        const V scale = VT::mul(w_scale, VT::load2(x.scale + ((m + c) * P + p) * 2));
-        acc[c] = VT::fma(VT::q8_float(dots[0][c]), scale, acc[c]);
+        for (int c = 0; c < C; ++c) d[s % kChains][c] = VT::q8_step(d[s % kChains][c], w, xs[c] + s * 8);
       }
     }
-    store_lanes<C>(acc, W, g, m, Y, ldy, bias);
-  }
+    // acc += dot x weight scale x activation scale
+    static V apply(const uint8_t* sb, V dot, const float* x_scale, const float*, V acc) {
+      const V w_scale = VT::load(reinterpret_cast<const float*>(sb + kQ8Steps * kQ8StepBytes));
+      return VT::fma(dot, VT::mul(w_scale, VT::load2(x_scale)), acc);
+    }
+  };
 
-  // 4-bit weights x int8-quantized activations (GGUF Q4_1 x Q8_1): the same superblock walk as
-  // tile_q8 with unsigned weights, then per lane scale x dot + min x (sum of the activations).
-  template <int C>
-  static void tile_q4(const Matrix& W, int64_t g, const QuantizedRows& x, int64_t m, float* Y,
-                      int64_t ldy, const float* bias) {
-    constexpr int kChains = kChainsFor<C>;
-    const int64_t P = W.superblocks();
-    const uint8_t* gp = W.group(g * kPackRows);
-    V acc[C];
-    for (int c = 0; c < C; ++c) acc[c] = VT::zero();
-    for (int64_t p = 0; p < P; ++p) {
-      const uint8_t* sb = gp + p * kQ4SuperBytes;
-      typename VT::VI dots[kChains][C];
-      for (int h = 0; h < kChains; ++h)
-        for (int c = 0; c < C; ++c) dots[h][c] = VT::vi_zero();
+  // 4-bit weights x int8-quantized activations (GGUF Q4_1 x Q8_1): the same walk with unsigned
+  // weights (low / high nibbles of one load are steps t and t + 4), then per lane
+  // scale x dot + min x (sum of the activations).
+  struct Q4Format {
+    static constexpr int kBytes = kQ4SuperBytes;
+    template <int C, int kChains>
+    static void dots(const uint8_t* sb, const int8_t* const (&xs)[C], const int32_t* const (&)[C],
+                     typename VT::VI (&d)[kChains][C]) {
       for (int t = 0; t < kQ4Loads; ++t) {
         typename VT::U8W lo, hi;
         VT::q4_unpack(sb + t * kQ8StepBytes, &lo, &hi);
         for (int c = 0; c < C; ++c) {
-          const int8_t* xs = x.q + ((m + c) * P + p) * kQ8Super;
-          dots[0][c] = VT::u8_step(dots[0][c], lo, xs + t * 8);
-          dots[kChains - 1][c] = VT::u8_step(dots[kChains - 1][c], hi, xs + (t + kQ4Loads) * 8);
+          d[0][c] = VT::u8_step(d[0][c], lo, xs[c] + t * 8);
+          d[kChains - 1][c] = VT::u8_step(d[kChains - 1][c], hi, xs[c] + (t + kQ4Loads) * 8);
         }
       }
-      for (int h = 1; h < kChains; ++h)
-        for (int c = 0; c < C; ++c) dots[0][c] = VT::vi_add(dots[0][c], dots[h][c]);
+    }
+    static V apply(const uint8_t* sb, V dot, const float* x_scale, const float* x_sum, V acc) {
       const uint16_t* scales = reinterpret_cast<const uint16_t*>(sb + kQ4ScaleOffset);
-      const V w_scale = VT::load(scales, DType::kF16), w_min = VT::load(scales + kQ8Lanes, DType::kF16);
+      acc = VT::fma(dot, VT::mul(VT::load(scales, DType::kF16), VT::load2(x_scale)), acc);
+      return VT::fma(VT::load(scales + kQ8Lanes, DType::kF16), VT::load2(x_sum), acc);
+    }
+  };
+
+  // One row group x C tokens of a quantized matmul, superblock by superblock.
+  template <class Format, int C>
+  static void tile_quantized(const Matrix& W, int64_t g, const QuantizedRows& x, int64_t m, float* Y,
+                             int64_t ldy, const float* bias) {
+    constexpr int kChains = kChainsFor<C>;
+    const int64_t P = W.superblocks();
+    const uint8_t* gp = W.group(g * kPackRows);
+    V acc[C];
+    for (int c = 0; c < C; ++c) acc[c] = VT::zero();
+    for (int64_t p = 0; p < P; ++p) {
+      const uint8_t* sb = gp + p * Format::kBytes;
+      const int8_t* xs[C];
+      const int32_t* offsets[C];
+      typename VT::VI dots[kChains][C];
       for (int c = 0; c < C; ++c) {
+        xs[c] = x.q + ((m + c) * P + p) * kQ8Super;
+        offsets[c] = x.lane_offset + ((m + c) * P + p) * 2;
+        for (int h = 0; h < kChains; ++h) dots[h][c] = VT::vi_zero();
+      }
+      Format::template dots<C, kChains>(sb, xs, offsets, dots);
+      for (int c = 0; c < C; ++c) {
+        for (int h = 1; h < kChains; ++h) dots[0][c] = VT::vi_add(dots[0][c], dots[h][c]);
         const int64_t xi = ((m + c) * P + p) * 2;
-        acc[c] = VT::fma(VT::q8_float(dots[0][c]), VT::mul(w_scale, VT::load2(x.scale + xi)), acc[c]);
-        acc[c] = VT::fma(w_min, VT::load2(x.block_sum + xi), acc[c]);
+        acc[c] = Format::apply(sb, VT::q8_float(dots[0][c]), x.scale + xi, x.block_sum + xi, acc[c]);
       }
     }
     store_lanes<C>(acc, W, g, m, Y, ldy, bias);
@@ -262,8 +265,8 @@ struct Kernels {
         const QuantizedRows x = quantize_rows_q8(X, M, W.cols, ldx);
         for_each_tile<4>(W.rows, M, [&](int64_t g, int64_t m, int cols) {
           with_cols(cols, [&](auto c) {
-            if (W.dtype == DType::kQ8) tile_q8<decltype(c)::value>(W, g, x, m, Y, ldy, bias);
-            else tile_q4<decltype(c)::value>(W, g, x, m, Y, ldy, bias);
+            if (W.dtype == DType::kQ8) tile_quantized<Q8Format, decltype(c)::value>(W, g, x, m, Y, ldy, bias);
+            else tile_quantized<Q4Format, decltype(c)::value>(W, g, x, m, Y, ldy, bias);
           });
         });
         break;
