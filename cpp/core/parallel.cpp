@@ -51,12 +51,17 @@ class Pool {
       fn(ctx, 0, n);
       return;
     }
+    // Close the previous job's ticket before touching the job fields: a worker still in work()
+    // for that job could otherwise read the new total_, win its compare-exchange on the old
+    // ticket and run a chunk of this job with a stale count (two runs of one chunk, and done_
+    // reaching total before every chunk finished).
+    ticket_.store((++job_ << 32) | 0xffffffffu);
     n_ = n;
     chunk_ = chunk;
     fn_ = fn;
     ctx_ = ctx;
-    total_.store((n + chunk - 1) / chunk, std::memory_order_relaxed);
-    done_.store(0, std::memory_order_relaxed);
+    total_.store((n + chunk - 1) / chunk, std::memory_order_release);
+    done_.store(0, std::memory_order_release);
     const uint64_t job = ++job_;
     ticket_.store(job << 32);  // seq_cst with the load below: a sleeping worker is never missed
     if (sleeping_.load() > 0) {
@@ -73,7 +78,7 @@ class Pool {
   void work(uint64_t job) {
     t_in_pool_task = true;
     uint64_t t = ticket_.load(std::memory_order_acquire);
-    while ((t >> 32) == job && static_cast<int64_t>(t & 0xffffffffu) < total_.load(std::memory_order_relaxed)) {
+    while ((t >> 32) == job && static_cast<int64_t>(t & 0xffffffffu) < total_.load(std::memory_order_acquire)) {
       if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel)) continue;
       const int64_t c = static_cast<int64_t>(t & 0xffffffffu);
       const int64_t b = c * chunk_, e = std::min(n_, b + chunk_);
