@@ -115,10 +115,15 @@ struct Kernels {
         for (int c = 0; c < C; ++c) d[s % kChains][c] = VT::q8_step(d[s % kChains][c], w, xs[c] + s * 8);
       }
     }
+    struct Scales {
+      V scale;
+    };
+    static Scales scales(const uint8_t* sb) {
+      return {VT::load(reinterpret_cast<const float*>(sb + kQ8Steps * kQ8StepBytes))};
+    }
     // acc += dot x weight scale x activation scale
-    static V apply(const uint8_t* sb, V dot, const float* x_scale, const float*, V acc) {
-      const V w_scale = VT::load(reinterpret_cast<const float*>(sb + kQ8Steps * kQ8StepBytes));
-      return VT::fma(dot, VT::mul(w_scale, VT::load2(x_scale)), acc);
+    static V apply(const Scales& w, V dot, const float* x_scale, const float*, V acc) {
+      return VT::fma(dot, VT::mul(w.scale, VT::load2(x_scale)), acc);
     }
   };
 
@@ -139,10 +144,16 @@ struct Kernels {
         }
       }
     }
-    static V apply(const uint8_t* sb, V dot, const float* x_scale, const float* x_sum, V acc) {
-      const uint16_t* scales = reinterpret_cast<const uint16_t*>(sb + kQ4ScaleOffset);
-      acc = VT::fma(dot, VT::mul(VT::load(scales, DType::kF16), VT::load2(x_scale)), acc);
-      return VT::fma(VT::load(scales + kQ8Lanes, DType::kF16), VT::load2(x_sum), acc);
+    struct Scales {
+      V scale, min;
+    };
+    static Scales scales(const uint8_t* sb) {
+      const uint16_t* f16 = reinterpret_cast<const uint16_t*>(sb + kQ4ScaleOffset);
+      return {VT::load(f16, DType::kF16), VT::load(f16 + kQ8Lanes, DType::kF16)};
+    }
+    static V apply(const Scales& w, V dot, const float* x_scale, const float* x_sum, V acc) {
+      acc = VT::fma(dot, VT::mul(w.scale, VT::load2(x_scale)), acc);
+      return VT::fma(w.min, VT::load2(x_sum), acc);
     }
   };
 
@@ -166,10 +177,11 @@ struct Kernels {
         for (int h = 0; h < kChains; ++h) dots[h][c] = VT::vi_zero();
       }
       Format::template dots<C, kChains>(sb, xs, offsets, dots);
+      const typename Format::Scales w = Format::scales(sb);  // once per superblock, all tokens
       for (int c = 0; c < C; ++c) {
         for (int h = 1; h < kChains; ++h) dots[0][c] = VT::vi_add(dots[0][c], dots[h][c]);
         const int64_t xi = ((m + c) * P + p) * 2;
-        acc[c] = Format::apply(sb, VT::q8_float(dots[0][c]), x.scale + xi, x.block_sum + xi, acc[c]);
+        acc[c] = Format::apply(w, VT::q8_float(dots[0][c]), x.scale + xi, x.block_sum + xi, acc[c]);
       }
     }
     store_lanes<C>(acc, W, g, m, Y, ldy, bias);
