@@ -234,16 +234,8 @@ void register_engine(py::module_& m) {
           "tree_logits",
           [](sd::Engine& e, const std::vector<int32_t>& prompt, const std::vector<int32_t>& tokens,
              const std::vector<int32_t>& parents) {
-            if (tokens.size() != parents.size())
-              throw py::value_error("tree_logits: tokens and parents must have the same length, got " +
-                                    std::to_string(tokens.size()) + " and " + std::to_string(parents.size()));
             sd::TokenTree tree;
-            for (size_t i = 0; i < tokens.size(); ++i) {
-              if (parents[i] < -1 || parents[i] >= static_cast<int32_t>(i))
-                throw py::value_error("tree_logits: parents[" + std::to_string(i) + "] = " + std::to_string(parents[i]) +
-                                      " must be -1 (the root) or an earlier node");
-              tree.add(tokens[i], parents[i]);
-            }
+            throw_if_error(sd::TokenTree::from_parents(tokens, parents, &tree));
             const py::ssize_t V = e.config().vocab_size;
             py::array_t<float> out({static_cast<py::ssize_t>(tokens.size() + 1), V});
             float* dst = out.mutable_data();

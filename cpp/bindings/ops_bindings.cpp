@@ -263,12 +263,7 @@ void register_ops(py::module_& parent) {
       [](const std::vector<int32_t>& tokens, const std::vector<int32_t>& parents, py::handle p_obj,
          py::object q_obj, uint64_t seed, uint64_t position) {
         sd::TokenTree tree;
-        if (tokens.size() != parents.size()) throw py::value_error("tokens and parents must have the same length");
-        for (size_t i = 0; i < tokens.size(); ++i) {
-          if (parents[i] < -1 || parents[i] >= static_cast<int32_t>(i))
-            throw py::value_error("parents[" + std::to_string(i) + "] must be -1 or an earlier node");
-          tree.add(tokens[i], parents[i]);
-        }
+        throw_if_error(sd::TokenTree::from_parents(tokens, parents, &tree));
         auto p = f32(p_obj, "target_probs", 2);
         expect_dim(p, 0, static_cast<py::ssize_t>(tokens.size()) + 1, "target_probs", "1 + nodes rows");
         const int64_t V = p.shape(1);

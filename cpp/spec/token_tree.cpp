@@ -19,6 +19,21 @@ int32_t TokenTree::add(int32_t tok, int32_t parent_node) {
   return size() - 1;
 }
 
+Status TokenTree::from_parents(const std::vector<int32_t>& tokens, const std::vector<int32_t>& parents,
+                               TokenTree* out) {
+  if (tokens.size() != parents.size())
+    return InvalidArgument("tokens and parents must have the same length, got " + std::to_string(tokens.size()) +
+                           " and " + std::to_string(parents.size()));
+  *out = TokenTree();
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (parents[i] < -1 || parents[i] >= static_cast<int32_t>(i))
+      return InvalidArgument("parents[" + std::to_string(i) + "] = " + std::to_string(parents[i]) +
+                             " must be -1 (the root) or an earlier node");
+    out->add(tokens[i], parents[i]);
+  }
+  return Status::Ok();
+}
+
 std::vector<int32_t> TokenTree::children(int32_t node) const {
   std::vector<int32_t> out;
   for (int32_t i = 0; i < size(); ++i)

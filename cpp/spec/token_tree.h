@@ -24,6 +24,9 @@ struct TokenTree {
   int32_t max_depth() const;
   // Appends a node; returns its index.
   int32_t add(int32_t tok, int32_t parent_node);
+  // A tree from parallel lists (parents[i] = -1 for a child of the root, else an earlier node).
+  static Status from_parents(const std::vector<int32_t>& tokens, const std::vector<int32_t>& parents,
+                             TokenTree* out);
   // Children of `node` (-1: the root), in index order.
   std::vector<int32_t> children(int32_t node) const;
   // Checks parent-first order and token ranges.
