@@ -22,14 +22,19 @@ std::vector<int32_t> top_indices(const float* v, int64_t n, int32_t k) {
   return idx;
 }
 
-// log-softmax value of one entry.
-float log_prob(const float* logits, int64_t n, int32_t x) {
+// log-softmax of a logits row, normalizer computed once: log_prob(x) for any entry x.
+struct LogSoftmax {
+  LogSoftmax(const float* l, int64_t n) : logits(l) {
+    for (int64_t i = 0; i < n; ++i) mx = std::max(mx, logits[i]);
+    double s = 0;
+    for (int64_t i = 0; i < n; ++i) s += std::exp(static_cast<double>(logits[i] - mx));
+    log_sum = std::log(s);
+  }
+  float log_prob(int32_t x) const { return static_cast<float>(logits[x] - mx - log_sum); }
+  const float* logits;
   float mx = -INFINITY;
-  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, logits[i]);
-  double s = 0;
-  for (int64_t i = 0; i < n; ++i) s += std::exp(static_cast<double>(logits[i] - mx));
-  return static_cast<float>(logits[x] - mx - std::log(s));
-}
+  double log_sum = 0;
+};
 
 }  // namespace
 
@@ -145,9 +150,10 @@ Status DraftModelDrafter::grow_tree(SeqState& st, const DraftRequest& req, int32
     if (want <= 0) return;
     const float base = node < 0 ? 0.f : score[static_cast<size_t>(node)];
     const std::vector<int32_t> top = top_indices(logits, V, want);
+    const LogSoftmax log_softmax(logits, V);  // once per expanded node, not per child
     for (int32_t r = 0; r < static_cast<int32_t>(top.size()); ++r) {
       cand.add(top[static_cast<size_t>(r)], node);
-      score.push_back(base + log_prob(logits, V, top[static_cast<size_t>(r)]));
+      score.push_back(base + log_softmax.log_prob(top[static_cast<size_t>(r)]));
       std::vector<int32_t> p = node < 0 ? std::vector<int32_t>{} : path[static_cast<size_t>(node)];
       p.push_back(r);
       path.push_back(p);
