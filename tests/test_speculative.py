@@ -159,6 +159,10 @@ def test_tree_logits_bad_input(ckpts):
     with pytest.raises(ValueError, match="empty"):
         llm.engine.tree_logits([], [3], [-1])
     np.testing.assert_allclose(llm.engine.tree_logits([1, 2], [], [])[0], llm.prompt_logits([1, 2])[-1], atol=1e-5)
+    short = load_llm(ckpts["target"], max_model_len=16)
+    with pytest.raises(ValueError, match="exceed the context"):
+        short.engine.tree_logits(list(range(1, 15)), [3, 4, 5], [-1, 0, 1])  # 14 + depth 3 > 16
+    assert short.engine.tree_logits(list(range(1, 14)), [3, 4, 5], [-1, 0, 1]).shape[0] == 4  # 13 + 3 fits
 
 
 def test_int4_draft_quantizes_its_lm_head_and_stays_lossless(ckpts):
