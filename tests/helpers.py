@@ -209,3 +209,13 @@ def write_noisy_copy(model, path, scale: float, seed: int = 0):
             p.add_(scale * p.std() * torch.randn(p.shape, generator=gen))
     noisy.save_pretrained(str(path), safe_serialization=True)
     return noisy
+
+
+def assert_no_blocks_held(engine):
+    """Idle engine: every KV block is free or held only by the prefix cache, and resetting the
+    cache frees them all."""
+    assert not engine.has_unfinished
+    assert engine.num_free_blocks + engine.num_cached_blocks == engine.num_blocks - 1
+    engine.reset_prefix_cache()
+    assert engine.num_cached_blocks == 0
+    assert engine.num_free_blocks == engine.num_blocks - 1

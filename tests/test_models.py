@@ -29,7 +29,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import (argmax_agreement, greedy_params, hf_config, hf_greedy, hf_logits, load_llm,
+from helpers import (argmax_agreement, assert_no_blocks_held, greedy_params, hf_config, hf_greedy, hf_logits, load_llm,
                      prompt, relative_error, torch, transformers, write_checkpoint)
 
 from specdec_native import SamplingParams
@@ -238,7 +238,7 @@ def test_batched_equals_alone(f32_checkpoint, temperature):
     outs = small.generate(prompt_token_ids=prompts, sampling_params=params)
     assert [o.token_ids for o in outs] == alone
     assert all(o.finish_reason == "length" for o in outs)
-    assert small.engine.num_free_blocks == small.engine.num_blocks - 1
+    assert_no_blocks_held(small.engine)
 
 
 def test_chunked_prefill_matches_unchunked(f32_checkpoint):

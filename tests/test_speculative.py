@@ -21,7 +21,7 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers import (greedy_params, load_llm, prompt, torch, write_checkpoint, write_noisy_copy,
+from helpers import (assert_no_blocks_held, greedy_params, load_llm, prompt, torch, write_checkpoint, write_noisy_copy,
                      write_tokenizer)
 
 from specdec_native import SamplingParams, SpeculativeConfig, ops
@@ -93,7 +93,7 @@ def _totals(outs):
 
 
 def _check_blocks_free(llm):
-    assert llm.engine.num_free_blocks == llm.engine.num_blocks - 1
+    assert_no_blocks_held(llm.engine)
 
 
 # ---- temperature 0: identical to the target alone --------------------------------------------

@@ -1,6 +1,7 @@
-// Python face of the engine: configs, Engine construction (weights load without the GIL) and
-// generate(), which runs the whole loop in C++ with the GIL released, taking it back only to
-// call the per-token callback.
+// Python face of the engine: configs, Engine construction (weights load without the GIL),
+// continuous batching (add_request / abort_request from any thread, step() without the GIL) and
+// generate(), which runs requests to completion in C++ with the GIL released, taking it back
+// only to call the per-token callback.
 #include <pybind11/functional.h>
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
@@ -76,7 +77,8 @@ void register_engine(py::module_& m) {
       .def_readwrite("max_num_seqs", &sd::EngineOptions::max_num_seqs)
       .def_readwrite("max_model_len", &sd::EngineOptions::max_model_len)
       .def_readwrite("prefill_chunk", &sd::EngineOptions::prefill_chunk)
-      .def_readwrite("num_threads", &sd::EngineOptions::num_threads);
+      .def_readwrite("num_threads", &sd::EngineOptions::num_threads)
+      .def_readwrite("enable_prefix_caching", &sd::EngineOptions::enable_prefix_caching);
 
   py::class_<sd::SamplingConfig>(m, "SamplingConfig")
       .def(py::init<>())
@@ -99,6 +101,8 @@ void register_engine(py::module_& m) {
       .def_readonly("tokens", &sd::GenerationResult::tokens)
       .def_readonly("finish_reason", &sd::GenerationResult::finish_reason)
       .def_readonly("prompt_tokens", &sd::GenerationResult::prompt_tokens)
+      .def_readonly("cached_prompt_tokens", &sd::GenerationResult::cached_prompt_tokens)
+      .def_readonly("preemptions", &sd::GenerationResult::preemptions)
       .def_readonly("prefill_seconds", &sd::GenerationResult::prefill_seconds)
       .def_readonly("decode_seconds", &sd::GenerationResult::decode_seconds)
       .def_readonly("first_token_seconds", &sd::GenerationResult::first_token_seconds)
@@ -110,6 +114,27 @@ void register_engine(py::module_& m) {
       .def_readonly("verify_seconds", &sd::GenerationResult::verify_seconds)
       .def_readonly("proposed_by_depth", &sd::GenerationResult::proposed_by_depth)
       .def_readonly("accepted_by_depth", &sd::GenerationResult::accepted_by_depth);
+
+  py::class_<sd::RequestUpdate>(m, "RequestUpdate")
+      .def_readonly("id", &sd::RequestUpdate::id)
+      .def_readonly("new_tokens", &sd::RequestUpdate::new_tokens)
+      .def_readonly("finished", &sd::RequestUpdate::finished)
+      .def_readonly("result", &sd::RequestUpdate::result);
+
+  py::class_<sd::EngineStats>(m, "EngineStats")
+      .def_readonly("running", &sd::EngineStats::running)
+      .def_readonly("waiting", &sd::EngineStats::waiting)
+      .def_readonly("free_blocks", &sd::EngineStats::free_blocks)
+      .def_readonly("cached_blocks", &sd::EngineStats::cached_blocks)
+      .def_readonly("total_blocks", &sd::EngineStats::total_blocks)
+      .def_readonly("prompt_tokens", &sd::EngineStats::prompt_tokens)
+      .def_readonly("cached_prompt_tokens", &sd::EngineStats::cached_prompt_tokens)
+      .def_readonly("generation_tokens", &sd::EngineStats::generation_tokens)
+      .def_readonly("requests_finished", &sd::EngineStats::requests_finished)
+      .def_readonly("steps", &sd::EngineStats::steps)
+      .def_readonly("drafted", &sd::EngineStats::drafted)
+      .def_readonly("accepted", &sd::EngineStats::accepted)
+      .def_readonly("preemptions", &sd::EngineStats::preemptions);
 
   py::class_<sd::DraftModelOptions>(m, "DraftModelOptions")
       .def(py::init<>())
@@ -195,7 +220,30 @@ void register_engine(py::module_& m) {
           },
           py::arg("config"), py::arg("shards"), py::arg("dtype"), py::arg("options"),
           py::arg("progress") = py::none())
-      .def("attach_ngram", &sd::Engine::attach_ngram, py::arg("options"))
+      .def("attach_ngram", [](sd::Engine& e, const sd::NgramOptions& o) { throw_if_error(e.attach_ngram(o)); },
+           py::arg("options"))
+      .def(
+          "add_request",
+          [](sd::Engine& e, int64_t id, const sd::GenerationRequest& r) { throw_if_error(e.add_request(id, r)); },
+          py::arg("id"), py::arg("request"), "Queues a request; it joins the batch at the next step().")
+      .def("abort_request", &sd::Engine::abort_request, py::arg("id"),
+           "Ends a request at the next step (reason \"abort\"), freeing its blocks; unknown ids are ignored.")
+      .def(
+          "step",
+          [](sd::Engine& e) {
+            std::vector<sd::RequestUpdate> updates;
+            sd::Status st;
+            {
+              py::gil_scoped_release nogil;
+              st = e.step(&updates);
+            }
+            throw_if_error(st);
+            return updates;
+          },
+          "One scheduling iteration without the GIL: a list of RequestUpdate (new tokens, and the "
+          "result of each request that finished).")
+      .def_property_readonly("has_unfinished", &sd::Engine::has_unfinished)
+      .def("stats", &sd::Engine::stats)
       .def_property("adaptive_speculation", &sd::Engine::adaptive_speculation, &sd::Engine::set_adaptive_speculation)
       .def("chain_length_cost_model",
            [](const sd::Engine& e) {
@@ -259,6 +307,9 @@ void register_engine(py::module_& m) {
           [](const sd::Engine& e) -> int64_t { return e.drafter() ? e.drafter()->weight_bytes_per_token() : 0; },
           "Weight bytes one drafted token reads (0 without a draft model).")
       .def_property_readonly("kv_cache_bytes", [](sd::Engine& e) { return e.kv_cache().bytes(); })
+      .def_property_readonly("num_cached_blocks", &sd::Engine::num_cached_blocks)
+      .def("reset_prefix_cache", &sd::Engine::reset_prefix_cache, py::call_guard<py::gil_scoped_release>(),
+           "Drops every cached prefix page that no running request uses.")
       .def_property_readonly("num_free_blocks", [](sd::Engine& e) { return e.kv_cache().allocator().num_free(); })
       .def_property_readonly("num_blocks", [](sd::Engine& e) { return e.kv_cache().allocator().num_blocks(); });
 }

@@ -1,9 +1,13 @@
 // The paged KV cache's bookkeeping, exposed for tests of allocation, append and rollback.
 #include <pybind11/stl.h>
 
+#include <memory>
+#include <string>
+
 #include "bindings/register.h"
 #include "bindings/status_to_python.h"
 #include "kv/block_allocator.h"
+#include "kv/radix_cache.h"
 #include "kv/seq_pages.h"
 
 namespace py = pybind11;
@@ -35,4 +39,34 @@ void register_kv(py::module_& m) {
       .def_property_readonly("num_tokens", &sd::SeqPages::num_tokens)
       .def_property_readonly("blocks", &sd::SeqPages::blocks)
       .def_property_readonly("last_page_len", &sd::SeqPages::last_page_len);
+
+  // Bad node ids and block lists raise std::invalid_argument (ValueError); unlocking an unlocked
+  // node and caching a block that is not allocated raise std::logic_error (RuntimeError).
+  py::class_<sd::RadixCache>(m, "RadixCache")
+      .def(py::init([](int32_t page_size, sd::BlockAllocator* alloc) {
+             if (page_size <= 0) throw py::value_error("page_size must be > 0, got " + std::to_string(page_size));
+             return std::make_unique<sd::RadixCache>(page_size, alloc);
+           }),
+           py::arg("page_size"), py::arg("allocator").none(false), py::keep_alive<1, 3>())
+      .def(
+          "match_prefix",
+          [](sd::RadixCache& c, const std::vector<int32_t>& tokens) {
+            sd::RadixCache::Match mt = c.match_prefix(tokens.data(), static_cast<int64_t>(tokens.size()));
+            return py::make_tuple(mt.blocks, mt.num_tokens, mt.node);
+          },
+          py::arg("tokens"))
+      .def(
+          "insert",
+          [](sd::RadixCache& c, const std::vector<int32_t>& tokens, const std::vector<int32_t>& blocks) {
+            return c.insert(tokens.data(), static_cast<int64_t>(tokens.size()), blocks);
+          },
+          py::arg("tokens"), py::arg("blocks"))
+      .def("lock", &sd::RadixCache::lock, py::arg("node"))
+      .def("unlock", &sd::RadixCache::unlock, py::arg("node"))
+      .def("evict", &sd::RadixCache::evict, py::arg("blocks"))
+      .def("clear", &sd::RadixCache::clear)
+      .def_property_readonly("page_size", &sd::RadixCache::page_size)
+      .def_property_readonly("num_cached_blocks", &sd::RadixCache::num_cached_blocks)
+      .def_property_readonly("num_evictable_blocks", &sd::RadixCache::num_evictable_blocks)
+      .def_property_readonly("num_nodes", &sd::RadixCache::num_nodes);
 }

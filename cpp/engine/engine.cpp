@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "core/parallel.h"
+#include "engine/sequence.h"
 #include "spec/verifier.h"
 
 namespace sd {
@@ -15,9 +16,9 @@ double now_seconds() {
   return duration<double>(steady_clock::now().time_since_epoch()).count();
 }
 
-bool contains(const std::vector<int32_t>& v, int32_t x) { return std::find(v.begin(), v.end(), x) != v.end(); }
-
 }  // namespace
+
+Engine::~Engine() = default;
 
 Status Engine::create(const ModelConfig& cfg, const std::vector<std::string>& shard_paths,
                       const EngineOptions& opts, std::vector<int32_t> eos_token_ids,
@@ -38,14 +39,16 @@ Status Engine::create(const ModelConfig& cfg, const std::vector<std::string>& sh
     e->opts_.num_blocks = static_cast<int32_t>(std::min<int64_t>(per_seq * opts.max_num_seqs + 1, 1 << 24));
   }
   e->kv_.reset(new KVCache(e->model_->kv_config(e->opts_.page_size, e->opts_.num_blocks)));
+  if (opts.enable_prefix_caching) e->prefix_cache_.reset(new RadixCache(opts.page_size, &e->kv_->allocator()));
+  e->publish_stats();
   for (int32_t id : eos_token_ids)
     if (id >= 0 && id < cfg.vocab_size) e->eos_.push_back(id);
   *out = std::move(e);
   return Status::Ok();
 }
 
-Status Engine::validate(const GenerationRequest& r, int32_t index) const {
-  const std::string who = "request " + std::to_string(index) + ": ";
+Status Engine::validate(const GenerationRequest& r, int64_t id) const {
+  const std::string who = "request " + std::to_string(id) + ": ";
   if (r.prompt.empty()) return InvalidArgument(who + "the prompt is empty");
   for (int32_t id : r.prompt)
     if (id < 0 || id >= config().vocab_size)
@@ -57,38 +60,20 @@ Status Engine::validate(const GenerationRequest& r, int32_t index) const {
                            " (prompt plus at least one generated token)");
   if (r.max_tokens < 1) return InvalidArgument(who + "max_tokens must be >= 1, got " + std::to_string(r.max_tokens));
   SD_RETURN_IF_ERROR(r.sampling.validate());
+  const int64_t need = blocks_for_whole_request(r);
+  if (need > kv_->allocator().num_blocks() - 1)
+    return OutOfBlocks(who + "needs " + std::to_string(need) + " KV blocks of " + std::to_string(opts_.page_size) +
+                       " tokens but the cache has " + std::to_string(kv_->allocator().num_blocks() - 1) +
+                       "; raise num_blocks or lower max_tokens");
   return Status::Ok();
 }
-
-Status Engine::prefill(SeqPages& seq, const std::vector<int32_t>& prompt, std::vector<float>* last_logits) {
-  const int64_t n = static_cast<int64_t>(prompt.size());
-  last_logits->resize(static_cast<size_t>(config().vocab_size));
-  for (int64_t start = 0; start < n; start += opts_.prefill_chunk) {
-    const int64_t len = std::min<int64_t>(opts_.prefill_chunk, n - start);
-    SD_RETURN_IF_ERROR(seq.append(kv_->allocator(), len));
-    ForwardBatch fb;
-    fb.token_ids.assign(prompt.begin() + start, prompt.begin() + start + len);
-    fb.positions.resize(static_cast<size_t>(len));
-    for (int64_t i = 0; i < len; ++i) fb.positions[static_cast<size_t>(i)] = static_cast<int32_t>(start + i);
-    fb.qo_indptr = {0, static_cast<int32_t>(len)};
-    fb.seqs = {&seq};
-    if (start + len == n) fb.logit_rows = {static_cast<int32_t>(len - 1)};
-    SD_RETURN_IF_ERROR(model_->forward(fb, *kv_, last_logits->data()));
-  }
-  return Status::Ok();
-}
-
-struct Engine::Running {
-  int32_t index;
-  SeqPages seq;                 // KV of every committed token but the last (the root)
-  std::vector<int32_t> tokens;  // prompt + generated; tokens.back() is the root
-  ChainLengthPolicy::Acceptance acceptance;
-};
 
 Status Engine::attach_draft_model(const ModelConfig& cfg, const std::vector<std::string>& shard_paths,
                                   const std::string& dtype, const DraftModelOptions& opts,
                                   const std::function<void(int, int)>& progress) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (!running_.empty() || !waiting_.empty() || has_unfinished())
+    return InvalidArgument("a drafter can only be attached to an idle engine");
   if (cfg.vocab_size != config().vocab_size)
     return InvalidArgument("the draft model's vocabulary (" + std::to_string(cfg.vocab_size) +
                            " tokens) differs from the target's (" + std::to_string(config().vocab_size) + ")");
@@ -104,40 +89,42 @@ Status Engine::attach_draft_model(const ModelConfig& cfg, const std::vector<std:
   SD_RETURN_IF_ERROR(LlamaModel::create(cfg, *ckpt, WeightDTypes::for_draft(dt), progress, &model));
   DraftModelOptions o = opts;
   o.prefill_chunk = opts_.prefill_chunk;
+  o.prefix_caching = opts_.enable_prefix_caching;
   const KVCacheConfig kv = model->kv_config(opts_.page_size, opts_.num_blocks);
   drafter_.reset(new DraftModelDrafter(std::move(model), kv, o));
   policy_ = ChainLengthPolicy();
   return Status::Ok();
 }
 
-void Engine::attach_ngram(const NgramOptions& opts) {
+Status Engine::attach_ngram(const NgramOptions& opts) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (!running_.empty() || !waiting_.empty() || has_unfinished())
+    return InvalidArgument("a drafter can only be attached to an idle engine");
   drafter_.reset(new NgramDrafter(opts));
   policy_ = ChainLengthPolicy();
+  return Status::Ok();
 }
 
-Status Engine::step(std::vector<Running>& running, const std::vector<GenerationRequest>& requests,
-                    std::vector<GenerationResult>* results,
-                    const std::function<bool(Running&, int32_t)>& commit, std::vector<bool>* done) {
+Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate>* updates) {
   const int64_t V = config().vocab_size;
   const size_t B = running.size();
   std::vector<TokenTree> trees(B);
   std::vector<int64_t> prefix(B);
   // 1. Drafts.
   for (size_t k = 0; k < B; ++k) {
-    Running& r = running[k];
-    prefix[k] = r.seq.num_tokens();
+    Sequence& r = *running[k];
+    prefix[k] = r.pages.num_tokens();
     if (!drafter_) continue;
-    GenerationResult& res = (*results)[static_cast<size_t>(r.index)];
+    GenerationResult& res = r.res;
     DraftRequest dr;
     dr.context = &r.tokens;
-    dr.sampling = &requests[static_cast<size_t>(r.index)].sampling;
+    dr.sampling = &r.req.sampling;
     dr.position = res.tokens.size();
     dr.max_nodes = static_cast<int32_t>(std::max<int64_t>(0, opts_.max_model_len - 1 - prefix[k]));
     const bool adapt = adaptive_ && policy_.calibrated();
     if (adapt) dr.max_nodes = std::min(dr.max_nodes, policy_.choose(r.acceptance));
     const double t0 = now_seconds();
-    SD_RETURN_IF_ERROR(drafter_->propose(r.index, dr, &trees[k]));
+    SD_RETURN_IF_ERROR(drafter_->propose(r.slot, dr, &trees[k]));
     SD_RETURN_IF_ERROR(trees[k].validate(static_cast<int32_t>(V)));
     const double drafting = now_seconds() - t0;
     res.draft_seconds += drafting;
@@ -152,9 +139,9 @@ Status Engine::step(std::vector<Running>& running, const std::vector<GenerationR
   fb.qo_indptr.push_back(0);
   if (any_tree) fb.mask_indptr.push_back(0);
   for (size_t k = 0; k < B; ++k) {
-    Running& r = running[k];
+    Sequence& r = *running[k];
     const TokenTree& t = trees[k];
-    SD_RETURN_IF_ERROR(r.seq.append(kv_->allocator(), 1 + t.size()));  // reserved up front
+    SD_RETURN_IF_ERROR(r.pages.append(kv_->allocator(), 1 + t.size()));  // reserve_decode_blocks made room
     fb.token_ids.push_back(r.tokens.back());
     fb.positions.push_back(static_cast<int32_t>(prefix[k]));
     for (int32_t i = 0; i < t.size(); ++i) {
@@ -162,7 +149,7 @@ Status Engine::step(std::vector<Running>& running, const std::vector<GenerationR
       fb.positions.push_back(static_cast<int32_t>(prefix[k] + t.depth[static_cast<size_t>(i)]));
     }
     fb.qo_indptr.push_back(static_cast<int32_t>(fb.token_ids.size()));
-    fb.seqs.push_back(&r.seq);
+    fb.seqs.push_back(&r.pages);
     if (any_tree) {
       t.append_mask(prefix[k], &fb.custom_mask);
       fb.mask_indptr.push_back(static_cast<int64_t>(fb.custom_mask.size()));
@@ -176,10 +163,10 @@ Status Engine::step(std::vector<Running>& running, const std::vector<GenerationR
 
   // 3. Verify, keep the accepted path's KV in sequence order, commit.
   for (size_t k = 0; k < B; ++k) {
-    Running& r = running[k];
+    Sequence& r = *running[k];
     const TokenTree& t = trees[k];
-    const GenerationRequest& req = requests[static_cast<size_t>(r.index)];
-    GenerationResult& res = (*results)[static_cast<size_t>(r.index)];
+    const GenerationRequest& req = r.req;
+    GenerationResult& res = r.res;
     const double tv = now_seconds();
     const float* rows = logits_.data() + static_cast<int64_t>(fb.qo_indptr[k]) * V;
     VerifyOutcome v;
@@ -193,9 +180,9 @@ Status Engine::step(std::vector<Running>& running, const std::vector<GenerationR
       v = verify_sampling(t, probs_.data(), V, req.sampling.seed, res.tokens.size(), &scratch_);
     }
     const int64_t m = static_cast<int64_t>(v.accepted.size());
-    for (int64_t j = 0; j < m; ++j) kv_->copy_token(r.seq, prefix[k] + 1 + v.accepted[static_cast<size_t>(j)], prefix[k] + 1 + j);
-    r.seq.truncate(kv_->allocator(), prefix[k] + 1 + m);
-    if (drafter_) drafter_->accept(r.index, t, v.accepted);
+    for (int64_t j = 0; j < m; ++j) kv_->copy_token(r.pages, prefix[k] + 1 + v.accepted[static_cast<size_t>(j)], prefix[k] + 1 + j);
+    r.pages.truncate(kv_->allocator(), prefix[k] + 1 + m);
+    if (drafter_) drafter_->accept(r.slot, t, v.accepted);
     r.acceptance.observe(t.size(), static_cast<int32_t>(m));
     res.steps += 1;
     res.drafted += t.size();
@@ -215,125 +202,9 @@ Status Engine::step(std::vector<Running>& running, const std::vector<GenerationR
       r.tokens.push_back(tok);
       finished = commit(r, tok);
     }
-    (*done)[k] = finished;
+    if (finished) finish(r, r.finish_reason, updates);
   }
   return Status::Ok();
-}
-
-Status Engine::generate(const std::vector<GenerationRequest>& requests, const TokenCallback& on_token,
-                        std::vector<GenerationResult>* results) {
-  std::lock_guard<std::mutex> lock(mu_);
-  const int32_t N = static_cast<int32_t>(requests.size());
-  for (int32_t i = 0; i < N; ++i) SD_RETURN_IF_ERROR(validate(requests[static_cast<size_t>(i)], i));
-  // Blocks each request may need (its whole length plus the largest draft tree); one that could
-  // never fit is an error before any work.
-  const int32_t P = opts_.page_size;
-  const int64_t tree_slots = drafter_ ? drafter_->max_nodes() + 1 : 0;
-  std::vector<int64_t> need(static_cast<size_t>(N));
-  for (int32_t i = 0; i < N; ++i) {
-    const GenerationRequest& r = requests[static_cast<size_t>(i)];
-    const int64_t len = std::min<int64_t>(static_cast<int64_t>(r.prompt.size()) + r.max_tokens, opts_.max_model_len) + tree_slots;
-    need[static_cast<size_t>(i)] = (len + P - 1) / P;
-    if (need[static_cast<size_t>(i)] > kv_->allocator().num_blocks() - 1)
-      return OutOfBlocks("request " + std::to_string(i) + " needs " + std::to_string(need[static_cast<size_t>(i)]) +
-                         " KV blocks of " + std::to_string(P) + " tokens but the cache has " +
-                         std::to_string(kv_->allocator().num_blocks() - 1) +
-                         "; raise num_blocks or lower max_tokens");
-  }
-
-  if (adaptive_ && drafter_ && drafter_->proposes_chains() && !policy_.calibrated())
-    SD_RETURN_IF_ERROR(calibrate_chain_length_policy());
-  results->assign(static_cast<size_t>(N), GenerationResult());
-  const double t_start = now_seconds();
-  const int64_t V = config().vocab_size;
-  std::vector<Running> running;
-  std::vector<float> logits;
-  int32_t next_request = 0;
-  int64_t reserved = 0;  // blocks promised to running requests
-  bool aborted = false;
-
-  auto release = [&](Running& r) {
-    r.seq.release(kv_->allocator());
-    if (drafter_) drafter_->release(r.index);
-    reserved -= need[static_cast<size_t>(r.index)];
-    (*results)[static_cast<size_t>(r.index)].total_seconds = now_seconds() - t_start;
-  };
-  // Records a committed token; returns true when the request is finished.
-  auto commit = [&](Running& r, int32_t token) {
-    const GenerationRequest& req = requests[static_cast<size_t>(r.index)];
-    GenerationResult& res = (*results)[static_cast<size_t>(r.index)];
-    res.tokens.push_back(token);
-    if (res.tokens.size() == 1) res.first_token_seconds = now_seconds() - t_start;
-    TokenAction act = on_token ? on_token(r.index, token) : TokenAction::kContinue;
-    if (act == TokenAction::kAbort) aborted = true;
-    if (act != TokenAction::kContinue) {
-      res.finish_reason = act == TokenAction::kAbort ? "abort" : "stop";
-      return true;
-    }
-    if ((!req.ignore_eos && contains(eos_, token)) || contains(req.stop_token_ids, token)) {
-      res.finish_reason = "stop";
-      return true;
-    }
-    if (static_cast<int32_t>(res.tokens.size()) >= req.max_tokens ||
-        static_cast<int64_t>(r.tokens.size()) >= opts_.max_model_len) {
-      res.finish_reason = "length";
-      return true;
-    }
-    return false;
-  };
-
-  auto loop = [&]() -> Status {
-    while (!aborted && (next_request < N || !running.empty())) {
-      // Admit requests while their blocks are free.
-      while (!aborted && next_request < N && static_cast<int32_t>(running.size()) < opts_.max_num_seqs &&
-             reserved + need[static_cast<size_t>(next_request)] <= kv_->allocator().num_blocks() - 1) {
-        const int32_t i = next_request++;
-        const GenerationRequest& req = requests[static_cast<size_t>(i)];
-        GenerationResult& res = (*results)[static_cast<size_t>(i)];
-        res.prompt_tokens = static_cast<int64_t>(req.prompt.size());
-        reserved += need[static_cast<size_t>(i)];
-        Running r{i, SeqPages(P), req.prompt};
-        const double t0 = now_seconds();
-        const Status pst = prefill(r.seq, req.prompt, &logits);
-        if (!pst.ok()) {
-          release(r);
-          return pst;
-        }
-        const int32_t tok = sample_token(logits.data(), V, req.sampling, 0, &scratch_);
-        res.prefill_seconds = now_seconds() - t0;
-        // The last prompt token's KV is in the cache; the sampled token becomes the root.
-        r.tokens.push_back(tok);
-        if (commit(r, tok)) {
-          release(r);
-        } else {
-          running.push_back(std::move(r));
-        }
-      }
-      if (aborted || running.empty()) break;
-      std::vector<bool> done(running.size(), false);
-      SD_RETURN_IF_ERROR(step(running, requests, results, commit, &done));
-      std::vector<Running> still;
-      for (size_t k = 0; k < running.size(); ++k) {
-        if (done[k]) {
-          release(running[k]);
-        } else {
-          still.push_back(std::move(running[k]));
-        }
-      }
-      running = std::move(still);
-    }
-    return Status::Ok();
-  };
-  const Status st = loop();
-  for (Running& r : running) {
-    release(r);
-    (*results)[static_cast<size_t>(r.index)].finish_reason = "abort";
-  }
-  for (GenerationResult& res : *results) {
-    if (res.finish_reason.empty()) res.finish_reason = "abort";
-    if (res.total_seconds == 0) res.total_seconds = now_seconds() - t_start;
-  }
-  return st;
 }
 
 Status Engine::prompt_logits(const std::vector<int32_t>& prompt, float* logits) {
@@ -373,6 +244,7 @@ Status Engine::scratch_forward(const std::vector<int32_t>& tokens, float* logits
   }
   fb.qo_indptr = {0, static_cast<int32_t>(n + S)};
   SeqPages seq(opts_.page_size);
+  make_room(seq.blocks_needed(n + S));
   Status st = seq.append(kv_->allocator(), n + S);
   if (!st.ok()) return st;
   fb.seqs = {&seq};

@@ -1,15 +1,21 @@
-// Engine: one model, its paged KV cache, and the generation loop. Requests are admitted while
-// KV blocks for their whole length are free; running sequences decode together, one batched
-// forward per step; a finished sequence frees its blocks and lets the next request in.
+// Engine: one model, its paged KV cache with a prefix cache, an optional drafter, and the
+// scheduler of continuous batching. Requests join (add_request) and leave (finish, abort_request)
+// between steps; each step() prefills prompt chunks under a token budget and then decodes (or
+// drafts and verifies) every running sequence in one batched target forward. KV blocks are
+// allocated as sequences grow; when they run out, the prefix cache is evicted first, then the
+// most recently admitted sequence is preempted (freed, and recomputed when blocks are back).
 #pragma once
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "kv/kv_cache.h"
+#include "kv/radix_cache.h"
 #include "model/llama.h"
 #include "sampling/sampler.h"
 #include "spec/chain_length_policy.h"
@@ -24,8 +30,9 @@ struct EngineOptions {
   int32_t num_blocks = 0;        // 0: enough for max_model_len tokens x max_num_seqs
   int32_t max_num_seqs = 8;      // sequences decoding at once
   int64_t max_model_len = 0;     // 0: the config's max_position_embeddings
-  int32_t prefill_chunk = 512;   // prompt tokens per forward
+  int32_t prefill_chunk = 512;   // prompt tokens per step, over all sequences (chunked prefill)
   int32_t num_threads = 0;       // 0: one per core
+  bool enable_prefix_caching = true;
 };
 
 struct GenerationRequest {
@@ -40,10 +47,12 @@ struct GenerationResult {
   std::vector<int32_t> tokens;
   std::string finish_reason;  // "stop", "length" or "abort"
   int64_t prompt_tokens = 0;
+  int64_t cached_prompt_tokens = 0;  // served from the prefix cache (whole pages)
+  int64_t preemptions = 0;           // times freed for lack of KV blocks and recomputed
   double prefill_seconds = 0;
   double decode_seconds = 0;
-  double first_token_seconds = 0;  // from the call's start
-  double total_seconds = 0;
+  double first_token_seconds = 0;  // from the request's arrival
+  double total_seconds = 0;        // from the request's arrival
   int64_t steps = 0;  // target forwards after the prefill
   // Speculation (zero without a drafter).
   int64_t drafted = 0;   // draft tokens proposed (tree nodes)
@@ -59,12 +68,42 @@ struct GenerationResult {
 enum class TokenAction { kContinue = 0, kStop = 1, kAbort = 2 };
 using TokenCallback = std::function<TokenAction(int32_t request, int32_t token)>;
 
+// What one step did for one request: tokens committed, and the result once it finished.
+struct RequestUpdate {
+  int64_t id = 0;
+  std::vector<int32_t> new_tokens;
+  bool finished = false;
+  GenerationResult result;  // when finished (tokens: all of them)
+};
+
+// Counters over the engine's lifetime and its state after the last step.
+struct EngineStats {
+  int32_t running = 0, waiting = 0;
+  int32_t free_blocks = 0, cached_blocks = 0, total_blocks = 0;  // total excludes the null block
+  int64_t prompt_tokens = 0, cached_prompt_tokens = 0, generation_tokens = 0;
+  int64_t requests_finished = 0, steps = 0, drafted = 0, accepted = 0, preemptions = 0;
+};
+
 class Engine {
  public:
   static Status create(const ModelConfig& cfg, const std::vector<std::string>& shard_paths,
                        const EngineOptions& opts, std::vector<int32_t> eos_token_ids,
                        const std::function<void(int, int)>& progress, std::unique_ptr<Engine>* out);
 
+  ~Engine();
+
+  // Continuous batching. add_request and abort_request may be called from any thread, also
+  // while step() runs on another; they take effect at the next step. Ids are the caller's
+  // (unique among unfinished requests).
+  Status add_request(int64_t id, const GenerationRequest& request);
+  void abort_request(int64_t id);
+  // One scheduling iteration; appends an update per request that committed tokens or finished.
+  Status step(std::vector<RequestUpdate>* updates);
+  bool has_unfinished() const;
+  EngineStats stats() const;
+
+  // Runs requests to completion (on an otherwise idle engine), results in order; on_token is
+  // called after every committed token.
   Status generate(const std::vector<GenerationRequest>& requests, const TokenCallback& on_token,
                   std::vector<GenerationResult>* results);
 
@@ -73,7 +112,7 @@ class Engine {
   Status attach_draft_model(const ModelConfig& cfg, const std::vector<std::string>& shard_paths,
                             const std::string& dtype, const DraftModelOptions& opts,
                             const std::function<void(int, int)>& progress);
-  void attach_ngram(const NgramOptions& opts);
+  Status attach_ngram(const NgramOptions& opts);
   const Drafter* drafter() const { return drafter_.get(); }
   // Adaptive chain length: each step drafts the k (up to the drafter's) that the cost model
   // (spec/chain_length_policy.h) expects to be fastest for that request. Off by default: seeded
@@ -94,31 +133,61 @@ class Engine {
   const EngineOptions& options() const { return opts_; }
   const LlamaModel& model() const { return *model_; }
   KVCache& kv_cache() { return *kv_; }
+  // Blocks the prefix cache holds (free for new requests once evicted).
+  int64_t num_cached_blocks() const { return prefix_cache_ ? prefix_cache_->num_cached_blocks() : 0; }
+  void reset_prefix_cache();  // drops every cached page no running request uses
   int64_t max_model_len() const { return opts_.max_model_len; }
 
  private:
   Engine() = default;
-  Status validate(const GenerationRequest& r, int32_t index) const;
-  Status prefill(SeqPages& seq, const std::vector<int32_t>& prompt, std::vector<float>* last_logits);
-  // Runs tokens on a scratch sequence; with a tree, tokens' last is its root and the nodes follow
-  // (logits of the root and the nodes), else logits of every token.
+  struct Sequence;
+  using SeqPtr = std::unique_ptr<Sequence>;
+  // Checks ids, lengths, sampling, and that the request fits the KV cache when alone.
+  Status validate(const GenerationRequest& r, int64_t id) const;
+  int64_t blocks_for_whole_request(const GenerationRequest& r) const;
+  // Scheduling (engine/scheduler.cpp).
+  void take_incoming(std::vector<RequestUpdate>* updates);
+  void admit_waiting();
+  Status prefill_chunks(std::vector<RequestUpdate>* updates);
+  bool make_room(int64_t blocks);  // evicts the prefix cache; true when that many blocks are free
+  void reserve_decode_blocks();    // preempts the newest sequences until every running one fits a step
+  void preempt(Sequence& s);
+  // Ends a sequence: frees its blocks (caching its committed pages unless told not to) and
+  // reports it.
+  void finish(Sequence& s, const std::string& reason, std::vector<RequestUpdate>* updates, bool cache_pages = true);
+  void lock_cache_node(RadixCache::NodeId node);  // no-ops for the root and without a prefix cache
+  void unlock_cache_node(RadixCache::NodeId node);
+  // Records a committed token; true when the sequence is finished (its reason set).
+  bool commit(Sequence& s, int32_t token);
+  // Decoding (engine/engine.cpp): drafts, one target forward, verification, commits.
+  Status decode(std::vector<Sequence*>& seqs, std::vector<RequestUpdate>* updates);
   Status scratch_forward(const std::vector<int32_t>& tokens, float* logits, const TokenTree* tree = nullptr);
   Status calibrate_chain_length_policy();
-  struct Running;
-  // One decoding step for every running sequence; sets done[k] for the ones that finished.
-  Status step(std::vector<Running>& running, const std::vector<GenerationRequest>& requests,
-              std::vector<GenerationResult>* results,
-              const std::function<bool(Running&, int32_t)>& commit, std::vector<bool>* done);
+  void publish_stats();
 
   EngineOptions opts_;
   std::vector<int32_t> eos_;
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<KVCache> kv_;
+  std::unique_ptr<RadixCache> prefix_cache_;  // null when prefix caching is off
   std::unique_ptr<Drafter> drafter_;
   bool adaptive_ = false;
   ChainLengthPolicy policy_;
   std::vector<float> logits_, probs_, scratch_;
-  std::mutex mu_;  // one generate() at a time
+  std::mutex mu_;  // one step (or scratch forward) at a time
+  // Owned by step(): sequences waiting for admission (preempted ones first) and running ones.
+  std::deque<SeqPtr> waiting_;
+  std::vector<SeqPtr> running_;
+  int32_t next_slot_ = 0;  // drafter handles
+  TokenCallback on_token_;  // set by generate()
+  bool abort_all_ = false;  // on_token_ asked to abort every request
+  EngineStats totals_;
+  // Shared with other threads.
+  mutable std::mutex queue_mu_;
+  std::vector<SeqPtr> incoming_;
+  std::vector<int64_t> aborts_;
+  std::set<int64_t> live_ids_;  // added and not yet finished
+  EngineStats published_;       // totals_ and the state after the last step
 };
 
 }  // namespace sd

@@ -1,5 +1,7 @@
 #include "kv/seq_pages.h"
 
+#include <stdexcept>
+
 namespace sd {
 
 Status SeqPages::append(BlockAllocator& alloc, int64_t n) {
@@ -10,6 +12,13 @@ Status SeqPages::append(BlockAllocator& alloc, int64_t n) {
     SD_RETURN_IF_ERROR(alloc.allocate(static_cast<int32_t>(need < INT32_MAX ? need : INT32_MAX), &blocks_));
   num_tokens_ += n;
   return Status::Ok();
+}
+
+void SeqPages::share_prefix(BlockAllocator& alloc, const std::vector<int32_t>& blocks) {
+  if (num_tokens_ != 0) throw std::logic_error("share_prefix on a sequence that already holds tokens");
+  for (int32_t b : blocks) alloc.incref(b);
+  blocks_ = blocks;
+  num_tokens_ = static_cast<int64_t>(blocks.size()) * page_size_;
 }
 
 void SeqPages::truncate(BlockAllocator& alloc, int64_t n) {

@@ -1,6 +1,7 @@
 // One sequence's KV pages: its block list and token count. append() grows it (allocating blocks
 // as needed, all-or-nothing), truncate() is the rollback after a rejected draft, release() frees
-// everything. Token t lives in block blocks()[t / page_size] at slot t % page_size.
+// everything (a block shared with another holder is freed by its last one). Token t lives in
+// block blocks()[t / page_size] at slot t % page_size.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -16,6 +17,9 @@ class SeqPages {
   Status append(BlockAllocator& alloc, int64_t n);
   void truncate(BlockAllocator& alloc, int64_t n);  // keep the first n tokens (n <= num_tokens)
   void release(BlockAllocator& alloc) { truncate(alloc, 0); }
+  // Starts an empty sequence with whole pages another holder computed (a prefix-cache hit):
+  // takes a reference on each block. Those pages are never written: appends go past them.
+  void share_prefix(BlockAllocator& alloc, const std::vector<int32_t>& blocks);
 
   int64_t num_tokens() const { return num_tokens_; }
   int32_t page_size() const { return page_size_; }

@@ -40,7 +40,9 @@ struct LogSoftmax {
 
 DraftModelDrafter::DraftModelDrafter(std::unique_ptr<LlamaModel> model, const KVCacheConfig& kv,
                                      const DraftModelOptions& o)
-    : model_(std::move(model)), kv_(kv), opts_(o) {}
+    : model_(std::move(model)), kv_(kv), opts_(o) {
+  if (o.prefix_caching) prefix_.reset(new RadixCache(kv.page_size, &kv_.allocator()));
+}
 
 int32_t DraftModelDrafter::max_nodes() const {
   if (!opts_.tree_choices.empty()) return static_cast<int32_t>(opts_.tree_choices.size());
@@ -51,6 +53,9 @@ int32_t DraftModelDrafter::max_nodes() const {
 Status DraftModelDrafter::feed(SeqState& st, const std::vector<int32_t>& tokens,
                                const std::vector<int32_t>& positions, const std::vector<uint8_t>* mask,
                                const std::vector<int32_t>& rows, std::vector<float>* logits) {
+  const int64_t need = st.pages.blocks_needed(static_cast<int64_t>(tokens.size()));
+  while (prefix_ && kv_.allocator().num_free() < need && prefix_->evict(static_cast<int32_t>(need - kv_.allocator().num_free())) > 0) {
+  }
   SD_RETURN_IF_ERROR(st.pages.append(kv_.allocator(), static_cast<int64_t>(tokens.size())));
   ForwardBatch fb;
   fb.token_ids = tokens;
@@ -78,10 +83,22 @@ Status DraftModelDrafter::catch_up(SeqState& st, const std::vector<int32_t>& ctx
   return Status::Ok();
 }
 
-Status DraftModelDrafter::propose(int32_t seq, const DraftRequest& req, TokenTree* tree) {
+DraftModelDrafter::SeqState& DraftModelDrafter::start(int32_t seq, const std::vector<int32_t>& ctx) {
   auto it = seqs_.find(seq);
-  if (it == seqs_.end()) it = seqs_.emplace(seq, SeqState(kv_.config().page_size)).first;
-  SeqState& st = it->second;
+  if (it != seqs_.end()) return it->second;
+  SeqState& st = seqs_.emplace(seq, SeqState(kv_.config().page_size)).first->second;
+  if (prefix_ && ctx.size() > 1) {  // the root itself is always recomputed (its logits are needed)
+    const RadixCache::Match m = prefix_->match_prefix(ctx.data(), static_cast<int64_t>(ctx.size()) - 1);
+    st.pages.share_prefix(kv_.allocator(), m.blocks);
+    st.committed = m.num_tokens;
+    st.cache_node = m.node;
+    if (m.node != RadixCache::kRoot) prefix_->lock(m.node);
+  }
+  return st;
+}
+
+Status DraftModelDrafter::propose(int32_t seq, const DraftRequest& req, TokenTree* tree) {
+  SeqState& st = start(seq, *req.context);
   st.node_slot.clear();
   const int32_t budget = std::min(req.max_nodes, max_nodes());
   if (budget <= 0) return Status::Ok();
@@ -241,10 +258,16 @@ void DraftModelDrafter::accept(int32_t seq, const TokenTree& tree, const std::ve
   st.node_slot.clear();
 }
 
-void DraftModelDrafter::release(int32_t seq) {
+void DraftModelDrafter::release(int32_t seq, const std::vector<int32_t>& context) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return;
-  it->second.pages.release(kv_.allocator());
+  SeqState& st = it->second;
+  if (prefix_) {
+    const int64_t n = std::min<int64_t>(st.pages.num_tokens(), static_cast<int64_t>(context.size()));
+    if (n > 0) prefix_->insert(context.data(), n, st.pages.blocks());
+    if (st.cache_node != RadixCache::kRoot) prefix_->unlock(st.cache_node);
+  }
+  st.pages.release(kv_.allocator());
   seqs_.erase(it);
 }
 

@@ -3,12 +3,14 @@
 // which the verifier gets as q), a static tree from tree choices, or a dynamic tree (EAGLE-2:
 // expand the top_k children of the top_k most probable nodes per level, keep the max_nodes
 // nodes of highest cumulative draft probability). Tree children are the draft's top-ranked
-// tokens, deterministic, so trees are verified with one-hot q.
+// tokens, deterministic, so trees are verified with one-hot q. Finished sequences leave their
+// pages in the draft's own prefix cache, evicted when its blocks run low.
 #pragma once
 #include <map>
 #include <memory>
 
 #include "kv/kv_cache.h"
+#include "kv/radix_cache.h"
 #include "model/llama.h"
 #include "spec/drafter.h"
 
@@ -20,6 +22,7 @@ struct DraftModelOptions {
   int32_t top_k = 0;                               // dynamic tree when > 0
   int32_t max_nodes = 0;                           // dynamic tree size
   int32_t prefill_chunk = 512;
+  bool prefix_caching = true;  // keep finished sequences' pages in the draft's own prefix cache
 };
 
 class DraftModelDrafter : public Drafter {
@@ -27,29 +30,34 @@ class DraftModelDrafter : public Drafter {
   DraftModelDrafter(std::unique_ptr<LlamaModel> model, const KVCacheConfig& kv, const DraftModelOptions& o);
   Status propose(int32_t seq, const DraftRequest& req, TokenTree* tree) override;
   void accept(int32_t seq, const TokenTree& tree, const std::vector<int32_t>& accepted) override;
-  void release(int32_t seq) override;
+  void release(int32_t seq, const std::vector<int32_t>& context) override;
   int32_t max_nodes() const override;
   bool proposes_chains() const override { return opts_.tree_choices.empty() && opts_.top_k <= 0; }
   int64_t weight_bytes_per_token() const override { return model_->weight_bytes_per_token(); }
   const LlamaModel& model() const { return *model_; }
   KVCache& kv_cache() { return kv_; }
+  const RadixCache* prefix_cache() const { return prefix_.get(); }
 
  private:
   struct SeqState {
     explicit SeqState(int32_t page_size) : pages(page_size) {}
     SeqPages pages;
     int64_t committed = 0;           // context tokens held in the cache (root included)
+    RadixCache::NodeId cache_node = RadixCache::kRoot;  // locked: the shared prefix it started from
     std::vector<int32_t> node_slot;  // per node of the last tree: slot after `committed`, or -1
   };
   // Appends tokens to the sequence's cache and runs them; logits for the rows asked for.
   Status feed(SeqState& st, const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions,
               const std::vector<uint8_t>* mask, const std::vector<int32_t>& rows, std::vector<float>* logits);
+  // A new sequence starts from the longest cached prefix of its context.
+  SeqState& start(int32_t seq, const std::vector<int32_t>& ctx);
   Status catch_up(SeqState& st, const std::vector<int32_t>& ctx, std::vector<float>* root_logits);
   Status grow_chain(SeqState& st, const DraftRequest& req, int32_t budget, std::vector<float> logits, TokenTree* tree);
   Status grow_tree(SeqState& st, const DraftRequest& req, int32_t budget, const std::vector<float>& root_logits, TokenTree* tree);
 
   std::unique_ptr<LlamaModel> model_;
   KVCache kv_;
+  std::unique_ptr<RadixCache> prefix_;  // over kv_'s blocks; null when prefix caching is off
   DraftModelOptions opts_;
   std::map<int32_t, SeqState> seqs_;
   std::vector<float> scratch_;

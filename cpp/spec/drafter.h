@@ -23,8 +23,9 @@ class Drafter {
   virtual Status propose(int32_t seq, const DraftRequest& req, TokenTree* tree) = 0;
   // The target accepted these nodes (a root-to-node path) of the last proposal.
   virtual void accept(int32_t seq, const TokenTree& tree, const std::vector<int32_t>& accepted) {}
-  // The sequence is finished: free what it holds.
-  virtual void release(int32_t seq) {}
+  // The sequence is finished or preempted: free what it holds. `context` is its committed
+  // tokens (a drafter with a KV cache may keep their pages in its prefix cache).
+  virtual void release(int32_t seq, const std::vector<int32_t>& context) {}
   // Largest tree this drafter proposes (the engine reserves KV for it).
   virtual int32_t max_nodes() const = 0;
   // Whether every proposal is a chain (then the engine may choose its length per step).
