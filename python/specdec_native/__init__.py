@@ -12,6 +12,8 @@ __version__ = "0.1.0"
 # loading the compiled core.
 _LAZY = {
     "LLM": "specdec_native.llm",
+    "AsyncLLM": "specdec_native.async_llm",
+    "StreamOutput": "specdec_native.outputs",
     "RequestOutput": "specdec_native.outputs",
     "SamplingParams": "specdec_native.sampling_params",
     "SpeculativeConfig": "specdec_native.speculative",

@@ -2,6 +2,7 @@
 
     specdec generate [--model PATH] [--chat] "prompt"     # default model: SmolLM2-135M-Instruct
     specdec convert model.gguf OUTDIR [--dtype float32|bfloat16|float16]
+    specdec serve [--model PATH] [--port 8000]                  # OpenAI-compatible HTTP server
 """
 from __future__ import annotations
 
@@ -54,6 +55,27 @@ def _generate(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    try:
+        from . import server
+        import fastapi, uvicorn, prometheus_client  # noqa: F401 -- fail early with a clear message
+    except ImportError as e:
+        raise SystemExit(f"specdec serve needs the serve extra ({e.name} is missing): "
+                         "pip install 'specdec_native[serve]'") from None
+    from .async_llm import AsyncLLM
+
+    model = args.model or default_model()
+    speculative = None
+    if args.method or args.draft:
+        speculative = {"method": args.method or "draft", "num_speculative_tokens": args.num_speculative_tokens,
+                       "tree": json.loads(args.tree) if args.tree else None, "adaptive": args.adaptive}
+    engine = AsyncLLM(model, draft=args.draft, speculative=speculative, dtype=args.dtype,
+                      max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs, num_threads=args.threads)
+    server.serve(engine, args.served_model_name or args.model or os.path.basename(model),
+                 host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
 def _convert(args) -> int:
     from .gguf_convert import convert_gguf
 
@@ -89,6 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--adaptive", action="store_true",
                    help="choose each step's chain length (<= --num-speculative-tokens) from the measured costs")
     g.set_defaults(func=_generate)
+
+    s = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
+    s.add_argument("--model", help="HF checkpoint directory or .gguf file (default: SmolLM2-135M-Instruct)")
+    s.add_argument("--served-model-name", help="the name clients pass as `model` (default: --model)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "int8", "int4"])
+    s.add_argument("--max-model-len", type=int, default=None)
+    s.add_argument("--max-num-seqs", type=int, default=8, help="sequences decoded together")
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--draft", help="draft checkpoint (directory or .gguf) sharing the target's vocabulary")
+    s.add_argument("--method", choices=["draft", "ngram"], help="speculative drafts (default: draft if --draft)")
+    s.add_argument("--num-speculative-tokens", type=int, default=5)
+    s.add_argument("--tree", help='draft tree as JSON: [[0],[1],[0,0]] or {"top_k": 4, "max_nodes": 32}')
+    s.add_argument("--adaptive", action="store_true", help="choose each step's chain length from measured costs")
+    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    s.set_defaults(func=_serve)
 
     c = sub.add_parser("convert", help="convert a GGUF file to a Hugging Face checkpoint directory")
     c.add_argument("gguf")

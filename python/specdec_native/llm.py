@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Union
 
 from . import _core
 from . import checkpoint as ckpt_mod
 from .outputs import RequestOutput
+from .request_tracker import RequestTracker
 from .sampling_params import SamplingParams
 from .speculative import SpeculativeConfig
 
@@ -137,6 +138,36 @@ class LLM:
         outs = self._run(texts, ids, _per_request(sampling_params, len(ids)))
         return outs if many else outs[0]
 
+    def stream(self, prompt: Union[str, Sequence[int]], sampling_params: Optional[SamplingParams] = None
+               ) -> Iterator[str]:
+        """Text deltas of one request as its tokens are committed (stop strings cut off). Breaking
+        out of the loop ends the request and frees its blocks."""
+        tok = self._require_tokenizer("stream()")
+        ids = self.prompt_ids(prompt)
+        params = sampling_params or SamplingParams()
+        if self.engine.has_unfinished:
+            raise RuntimeError("stream() needs an idle engine; use AsyncLLM to serve requests concurrently")
+        tracker = RequestTracker("stream", ids, params, tok)
+        self.engine.add_request(0, _to_request(ids, params))
+        try:
+            while not tracker.finished:
+                for u in self.engine.step():
+                    out = tracker.update(u.new_tokens, u.result if u.finished else None)
+                    if tracker.stop_hit:
+                        self.engine.abort_request(0)
+                    if out is not None and out.text:
+                        yield out.text
+        finally:
+            self.engine.abort_request(0)
+            while self.engine.has_unfinished:  # the abort takes effect at the next step
+                self.engine.step()
+
+    def prompt_ids(self, prompt: Union[str, Sequence[int]]) -> List[int]:
+        """Token ids of a text prompt (encoded with the tokenizer) or of a list of ids."""
+        if isinstance(prompt, str):
+            return self._require_tokenizer("text prompts").encode(prompt)
+        return _token_list(prompt)
+
     def prompt_logits(self, token_ids: Sequence[int]):
         """Logits [len(token_ids), vocab] of every position (float32 numpy array)."""
         return self.engine.prompt_logits(_token_list(token_ids))
@@ -149,17 +180,7 @@ class LLM:
         return self.tokenizer
 
     def _run(self, texts, ids, params) -> List[RequestOutput]:
-        requests = []
-        for prompt, p in zip(ids, params):
-            r = _core.GenerationRequest()
-            r.prompt = prompt
-            s = _core.SamplingConfig()
-            s.temperature, s.top_k, s.top_p, s.min_p, s.seed = p.temperature, p.top_k, p.top_p, p.min_p, p.seed
-            r.sampling = s
-            r.max_tokens = p.max_tokens
-            r.stop_token_ids = p.stop_token_ids
-            r.ignore_eos = p.ignore_eos
-            requests.append(r)
+        requests = [_to_request(prompt, p) for prompt, p in zip(ids, params)]
         detok = None
         if self.tokenizer is not None:
             from .tokenizer import IncrementalDetokenizer
@@ -189,11 +210,25 @@ class LLM:
         return outs
 
 
+def _to_request(prompt_ids: List[int], p: SamplingParams):
+    r = _core.GenerationRequest()
+    r.prompt = prompt_ids
+    s = _core.SamplingConfig()
+    s.temperature, s.top_k, s.top_p, s.min_p, s.seed = p.temperature, p.top_k, p.top_p, p.min_p, p.seed
+    r.sampling = s
+    r.max_tokens = p.max_tokens
+    r.stop_token_ids = p.stop_token_ids
+    r.ignore_eos = p.ignore_eos
+    return r
+
+
 def _metrics(res) -> dict:
     n = len(res.tokens)
     decode_tokens = max(n - 1, 0)
     return {
         "prompt_tokens": res.prompt_tokens,
+        "cached_prompt_tokens": res.cached_prompt_tokens,
+        "preemptions": res.preemptions,
         "tokens": n,
         "seconds": res.total_seconds,
         "prefill_seconds": res.prefill_seconds,
