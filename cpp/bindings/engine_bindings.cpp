@@ -130,6 +130,7 @@ void register_engine(py::module_& m) {
       .def_readonly("prompt_tokens", &sd::EngineStats::prompt_tokens)
       .def_readonly("cached_prompt_tokens", &sd::EngineStats::cached_prompt_tokens)
       .def_readonly("generation_tokens", &sd::EngineStats::generation_tokens)
+      .def_readonly("prefill_tokens", &sd::EngineStats::prefill_tokens)
       .def_readonly("requests_finished", &sd::EngineStats::requests_finished)
       .def_readonly("steps", &sd::EngineStats::steps)
       .def_readonly("drafted", &sd::EngineStats::drafted)
@@ -308,6 +309,13 @@ void register_engine(py::module_& m) {
           "Weight bytes one drafted token reads (0 without a draft model).")
       .def_property_readonly("kv_cache_bytes", [](sd::Engine& e) { return e.kv_cache().bytes(); })
       .def_property_readonly("num_cached_blocks", &sd::Engine::num_cached_blocks)
+      .def_property_readonly(
+          "draft_num_cached_blocks",
+          [](const sd::Engine& e) -> int64_t {
+            const auto* d = dynamic_cast<const sd::DraftModelDrafter*>(e.drafter());
+            return d && d->prefix_cache() ? d->prefix_cache()->num_cached_blocks() : 0;
+          },
+          "Blocks the draft model's own prefix cache holds (0 without a draft model).")
       .def("reset_prefix_cache", &sd::Engine::reset_prefix_cache, py::call_guard<py::gil_scoped_release>(),
            "Drops every cached prefix page that no running request uses.")
       .def_property_readonly("num_free_blocks", [](sd::Engine& e) { return e.kv_cache().allocator().num_free(); })

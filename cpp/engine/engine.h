@@ -81,6 +81,7 @@ struct EngineStats {
   int32_t running = 0, waiting = 0;
   int32_t free_blocks = 0, cached_blocks = 0, total_blocks = 0;  // total excludes the null block
   int64_t prompt_tokens = 0, cached_prompt_tokens = 0, generation_tokens = 0;
+  int64_t prefill_tokens = 0;  // tokens computed by prefill forwards (recomputation included)
   int64_t requests_finished = 0, steps = 0, drafted = 0, accepted = 0, preemptions = 0;
 };
 

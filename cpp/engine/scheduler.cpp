@@ -149,6 +149,7 @@ Status Engine::prefill_chunks(std::vector<RequestUpdate>* updates) {
       fb.qo_indptr.push_back(static_cast<int32_t>(fb.token_ids.size()));
       fb.seqs.push_back(&s.pages);
       budget -= end - start;
+      totals_.prefill_tokens += end - start;
     }
     if (end == s.prefill_len()) {
       done.push_back(&s);

@@ -100,7 +100,7 @@ RadixCache::Match RadixCache::match_prefix(const int32_t* tokens, int64_t n) {
     NodeId c = it->second;
     const int64_t edge = static_cast<int64_t>(nodes_[c].blocks.size());
     const int64_t k = matching_pages(c, tokens + pos, (n - pos) / page_size_);
-    if (false) c = split(c, k);  // the returned node ends exactly at the match
+    if (k < edge) c = split(c, k);  // the returned node ends exactly at the match
     const auto& b = nodes_[c].blocks;
     m.blocks.insert(m.blocks.end(), b.begin(), b.end());
     pos += k * page_size_;

@@ -25,7 +25,12 @@ class LLM:
       a scale and minimum per 32 weights, like GGUF Q4_1, whose tensors it holds exactly;
       embedding and LM head stay int8).
     max_model_len: context length served (default: the checkpoint's).
-    max_num_seqs: sequences decoded together in one batched forward.
+    max_num_seqs: sequences decoded together in one batched forward (continuous batching:
+      requests join and leave between steps).
+    prefill_chunk: prompt tokens computed per step over all sequences (long prompts are
+      prefilled in chunks while running sequences keep decoding).
+    enable_prefix_caching: keep finished requests' KV pages in a radix tree so a request that
+      starts with the same tokens (whole pages) prefills only the rest.
     num_blocks / page_size: the paged KV cache (default: room for max_num_seqs full contexts;
       memory is only committed as it is used).
     num_threads: CPU threads (default: one per core).
@@ -36,7 +41,8 @@ class LLM:
 
     def __init__(self, model: str, dtype: str = "auto", *, max_model_len: Optional[int] = None,
                  max_num_seqs: int = 8, num_blocks: Optional[int] = None, page_size: int = 16,
-                 num_threads: Optional[int] = None, prefill_chunk: int = 512, progress: bool = True,
+                 num_threads: Optional[int] = None, prefill_chunk: int = 512, enable_prefix_caching: bool = True,
+                 progress: bool = True,
                  draft: Optional[str] = None, speculative=None):
         path = ckpt_mod.resolve(model, progress=progress)
         self.checkpoint = ckpt_mod.load(path)
@@ -51,6 +57,7 @@ class LLM:
         opts.num_blocks = num_blocks or 0
         opts.max_num_seqs = max_num_seqs
         opts.prefill_chunk = prefill_chunk
+        opts.enable_prefix_caching = enable_prefix_caching
         opts.num_threads = num_threads or 0
         self.tokenizer = None
         if (path / "tokenizer.json").is_file():
