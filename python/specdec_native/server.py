@@ -455,7 +455,7 @@ class _Completion:
                 tally.add(i, out)
                 if out.finished and out.finish_reason == "abort":
                     return
-                for chunk in self._chunks(i, out):
+                for chunk in self._chunks(i, out)[:1]:
                     yield _sse(self._envelope([chunk], **usage))
             self._observe_latency()
             if self.include_usage:
