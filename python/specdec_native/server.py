@@ -330,7 +330,7 @@ async def _merge(streams: List[AsyncIterator]):
         try:
             async for out in stream:
                 await queue.put((i, out, None))
-        except BaseException as e:  # noqa: B036 -- handed to the consumer, which re-raises it
+        except BaseException as e:  # handed to the consumer, which re-raises it
             await queue.put((i, None, e))
             return
         finally:
@@ -444,7 +444,7 @@ class _Completion:
 
     async def stream(self, outputs):
         """The streamed response: SSE chunks, then [DONE]. An aborted request ends the stream
-        without [DONE]."""
+        without [DONE]; an engine failure sends an error event instead."""
         tally = _Tally(len(self.prompts))
         usage = {"usage": None} if self.include_usage else {}
         try:
@@ -455,12 +455,14 @@ class _Completion:
                 tally.add(i, out)
                 if out.finished and out.finish_reason == "abort":
                     return
-                for chunk in self._chunks(i, out)[:1]:
+                for chunk in self._chunks(i, out):
                     yield _sse(self._envelope([chunk], **usage))
             self._observe_latency()
             if self.include_usage:
                 yield _sse(self._envelope([], usage=tally.usage()))
             yield "data: [DONE]\n\n"
+        except Exception as e:  # the engine failed mid-stream: the status is sent, so say it here
+            yield _sse(APIError(500, f"generation failed: {e}", type="server_error").body())
         finally:
             await outputs.aclose()
 
@@ -569,7 +571,8 @@ class _EngineCollector:
         yield gauge("kv_blocks_used", "KV cache blocks held by requests.", used)
         yield gauge("kv_blocks_free", "KV cache blocks free.", free)
         yield gauge("kv_blocks_cached", "Free KV cache blocks kept for prefix reuse.", cached)
-        yield gauge("kv_cache_usage_ratio", "Fraction of KV cache blocks held by requests.", used / total if total else 0)
+        yield gauge("kv_cache_usage_ratio", "Fraction of KV cache blocks held by requests.",
+                    used / total if total else 0)
         yield counter("prompt_tokens", "Prompt tokens received.", "prompt_tokens_total")
         yield counter("prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache.",
                       "cached_prompt_tokens_total")
@@ -665,11 +668,11 @@ def build_app(engine, served_model_name: str, *, shutdown_engine: bool = False):
     async def chat_completions(body: P.ChatRequest, request: Request):
         return await _cancel_on_disconnect(request, _run(_chat_from(served, body)))
 
+    created = int(time.time())
+
     def model_card() -> dict:
         return {"id": served_model_name, "object": "model", "created": created, "owned_by": "specdec_native",
                 "max_model_len": engine.max_model_len}
-
-    created = int(time.time())
 
     @app.get("/v1/models")
     async def models():
