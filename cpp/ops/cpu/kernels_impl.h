@@ -5,6 +5,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
 #include "core/parallel.h"
@@ -379,57 +380,320 @@ struct Kernels {
     }
   }
 
-  // ---- paged attention: one work item = one query token x one KV head (its query group) ------
+  // ---- paged attention ------------------------------------------------------------------------
+  // A work item is a block of up to 8 query tokens of one request x one KV head (the block's rows
+  // are its queries x the G query heads of the head's group) x a range of key chunks. Keys are
+  // visited in blocks of 8, aligned at key 0: each K and V row is loaded once per item and used
+  // by all of its rows. A row's 8 scores come out as one vector (per-key partial sums over D,
+  // then one transposing reduction); the softmax is online (flash attention) within a chunk of
+  // kAttnChunk keys, and the chunks' (max, sum, output) are merged in key order. A row's
+  // arithmetic depends only on its query, its mask and the keys -- not on the batch, the block
+  // or whether its chunks ran as separate items (decode splits long KV over threads) -- so every
+  // mode gives bitwise the same row.
+  static constexpr int64_t kAttnChunk = 256;  // keys; a multiple of 8
+
+  struct AttnItem {
+    int32_t b, t0, nq;  // request, first query token, number of queries
+    int32_t c0, c1;     // key chunks [c0, c1)
+    int64_t part;       // < 0: write the output; else chunk c0's partials go to partial + part
+  };
+
+  struct AttnArgs {
+    const AttentionPlan* plan;
+    const float* q;
+    const int32_t* qo_indptr;
+    const ops::PagedKV* kv;
+    const int32_t* kv_indptr;
+    const int32_t* kv_indices;
+    const uint8_t* mask;
+    const int64_t* mask_indptr;
+    int64_t Hq, Hkv, G, D, page_stride;
+    float scale;
+    float* out;
+    float* partial;
+  };
+
+  // One row x 8 keys: scores, online-softmax update of (m, lsum, o). bias: 0 or -inf per key,
+  // keep: 1 or 0 per key (masked keys, and keys past the block end whose rows are zeros).
+  static inline void attn_row(const float* qr, const float* const* kp, const float* const* vp,
+                              int64_t D, float scale, const float* bias, const float* keep, float* m,
+                              float* lsum, float* o) {
+    constexpr int64_t W = VT::kWidth;
+    const int64_t nv = D - D % W;
+    V acc[8];
+    for (int j = 0; j < 8; ++j) acc[j] = VT::zero();
+    for (int64_t c = 0; c < nv; c += W) {
+      const V x = VT::load(qr + c);
+      for (int j = 0; j < 8; ++j) acc[j] = VT::fma(x, VT::load(kp[j] + c), acc[j]);
+    }
+    V s = VT::hsum8(acc);
+    if (nv < D) {
+      float t[8];
+      VT::store(t, s);
+      for (int j = 0; j < 8; ++j) {
+        float x = t[j];
+        for (int64_t d = nv; d < D; ++d) x += qr[d] * kp[j][d];
+        t[j] = x;
+      }
+      s = VT::load(t);
+    }
+    s = VT::add(VT::mul(s, VT::set1(scale)), VT::load(bias));
+    const float bm = VT::hmax(s);
+    V ls = VT::load(lsum);
+    float mr = *m;
+    if (bm > mr) {
+      if (mr != -INFINITY) {
+        const float alpha = std::exp(mr - bm);
+        const V av = VT::set1(alpha);
+        for (int64_t c = 0; c < nv; c += W) VT::store(o + c, VT::mul(av, VT::load(o + c)));
+        for (int64_t d = nv; d < D; ++d) o[d] *= alpha;
+        ls = VT::mul(ls, av);
+      }
+      *m = mr = bm;
+    }
+    const V p = VT::mul(VT::exp(VT::add(s, VT::set1(-mr))), VT::load(keep));
+    VT::store(lsum, VT::add(ls, p));
+    float pb[8];
+    VT::store(pb, p);
+    int64_t c = 0;
+    for (; c + 8 * W <= nv; c += 8 * W) attn_pv<8>(pb, vp, c, o);
+    for (; c + 4 * W <= nv; c += 4 * W) attn_pv<4>(pb, vp, c, o);
+    for (; c < nv; c += W) attn_pv<1>(pb, vp, c, o);
+    for (int64_t d = nv; d < D; ++d) {
+      float x = o[d];
+      for (int j = 0; j < 8; ++j) x += pb[j] * vp[j][d];
+      o[d] = x;
+    }
+  }
+
+  // o[c .. c + U * W) += sum over the 8 keys of p_j x v_j.
+  template <int U>
+  static inline void attn_pv(const float* pb, const float* const* vp, int64_t c, float* o) {
+    constexpr int64_t W = VT::kWidth;
+    V acc[U];
+    for (int u = 0; u < U; ++u) acc[u] = VT::load(o + c + u * W);
+    for (int j = 0; j < 8; ++j) {
+      const V pj = VT::set1(pb[j]);
+      for (int u = 0; u < U; ++u) acc[u] = VT::fma(pj, VT::load(vp[j] + c + u * W), acc[u]);
+    }
+    for (int u = 0; u < U; ++u) VT::store(o + c + u * W, acc[u]);
+  }
+
+  // Merges a chunk's (m, l, oc) into a row's running (*M, *L, o); an empty chunk (m = -inf)
+  // changes nothing and the first non-empty one is copied. Out of line so that merges inside an
+  // item and after split items run the same instructions.
+  __attribute__((noinline)) static void attn_merge(float* M, float* L, float* o, float m, float l,
+                                                   const float* oc, int64_t D) {
+    constexpr int64_t W = VT::kWidth;
+    const int64_t nv = D - D % W;
+    if (m == -INFINITY) return;
+    if (*M == -INFINITY) {
+      *M = m;
+      *L = l;
+      for (int64_t d = 0; d < D; ++d) o[d] = oc[d];
+      return;
+    }
+    const float mx = m > *M ? m : *M;
+    const float a = std::exp(*M - mx), b = std::exp(m - mx);
+    *L = *L * a + l * b;
+    *M = mx;
+    const V av = VT::set1(a), bv = VT::set1(b);
+    for (int64_t c = 0; c < nv; c += W)
+      VT::store(o + c, VT::fma(bv, VT::load(oc + c), VT::mul(av, VT::load(o + c))));
+    for (int64_t d = nv; d < D; ++d) o[d] = o[d] * a + oc[d] * b;
+  }
+
+  // The output row o / L (NaN where the row attended to nothing, as a 0/0 softmax would give).
+  __attribute__((noinline)) static void attn_finish(float M, float L, float* o, int64_t D) {
+    constexpr int64_t W = VT::kWidth;
+    const int64_t nv = D - D % W;
+    if (M == -INFINITY) {
+      for (int64_t d = 0; d < D; ++d) o[d] = NAN;
+      return;
+    }
+    const float inv = 1.0f / L;
+    const V iv = VT::set1(inv);
+    for (int64_t c = 0; c < nv; c += W) VT::store(o + c, VT::mul(iv, VT::load(o + c)));
+    for (int64_t d = nv; d < D; ++d) o[d] *= inv;
+  }
+
+  static void attn_item(const AttnArgs& a, const AttnItem& it, int64_t h) {
+    static const float kBias[16] = {0.f,       0.f,       0.f,       0.f,       0.f,       0.f,
+                                    0.f,       0.f,       -INFINITY, -INFINITY, -INFINITY, -INFINITY,
+                                    -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    static const float kKeep[16] = {1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f,
+                                    0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    const int64_t G = a.G, D = a.D, Hkv = a.Hkv, R = static_cast<int64_t>(it.nq) * G;
+    const int64_t kv_len = a.plan->kv_len[it.b];
+    const int64_t qo_begin = a.qo_indptr[it.b], qo_len = a.qo_indptr[it.b + 1] - qo_begin;
+    const int64_t i0 = it.t0 - qo_begin;          // the block's first query within its request
+    const int64_t causal0 = kv_len - qo_len + i0;  // query i0 + qi sees keys < causal0 + qi + 1
+    const int64_t kend = a.mask ? kv_len : causal0 + it.nq;
+    const int32_t* pages = a.kv_indices + a.kv_indptr[it.b];
+    const int64_t ps = a.kv->page_size;
+    const uint8_t* mask = a.mask ? a.mask + a.mask_indptr[it.b] + i0 * kv_len : nullptr;
+
+    float* ws = thread_scratch(R * D + R * 8 + 3 * R + D);
+    float* o_loc = ws;               // [R][D] this chunk's unnormalized outputs
+    float* lsum = o_loc + R * D;     // [R][8] this chunk's per-lane exp sums
+    float* m_loc = lsum + R * 8;     // [R] this chunk's maxima
+    float* m_run = m_loc + R;        // [R] running maxima (final items)
+    float* l_run = m_run + R;        // [R] running sums
+    float* zero = l_run + R;         // [D] the K/V row of keys past the block end
+    for (int64_t d = 0; d < D; ++d) zero[d] = 0.f;
+    for (int64_t r = 0; r < R; ++r) m_run[r] = -INFINITY, l_run[r] = 0.f;
+    const auto row_ptr = [&](int64_t r) {  // r = qi * G + g
+      return ((it.t0 + r / G) * a.Hq + h * G + r % G) * D;
+    };
+
+    for (int64_t c = it.c0; c < it.c1; ++c) {
+      const int64_t kb = c * kAttnChunk, ke = kb + kAttnChunk < kend ? kb + kAttnChunk : kend;
+      for (int64_t r = 0; r < R; ++r) m_loc[r] = -INFINITY;
+      for (int64_t i = 0; i < R * 8; ++i) lsum[i] = 0.f;
+      for (int64_t i = 0; i < R * D; ++i) o_loc[i] = 0.f;
+      for (int64_t jb = kb; jb < ke; jb += 8) {
+        const int64_t n = ke - jb < 8 ? ke - jb : 8;
+        const float* kp[8];
+        const float* vp[8];
+        int64_t pi = jb / ps, off = jb % ps;
+        for (int j = 0; j < 8; ++j) {
+          if (j < n) {
+            const int64_t base = pages[pi] * a.page_stride + (off * Hkv + h) * D;
+            kp[j] = a.kv->k + base;
+            vp[j] = a.kv->v + base;
+            if (++off == ps) off = 0, ++pi;
+          } else {
+            kp[j] = vp[j] = zero;
+          }
+        }
+        for (int64_t qi = 0; qi < it.nq; ++qi) {
+          const float* bias;
+          const float* keep;
+          float mb[8], mk[8];
+          if (!mask) {
+            const int64_t vis = causal0 + qi + 1 - jb;
+            if (vis <= 0) continue;
+            const int64_t nvis = vis < n ? vis : n;
+            bias = kBias + 8 - nvis;
+            keep = kKeep + 8 - nvis;
+          } else {
+            const uint8_t* mr = mask + qi * kv_len + jb;
+            bool any = false;
+            for (int j = 0; j < 8; ++j) {
+              const bool on = j < n && mr[j] != 0;
+              any |= on;
+              mb[j] = on ? 0.f : -INFINITY;
+              mk[j] = on ? 1.f : 0.f;
+            }
+            if (!any) continue;
+            bias = mb;
+            keep = mk;
+          }
+          for (int64_t g = 0; g < G; ++g) {
+            const int64_t r = qi * G + g;
+            attn_row(a.q + row_ptr(r), kp, vp, D, a.scale, bias, keep, m_loc + r, lsum + r * 8,
+                     o_loc + r * D);
+          }
+        }
+      }
+      for (int64_t r = 0; r < R; ++r) {
+        const float l = VT::hsum(VT::load(lsum + r * 8));
+        if (it.part < 0) {
+          attn_merge(m_run + r, l_run + r, a.out + row_ptr(r), m_loc[r], l, o_loc + r * D, D);
+        } else {  // [h][R][D] outputs, then [h][R] maxima and [h][R] sums
+          float* p = a.partial + it.part + h * R * (D + 2);
+          for (int64_t d = 0; d < D; ++d) p[r * D + d] = o_loc[r * D + d];
+          p[R * D + r] = m_loc[r];
+          p[R * D + R + r] = l;
+        }
+      }
+    }
+    if (it.part < 0)
+      for (int64_t r = 0; r < R; ++r) attn_finish(m_run[r], l_run[r], a.out + row_ptr(r), D);
+  }
+
   static void paged_attention(const AttentionPlan& plan, const float* q, const int32_t* qo_indptr,
                               const ops::PagedKV& kv, const int32_t* kv_indptr,
                               const int32_t* kv_indices, const uint8_t* custom_mask,
                               const int64_t* mask_indptr, int32_t num_qo_heads, float sm_scale,
                               float* out) {
+    static_assert(VT::kWidth == 8, "paged_attention visits keys in blocks of 8 = one vector");
+    const int64_t T = plan.total_q;
+    if (T <= 0) return;
     const int64_t D = kv.head_dim, Hkv = kv.num_kv_heads, G = num_qo_heads / kv.num_kv_heads;
-    const int64_t page_stride = static_cast<int64_t>(kv.page_size) * Hkv * D;
-    parallel_for(static_cast<int64_t>(plan.total_q) * Hkv, 1, [&](int64_t w0, int64_t w1) {
-      for (int64_t w = w0; w < w1; ++w) {
-        const int64_t t = w / Hkv, h = w % Hkv;
+    AttnArgs a{&plan, q, qo_indptr, &kv, kv_indptr, kv_indices, custom_mask, mask_indptr,
+               num_qo_heads, Hkv, G, D, static_cast<int64_t>(kv.page_size) * Hkv * D, sm_scale,
+               out, nullptr};
+    // Query blocks: up to 8 tokens and about 32 rows, balanced within each request.
+    const int64_t qb = G >= 32 ? 1 : (32 / G > 8 ? 8 : 32 / G);
+    const auto for_each_block = [&](auto&& fn) {  // fn(b, t0, nq, chunks)
+      for (int64_t t = 0; t < T;) {
         const int32_t b = plan.query_request[t];
-        const int64_t kv_len = plan.kv_len[b];
-        const int64_t qo_len = qo_indptr[b + 1] - qo_indptr[b];
-        const int64_t i = t - qo_indptr[b];
-        const uint8_t* mask_row = custom_mask ? custom_mask + mask_indptr[b] + i * kv_len : nullptr;
-        const int64_t limit = mask_row ? kv_len : kv_len - qo_len + i + 1;  // exclusive
-        const int32_t* pages = kv_indices + kv_indptr[b];
-        float* scores = thread_scratch(G * limit);
-        for (int64_t g = 0; g < G; ++g) {
-          const float* qv = q + (t * num_qo_heads + h * G + g) * D;
-          float mx = -INFINITY;
-          for (int64_t j = 0; j < limit; ++j) {
-            float s = -INFINITY;
-            if (!mask_row || mask_row[j]) {
-              const float* kp = kv.k + pages[j / kv.page_size] * page_stride +
-                                ((j % kv.page_size) * Hkv + h) * D;
-              s = dot(qv, kp, D) * sm_scale;
-            }
-            scores[g * limit + j] = s;
-            mx = s > mx ? s : mx;
-          }
-          float sum = 0.f;
-          for (int64_t j = 0; j < limit; ++j) {
-            const float e = std::exp(scores[g * limit + j] - mx);
-            scores[g * limit + j] = e;
-            sum += e;
-          }
-          float* o = out + (t * num_qo_heads + h * G + g) * D;
-          for (int64_t d = 0; d < D; ++d) o[d] = 0.f;
-          const float inv = 1.0f / sum;
-          for (int64_t j = 0; j < limit; ++j) {
-            const float p = scores[g * limit + j];
-            if (p == 0.f) continue;
-            const float* vp = kv.v + pages[j / kv.page_size] * page_stride +
-                              ((j % kv.page_size) * Hkv + h) * D;
-            axpy(p * inv, vp, o, D);
-          }
+        const int64_t end = qo_indptr[b + 1], len = end - t, nb = (len + qb - 1) / qb;
+        const int64_t kv_len = plan.kv_len[b], qo_len = end - qo_indptr[b];
+        for (int64_t k = 0; k < nb; ++k) {
+          const int64_t nq = len / nb + (k < len % nb ? 1 : 0);
+          const int64_t kend = custom_mask ? kv_len : kv_len - qo_len + (t - qo_indptr[b]) + nq;
+          fn(b, t, nq, (kend + kAttnChunk - 1) / kAttnChunk);
+          t += nq;
         }
       }
+    };
+    int64_t nblocks = 0, nchunks = 0;
+    for_each_block([&](int64_t, int64_t, int64_t, int64_t ch) { ++nblocks, nchunks += ch; });
+    // Few items (decode of a small batch): split each block's chunks over the threads too.
+    const bool split = nblocks * Hkv < 4 * num_threads() && nchunks > nblocks;
+    const int64_t nitems = split ? nchunks : nblocks;
+    int64_t partial_floats = 0;
+    if (split)
+      for_each_block([&](int64_t, int64_t, int64_t nq, int64_t ch) {
+        partial_floats += ch * Hkv * nq * G * (D + 2);
+      });
+    void* mem = std::malloc(sizeof(AttnItem) * (nitems + nblocks) + sizeof(float) * partial_floats);
+    if (!mem) std::abort();
+    AttnItem* items = static_cast<AttnItem*>(mem);
+    AttnItem* blocks = items + nitems;  // split: one per block, c1 = its chunks
+    a.partial = reinterpret_cast<float*>(blocks + nblocks);
+    {
+      int64_t i = 0, k = 0, part = 0;
+      for_each_block([&](int64_t b, int64_t t0, int64_t nq, int64_t ch) {
+        const AttnItem whole{static_cast<int32_t>(b), static_cast<int32_t>(t0), static_cast<int32_t>(nq),
+                             0, static_cast<int32_t>(ch), split ? part : -1};
+        blocks[k++] = whole;
+        if (!split) {
+          items[i++] = whole;
+          return;
+        }
+        for (int64_t c = 0; c < ch; ++c) {
+          items[i] = whole;
+          items[i].c0 = static_cast<int32_t>(c);
+          items[i].c1 = static_cast<int32_t>(c + 1);
+          items[i++].part = part;
+          part += Hkv * nq * G * (D + 2);
+        }
+      });
+    }
+    // Later blocks of a causal request cost more: hand them out first.
+    parallel_for(nitems * Hkv, 1, [&](int64_t w0, int64_t w1) {
+      for (int64_t w = w0; w < w1; ++w) attn_item(a, items[nitems - 1 - w / Hkv], w % Hkv);
     });
+    if (split) {
+      for (int64_t k = 0; k < nblocks; ++k) {
+        const AttnItem& bl = blocks[k];
+        const int64_t R = static_cast<int64_t>(bl.nq) * G, stride = Hkv * R * (D + 2);
+        for (int64_t h = 0; h < Hkv; ++h)
+          for (int64_t r = 0; r < R; ++r) {
+            float* o = out + ((bl.t0 + r / G) * num_qo_heads + h * G + r % G) * D;
+            float M = -INFINITY, L = 0.f;
+            for (int64_t c = 0; c < bl.c1; ++c) {
+              const float* p = a.partial + bl.part + c * stride + h * R * (D + 2);
+              attn_merge(&M, &L, o, p[R * D + r], p[R * D + R + r], p + r * D, D);
+            }
+            attn_finish(M, L, o, D);
+          }
+      }
+    }
+    std::free(mem);
   }
 };
 

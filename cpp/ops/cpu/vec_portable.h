@@ -109,6 +109,18 @@ struct VecPortable {
     for (int i = 0; i < 8; ++i) s += a.x[i];
     return s;
   }
+  // Largest lane.
+  static float hmax(V a) {
+    float m = a.x[0];
+    for (int i = 1; i < 8; ++i) m = a.x[i] > m ? a.x[i] : m;
+    return m;
+  }
+  // Lane j = the sum of a[j]'s lanes (eight horizontal sums at once).
+  static V hsum8(const V* a) {
+    V r;
+    for (int j = 0; j < 8; ++j) r.x[j] = hsum(a[j]);
+    return r;
+  }
 };
 
 }  // namespace sd::cpu
