@@ -144,6 +144,19 @@ void register_engine(py::module_& m) {
       .def_readwrite("top_k", &sd::DraftModelOptions::top_k)
       .def_readwrite("max_nodes", &sd::DraftModelOptions::max_nodes);
 
+  py::class_<sd::AcceptanceConfig>(m, "AcceptanceConfig")
+      .def(py::init<>())
+      .def_property(
+          "mode", [](const sd::AcceptanceConfig& c) { return std::string(sd::acceptance_mode_name(c.mode)); },
+          [](sd::AcceptanceConfig& c, const std::string& v) { throw_if_error(sd::parse_acceptance_mode(v, &c.mode)); })
+      .def_readwrite("typical_epsilon", &sd::AcceptanceConfig::typical_epsilon)
+      .def_readwrite("typical_delta", &sd::AcceptanceConfig::typical_delta)
+      .def_property(
+          "cascade_rule", [](const sd::AcceptanceConfig& c) { return std::string(sd::cascade_rule_name(c.cascade_rule)); },
+          [](sd::AcceptanceConfig& c, const std::string& v) { throw_if_error(sd::parse_cascade_rule(v, &c.cascade_rule)); })
+      .def_readwrite("cascade_alpha", &sd::AcceptanceConfig::cascade_alpha)
+      .def("validate", [](const sd::AcceptanceConfig& c) { throw_if_error(c.validate()); });
+
   py::class_<sd::NgramOptions>(m, "NgramOptions")
       .def(py::init<>())
       .def_readwrite("min_n", &sd::NgramOptions::min_n)
@@ -246,6 +259,11 @@ void register_engine(py::module_& m) {
       .def_property_readonly("has_unfinished", &sd::Engine::has_unfinished)
       .def("stats", &sd::Engine::stats)
       .def_property("adaptive_speculation", &sd::Engine::adaptive_speculation, &sd::Engine::set_adaptive_speculation)
+      .def(
+          "set_acceptance",
+          [](sd::Engine& e, const sd::AcceptanceConfig& c) { throw_if_error(e.set_acceptance(c)); },
+          py::arg("config"), "How drafts are judged: lossless (default), typical or cascade (lossy).")
+      .def_property_readonly("acceptance", [](const sd::Engine& e) { return e.acceptance(); })
       .def("chain_length_cost_model",
            [](const sd::Engine& e) {
              const sd::ChainLengthPolicy& p = e.chain_length_policy();

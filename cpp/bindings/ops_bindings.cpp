@@ -15,6 +15,7 @@
 #include "ops/ops.h"
 #include "sampling/philox.h"
 #include "sampling/sampler.h"
+#include "spec/lossy_verifier.h"
 #include "spec/token_tree.h"
 #include "spec/verifier.h"
 
@@ -282,6 +283,90 @@ void register_ops(py::module_& parent) {
       py::arg("seed") = 0, py::arg("position") = 0,
       "Lossless verification of a draft tree: returns (accepted node indexes, next token, bonus). "
       "draft_probs: the distribution each node was drawn from (None: deterministic drafts).");
+
+  m.def(
+      "typical_accept_tree",
+      [](const std::vector<int32_t>& tokens, const std::vector<int32_t>& parents, py::handle p_obj, float epsilon,
+         float delta, bool greedy, uint64_t seed, uint64_t position) {
+        sd::AcceptanceConfig c;
+        c.typical_epsilon = epsilon;
+        c.typical_delta = delta;
+        throw_if_error(c.validate());
+        sd::TokenTree tree;
+        throw_if_error(sd::TokenTree::from_parents(tokens, parents, &tree));
+        auto p = f32(p_obj, "target_probs", 2);
+        expect_dim(p, 0, static_cast<py::ssize_t>(tokens.size()) + 1, "target_probs", "1 + nodes rows");
+        const int64_t V = p.shape(1);
+        throw_if_error(tree.validate(static_cast<int32_t>(V)));
+        std::vector<int32_t> best;
+        if (greedy)
+          for (int64_t r = 0; r <= tree.size(); ++r) best.push_back(sd::argmax(p.data() + r * V, V));
+        const sd::VerifyOutcome v = sd::verify_typical(tree, p.data(), V, epsilon, delta, greedy ? best.data() : nullptr,
+                                                       seed, position);
+        return py::make_tuple(v.accepted, v.next_token, v.bonus);
+      },
+      py::arg("tokens"), py::arg("parents"), py::arg("target_probs"), py::arg("epsilon") = 0.09f,
+      py::arg("delta") = 0.3f, py::arg("greedy") = false, py::arg("seed") = 0, py::arg("position") = 0,
+      "Typical acceptance (lossy, Medusa): a node is accepted when p(x) > min(epsilon, delta exp(-H(p))), "
+      "first accepted child in order. Returns (accepted node indexes, next token, bonus); greedy: the next "
+      "token is the row's argmax, else drawn from the row.");
+
+  m.def(
+      "cascade_verify_chain",
+      [](const std::vector<int32_t>& tokens, py::handle p_obj, py::object q_obj, const std::string& rule,
+         float alpha, bool greedy, uint64_t seed, uint64_t position) {
+        sd::AcceptanceConfig c;
+        throw_if_error(sd::parse_cascade_rule(rule, &c.cascade_rule));
+        c.cascade_alpha = alpha;
+        throw_if_error(c.validate());
+        std::vector<int32_t> parents(tokens.size());
+        for (size_t i = 0; i < tokens.size(); ++i) parents[i] = static_cast<int32_t>(i) - 1;
+        sd::TokenTree tree;
+        throw_if_error(sd::TokenTree::from_parents(tokens, parents, &tree));
+        auto p = f32(p_obj, "target_probs", 2);
+        expect_dim(p, 0, static_cast<py::ssize_t>(tokens.size()) + 1, "target_probs", "1 + nodes rows");
+        const int64_t V = p.shape(1);
+        if (!q_obj.is_none()) {
+          auto q = f32(q_obj, "draft_probs", 2);
+          expect_dim(q, 0, static_cast<py::ssize_t>(tokens.size()), "draft_probs", "one row per node");
+          expect_dim(q, 1, V, "draft_probs", "vocab");
+          tree.q.assign(q.data(), q.data() + q.size());
+        }
+        throw_if_error(tree.validate(static_cast<int32_t>(V)));
+        std::vector<int32_t> best;
+        if (greedy)
+          for (int64_t r = 0; r <= tree.size(); ++r) best.push_back(sd::argmax(p.data() + r * V, V));
+        std::vector<float> scratch;
+        std::vector<uint8_t> deferred;
+        const sd::VerifyOutcome v = sd::verify_cascade(tree, p.data(), V, c.cascade_rule, alpha,
+                                                       greedy ? best.data() : nullptr, seed, position, &scratch, &deferred);
+        std::vector<bool> d(deferred.begin(), deferred.end());
+        return py::make_tuple(v.accepted, v.next_token, v.bonus, d);
+      },
+      py::arg("tokens"), py::arg("target_probs"), py::arg("draft_probs") = py::none(), py::arg("rule") = "chow",
+      py::arg("alpha") = 0.1f, py::arg("greedy") = false, py::arg("seed") = 0, py::arg("position") = 0,
+      "Speculative-cascade verification of a chain (lossy): returns (accepted node indexes, next token, "
+      "bonus, deferral decision per examined position). draft_probs None: one-hot on each draft.");
+
+  m.def(
+      "cascade_defer",
+      [](py::handle p_obj, py::handle q_obj, const std::string& rule, float alpha) {
+        sd::AcceptanceConfig c;
+        throw_if_error(sd::parse_cascade_rule(rule, &c.cascade_rule));
+        c.cascade_alpha = alpha;
+        throw_if_error(c.validate());
+        auto p = f32(p_obj, "p", 1);
+        auto q = f32(q_obj, "q", 1);
+        expect_dim(q, 0, p.shape(0), "q", "len(p)");
+        return sd::cascade_defer(c.cascade_rule, alpha, p.data(), q.data(), p.shape(0));
+      },
+      py::arg("p"), py::arg("q"), py::arg("rule"), py::arg("alpha"),
+      "The cascade's deferral decision for one position (True: use the target's p).");
+
+  m.def("entropy", [](py::handle p_obj) {
+    auto p = f32(p_obj, "p", 1);
+    return sd::entropy(p.data(), p.shape(0));
+  }, py::arg("p"), "Entropy in nats (float64) of a distribution.");
 
   m.def("philox_uniform", &sd::philox_uniform, py::arg("seed"), py::arg("counter"), py::arg("lane") = 0);
   m.def("philox4x32", [](uint64_t seed, uint64_t counter) {

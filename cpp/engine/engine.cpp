@@ -105,6 +105,21 @@ Status Engine::attach_ngram(const NgramOptions& opts) {
   return Status::Ok();
 }
 
+Status Engine::set_acceptance(const AcceptanceConfig& cfg) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!running_.empty() || !waiting_.empty() || has_unfinished())
+    return InvalidArgument("the acceptance rule can only be changed on an idle engine");
+  SD_RETURN_IF_ERROR(cfg.validate());
+  if (cfg.mode == AcceptanceMode::kCascade) {
+    if (dynamic_cast<const DraftModelDrafter*>(drafter_.get()) == nullptr)
+      return InvalidArgument("acceptance 'cascade' needs a draft model (its distributions q); n-gram drafts have none");
+    if (!drafter_->proposes_chains())
+      return InvalidArgument("acceptance 'cascade' verifies chains only; the draft model proposes trees");
+  }
+  acceptance_ = cfg;
+  return Status::Ok();
+}
+
 Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate>* updates) {
   const int64_t V = config().vocab_size;
   const size_t B = running.size();
@@ -121,6 +136,7 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
     dr.sampling = &r.req.sampling;
     dr.position = res.tokens.size();
     dr.max_nodes = static_cast<int32_t>(std::max<int64_t>(0, opts_.max_model_len - 1 - prefix[k]));
+    dr.record_q = acceptance_.mode == AcceptanceMode::kCascade;
     const bool adapt = adaptive_ && policy_.calibrated();
     if (adapt) dr.max_nodes = std::min(dr.max_nodes, policy_.choose(r.acceptance));
     const double t0 = now_seconds();
@@ -170,7 +186,27 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
     const double tv = now_seconds();
     const float* rows = logits_.data() + static_cast<int64_t>(fb.qo_indptr[k]) * V;
     VerifyOutcome v;
-    if (req.sampling.greedy()) {
+    if (acceptance_.mode != AcceptanceMode::kLossless) {
+      // Lossy rules: p per row (processed when sampling; the softmax at T = 1 when greedy,
+      // for the rule quantities), and the argmax per row at T = 0.
+      const bool greedy = req.sampling.greedy();
+      const SamplingConfig t1;
+      probs_.resize(static_cast<size_t>((t.size() + 1) * V));
+      std::vector<int32_t> best(greedy ? static_cast<size_t>(t.size() + 1) : 0);
+      for (int32_t i = 0; i <= t.size(); ++i) {
+        processed_probs(rows + i * V, V, greedy ? t1 : req.sampling, probs_.data() + i * V);
+        if (greedy) best[static_cast<size_t>(i)] = argmax(rows + i * V, V);
+      }
+      const int32_t* am = greedy ? best.data() : nullptr;
+      if (acceptance_.mode == AcceptanceMode::kTypical) {
+        v = verify_typical(t, probs_.data(), V, acceptance_.typical_epsilon, acceptance_.typical_delta, am,
+                           req.sampling.seed, res.tokens.size());
+      } else {
+        if (!is_chain(t)) return InvalidArgument("acceptance 'cascade' got a draft tree; it verifies chains only");
+        v = verify_cascade(t, probs_.data(), V, acceptance_.cascade_rule, acceptance_.cascade_alpha, am,
+                           req.sampling.seed, res.tokens.size(), &scratch_);
+      }
+    } else if (req.sampling.greedy()) {
       std::vector<int32_t> best(static_cast<size_t>(t.size() + 1));
       for (int32_t i = 0; i <= t.size(); ++i) best[static_cast<size_t>(i)] = argmax(rows + i * V, V);
       v = verify_greedy(t, best.data());

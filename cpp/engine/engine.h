@@ -20,6 +20,7 @@
 #include "sampling/sampler.h"
 #include "spec/chain_length_policy.h"
 #include "spec/draft_model_drafter.h"
+#include "spec/lossy_verifier.h"
 #include "spec/ngram_drafter.h"
 
 namespace sd {
@@ -121,6 +122,11 @@ class Engine {
   void set_adaptive_speculation(bool on) { adaptive_ = on; }
   bool adaptive_speculation() const { return adaptive_; }
   const ChainLengthPolicy& chain_length_policy() const { return policy_; }
+  // How drafts are judged (spec/lossy_verifier.h): lossless (the default), or the explicitly
+  // lossy typical acceptance / speculative cascades. On an idle engine; "cascade" needs a
+  // draft-model chain drafter attached first.
+  Status set_acceptance(const AcceptanceConfig& cfg);
+  const AcceptanceConfig& acceptance() const { return acceptance_; }
 
   // Logits of every prompt position ([prompt.size() x vocab] floats written to `logits`),
   // computed on a scratch sequence (tests, scoring, step-cost measurements).
@@ -173,6 +179,7 @@ class Engine {
   std::unique_ptr<RadixCache> prefix_cache_;  // null when prefix caching is off
   std::unique_ptr<Drafter> drafter_;
   bool adaptive_ = false;
+  AcceptanceConfig acceptance_;
   ChainLengthPolicy policy_;
   std::vector<float> logits_, probs_, scratch_;
   std::mutex mu_;  // one step (or scratch forward) at a time

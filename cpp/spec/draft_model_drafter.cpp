@@ -130,6 +130,11 @@ Status DraftModelDrafter::grow_chain(SeqState& st, const DraftRequest& req, int3
     int32_t x;
     if (sc.greedy()) {
       x = argmax(logits.data(), V);
+      if (req.record_q) {  // the softmax at temperature 1, for the cascade's deferral rule
+        const size_t at = tree->q.size();
+        tree->q.resize(at + static_cast<size_t>(V));
+        processed_probs(logits.data(), V, SamplingConfig(), tree->q.data() + at);
+      }
     } else {
       const size_t at = tree->q.size();
       tree->q.resize(at + static_cast<size_t>(V));

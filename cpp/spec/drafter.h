@@ -15,6 +15,10 @@ struct DraftRequest {
   const SamplingConfig* sampling = nullptr;
   uint64_t position = 0;  // output index of the token after the root (seeds draft sampling)
   int32_t max_nodes = 0;  // budget for this step (context length and KV permitting)
+  // Record the draft's distribution of every drafted node in tree->q even when drafting
+  // greedily (then the softmax at temperature 1; the drafts stay the argmax). Speculative
+  // cascades need q for their deferral rule. Chains from a draft model only.
+  bool record_q = false;
 };
 
 class Drafter {

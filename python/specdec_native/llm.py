@@ -75,6 +75,11 @@ class LLM:
     def _attach_drafter(self, draft: Optional[str], dtype: str, progress: bool) -> None:
         spec = self.speculative
         self.engine.adaptive_speculation = spec.adaptive
+        acceptance = _core.AcceptanceConfig()
+        acceptance.mode = spec.acceptance
+        acceptance.typical_epsilon, acceptance.typical_delta = spec.typical_epsilon, spec.typical_delta
+        acceptance.cascade_rule, acceptance.cascade_alpha = spec.cascade_rule, spec.cascade_alpha
+        acceptance.validate()
         if spec.method == "ngram":
             if draft is not None:
                 raise ValueError("method 'ngram' drafts from the context itself; do not pass draft=")
@@ -83,6 +88,7 @@ class LLM:
             o.num_tokens = spec.num_speculative_tokens
             o.max_branches = (spec.tree or {}).get("max_branches", 1)
             self.engine.attach_ngram(o)
+            self.engine.set_acceptance(acceptance)
             return
         if draft is None:
             raise ValueError("method 'draft' needs a draft model: LLM(target, draft=PATH, ...)")
@@ -107,6 +113,7 @@ class LLM:
             o.top_k, o.max_nodes = spec.tree["top_k"], spec.tree["max_nodes"]
         self.engine.attach_draft_model(draft_config, draft_ckpt.shards, spec.draft_dtype or dtype, o,
                                        _progress_bar(f"loading draft {os.path.basename(str(draft))}") if progress else None)
+        self.engine.set_acceptance(acceptance)
 
     # ---- properties -----------------------------------------------------------------------
     @property

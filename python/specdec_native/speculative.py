@@ -1,10 +1,17 @@
-"""SpeculativeConfig: how drafts are made and shaped. Verification is always lossless."""
+"""SpeculativeConfig: how drafts are made and shaped, and how they are judged (lossless by
+default; "typical" and "cascade" are explicitly lossy options)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import List, Optional, Union
 
 METHODS = ("draft", "ngram")
+ACCEPTANCE = ("lossless", "typical", "cascade")
+CASCADE_RULES = ("chow", "diff", "opt")
+# cascade_alpha ranges per rule: chow defers when max q < 1 - alpha, diff when
+# max p - max q > alpha, opt when max q < max p - alpha * D_TV(p, q).
+CASCADE_ALPHA_RANGE = {"chow": (0.0, 1.0), "diff": (-1.0, 1.0), "opt": (0.0, math.inf)}
 MAX_NODES = 256
 
 
@@ -24,6 +31,19 @@ class SpeculativeConfig:
       measured acceptance, c = draft/target step cost, v = measured verify-width cost. Still
       lossless; but k then depends on timings, so seeded sampled outputs repeat exactly only
       with adaptive=False.
+    acceptance: how drafts are judged. "lossless" (default): the output is distributed exactly as
+      the target's (token-identical at temperature 0). The others are LOSSY, they make no quality
+      claim and trade fidelity to the target for longer accepted runs:
+      "typical" (Medusa's typical acceptance): a drafted token x is accepted when
+        p(x) > min(typical_epsilon, typical_delta * exp(-H(p))), p the target's distribution
+        (softmax at temperature 1 when greedy); trees walk the first accepted child.
+      "cascade" (speculative cascades, Narasimhan et al. 2024; draft-model chains only): per
+        position a deferral rule picks the draft's q or the target's p as the distribution
+        speculative sampling targets: cascade_rule "chow" (defer when max q < 1 - alpha), "diff"
+        (defer when max p - max q > alpha) or "opt" (defer when
+        max q < max p - alpha * D_TV(p, q)), alpha = cascade_alpha.
+    typical_epsilon in (0, 1] (Medusa's posterior_threshold, 0.09); typical_delta > 0 (Medusa's
+      posterior_alpha, 0.3). cascade_alpha: [0, 1] for chow, [-1, 1] for diff, >= 0 for opt.
     """
 
     method: str = "draft"
@@ -33,8 +53,45 @@ class SpeculativeConfig:
     prompt_lookup_max: int = 4
     draft_dtype: Optional[str] = None
     adaptive: bool = False
+    acceptance: str = "lossless"
+    typical_epsilon: float = 0.09
+    typical_delta: float = 0.3
+    cascade_rule: str = "chow"
+    cascade_alpha: float = 0.1
 
     def __post_init__(self):
+        self._check_shape()
+        self._check_acceptance()
+
+    def _check_acceptance(self):
+        if self.acceptance not in ACCEPTANCE:
+            raise ValueError(f"acceptance must be one of {ACCEPTANCE}, got {self.acceptance!r}")
+        if self.cascade_rule not in CASCADE_RULES:
+            raise ValueError(f"cascade_rule must be one of {CASCADE_RULES}, got {self.cascade_rule!r}")
+
+        def number(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+            return float(v)
+
+        eps, delta, alpha = number("typical_epsilon"), number("typical_delta"), number("cascade_alpha")
+        if not 0.0 < eps <= 1.0:
+            raise ValueError(f"typical_epsilon must be in (0, 1], got {eps!r}")
+        if not delta > 0.0:
+            raise ValueError(f"typical_delta must be > 0, got {delta!r}")
+        lo, hi = CASCADE_ALPHA_RANGE[self.cascade_rule]
+        if not lo <= alpha <= hi:
+            raise ValueError(f"cascade_alpha must be in [{lo}, {hi}] for cascade_rule {self.cascade_rule!r}, "
+                             f"got {alpha!r}")
+        if self.acceptance == "cascade":
+            if self.method == "ngram":
+                raise ValueError("acceptance 'cascade' needs the draft model's distributions q: "
+                                 "n-gram drafts have none (use method='draft')")
+            if self.tree is not None:
+                raise ValueError("acceptance 'cascade' verifies chains only: it needs tree=None")
+
+    def _check_shape(self):
         if self.method not in METHODS:
             raise ValueError(f"speculative method must be one of {METHODS}, got {self.method!r}")
         k = self.num_speculative_tokens
