@@ -383,13 +383,15 @@ struct Kernels {
   // ---- paged attention ------------------------------------------------------------------------
   // A work item is a block of up to 8 query tokens of one request x one KV head (the block's rows
   // are its queries x the G query heads of the head's group) x a range of key chunks. Keys are
-  // visited in blocks of 8, aligned at key 0: each K and V row is loaded once per item and used
-  // by all of its rows. A row's 8 scores come out as one vector (per-key partial sums over D,
-  // then one transposing reduction); the softmax is online (flash attention) within a chunk of
+  // visited in tiles of 32 (4 groups of 8, aligned at key 0), each K and V row loaded once per
+  // item for all its rows, in three passes over the rows (independent work for the out-of-order
+  // core): scores, 8 keys per vector (per-key partial sums over D, then one transposing
+  // reduction); an online-softmax (flash attention) step; the value sums. Groups a row cannot
+  // see (causal / custom mask, past the KV end) are skipped. The softmax state is per chunk of
   // kAttnChunk keys, and the chunks' (max, sum, output) are merged in key order. A row's
   // arithmetic depends only on its query, its mask and the keys -- not on the batch, the block
-  // or whether its chunks ran as separate items (decode splits long KV over threads) -- so every
-  // mode gives bitwise the same row.
+  // or whether its chunks ran as separate items (decode splits long KV over threads) -- so
+  // every mode gives bitwise the same row.
   static constexpr int64_t kAttnChunk = 256;  // keys; a multiple of 8
 
   struct AttnItem {
@@ -413,32 +415,46 @@ struct Kernels {
     float* partial;
   };
 
-  // One row x 8 keys: scores, online-softmax update of (m, lsum, o). bias: 0 or -inf per key,
-  // keep: 1 or 0 per key (masked keys, and keys past the block end whose rows are zeros).
-  static inline void attn_row(const float* qr, const float* const* kp, const float* const* vp,
-                              int64_t D, float scale, const float* bias, const float* keep, float* m,
-                              float* lsum, float* o) {
+  // Scores of one row for the visible 8-key groups of a tile (bit k of vis: keys 8k .. 8k + 7):
+  // s[8k + j] = scale x q.k_j + bias (bias -inf where masked).
+  static inline void attn_scores(const float* qr, const float* const* kp, int64_t D, float scale,
+                                 unsigned vis, const float* bias, float* s) {
     constexpr int64_t W = VT::kWidth;
     const int64_t nv = D - D % W;
-    V acc[8];
-    for (int j = 0; j < 8; ++j) acc[j] = VT::zero();
-    for (int64_t c = 0; c < nv; c += W) {
-      const V x = VT::load(qr + c);
-      for (int j = 0; j < 8; ++j) acc[j] = VT::fma(x, VT::load(kp[j] + c), acc[j]);
-    }
-    V s = VT::hsum8(acc);
-    if (nv < D) {
-      float t[8];
-      VT::store(t, s);
-      for (int j = 0; j < 8; ++j) {
-        float x = t[j];
-        for (int64_t d = nv; d < D; ++d) x += qr[d] * kp[j][d];
-        t[j] = x;
+    for (int k = 0; vis >> k; ++k) {
+      if (!(vis >> k & 1)) continue;
+      const float* const* kg = kp + 8 * k;
+      V acc[8];
+      for (int j = 0; j < 8; ++j) acc[j] = VT::zero();
+      for (int64_t c = 0; c < nv; c += W) {
+        const V x = VT::load(qr + c);
+        for (int j = 0; j < 8; ++j) acc[j] = VT::fma(x, VT::load(kg[j] + c), acc[j]);
       }
-      s = VT::load(t);
+      V sv = VT::hsum8(acc);
+      if (nv < D) {
+        float t[8];
+        VT::store(t, sv);
+        for (int j = 0; j < 8; ++j) {
+          float x = t[j];
+          for (int64_t d = nv; d < D; ++d) x += qr[d] * kg[j][d];
+          t[j] = x;
+        }
+        sv = VT::load(t);
+      }
+      VT::store(s + 8 * k, VT::add(VT::mul(sv, VT::set1(scale)), VT::load(bias + 8 * k)));
     }
-    s = VT::add(VT::mul(s, VT::set1(scale)), VT::load(bias));
-    const float bm = VT::hmax(s);
+  }
+
+  // Online-softmax step of one row over a tile: raises the row's max m (rescaling its lane sums
+  // and output o) and turns the scores s into weights p = e^(s - m) x keep, added to lsum.
+  static inline void attn_softmax(unsigned vis, const float* keep, int64_t D, float* s, float* m,
+                                  float* lsum, float* o) {
+    constexpr int64_t W = VT::kWidth;
+    const int64_t nv = D - D % W;
+    V mx = VT::set1(-INFINITY);
+    for (int k = 0; vis >> k; ++k)
+      if (vis >> k & 1) mx = VT::max(mx, VT::load(s + 8 * k));
+    const float bm = VT::hmax(mx);
     V ls = VT::load(lsum);
     float mr = *m;
     if (bm > mr) {
@@ -451,30 +467,46 @@ struct Kernels {
       }
       *m = mr = bm;
     }
-    const V p = VT::mul(VT::exp(VT::add(s, VT::set1(-mr))), VT::load(keep));
-    VT::store(lsum, VT::add(ls, p));
-    float pb[8];
-    VT::store(pb, p);
+    const V neg = VT::set1(-mr);
+    for (int k = 0; vis >> k; ++k) {
+      if (!(vis >> k & 1)) continue;
+      const V p = VT::mul(VT::exp(VT::add(VT::load(s + 8 * k), neg)), VT::load(keep + 8 * k));
+      ls = VT::add(ls, p);
+      VT::store(s + 8 * k, p);
+    }
+    VT::store(lsum, ls);
+  }
+
+  // o += sum over the visible groups' keys of p_j x v_j.
+  static inline void attn_values(unsigned vis, const float* p, const float* const* vp, int64_t D,
+                                 float* o) {
+    constexpr int64_t W = VT::kWidth;
+    const int64_t nv = D - D % W;
     int64_t c = 0;
-    for (; c + 8 * W <= nv; c += 8 * W) attn_pv<8>(pb, vp, c, o);
-    for (; c + 4 * W <= nv; c += 4 * W) attn_pv<4>(pb, vp, c, o);
-    for (; c < nv; c += W) attn_pv<1>(pb, vp, c, o);
+    for (; c + 8 * W <= nv; c += 8 * W) attn_pv<8>(vis, p, vp, c, o);
+    for (; c + 4 * W <= nv; c += 4 * W) attn_pv<4>(vis, p, vp, c, o);
+    for (; c < nv; c += W) attn_pv<1>(vis, p, vp, c, o);
     for (int64_t d = nv; d < D; ++d) {
       float x = o[d];
-      for (int j = 0; j < 8; ++j) x += pb[j] * vp[j][d];
+      for (int k = 0; vis >> k; ++k)
+        if (vis >> k & 1)
+          for (int j = 8 * k; j < 8 * k + 8; ++j) x += p[j] * vp[j][d];
       o[d] = x;
     }
   }
 
-  // o[c .. c + U * W) += sum over the 8 keys of p_j x v_j.
+  // o[c .. c + U * W) += sum over the visible groups' keys of p_j x v_j.
   template <int U>
-  static inline void attn_pv(const float* pb, const float* const* vp, int64_t c, float* o) {
+  static inline void attn_pv(unsigned vis, const float* p, const float* const* vp, int64_t c, float* o) {
     constexpr int64_t W = VT::kWidth;
     V acc[U];
     for (int u = 0; u < U; ++u) acc[u] = VT::load(o + c + u * W);
-    for (int j = 0; j < 8; ++j) {
-      const V pj = VT::set1(pb[j]);
-      for (int u = 0; u < U; ++u) acc[u] = VT::fma(pj, VT::load(vp[j] + c + u * W), acc[u]);
+    for (int k = 0; vis >> k; ++k) {
+      if (!(vis >> k & 1)) continue;
+      for (int j = 8 * k; j < 8 * k + 8; ++j) {
+        const V pj = VT::set1(p[j]);
+        for (int u = 0; u < U; ++u) acc[u] = VT::fma(pj, VT::load(vp[j] + c + u * W), acc[u]);
+      }
     }
     for (int u = 0; u < U; ++u) VT::store(o + c + u * W, acc[u]);
   }
@@ -518,28 +550,28 @@ struct Kernels {
   }
 
   static void attn_item(const AttnArgs& a, const AttnItem& it, int64_t h) {
-    static const float kBias[16] = {0.f,       0.f,       0.f,       0.f,       0.f,       0.f,
-                                    0.f,       0.f,       -INFINITY, -INFINITY, -INFINITY, -INFINITY,
-                                    -INFINITY, -INFINITY, -INFINITY, -INFINITY};
-    static const float kKeep[16] = {1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f,
-                                    0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    const int64_t G = a.G, D = a.D, Hkv = a.Hkv, R = static_cast<int64_t>(it.nq) * G;
+    constexpr int64_t kTile = 32;  // keys per step: 4 groups of 8
+    const int64_t G = a.G, D = a.D, Hkv = a.Hkv, nq = it.nq, R = nq * G;
     const int64_t kv_len = a.plan->kv_len[it.b];
     const int64_t qo_begin = a.qo_indptr[it.b], qo_len = a.qo_indptr[it.b + 1] - qo_begin;
     const int64_t i0 = it.t0 - qo_begin;          // the block's first query within its request
     const int64_t causal0 = kv_len - qo_len + i0;  // query i0 + qi sees keys < causal0 + qi + 1
-    const int64_t kend = a.mask ? kv_len : causal0 + it.nq;
+    const int64_t kend = a.mask ? kv_len : causal0 + nq;
     const int32_t* pages = a.kv_indices + a.kv_indptr[it.b];
     const int64_t ps = a.kv->page_size;
     const uint8_t* mask = a.mask ? a.mask + a.mask_indptr[it.b] + i0 * kv_len : nullptr;
 
-    float* ws = thread_scratch(R * D + R * 8 + 3 * R + D);
-    float* o_loc = ws;               // [R][D] this chunk's unnormalized outputs
-    float* lsum = o_loc + R * D;     // [R][8] this chunk's per-lane exp sums
-    float* m_loc = lsum + R * 8;     // [R] this chunk's maxima
-    float* m_run = m_loc + R;        // [R] running maxima (final items)
-    float* l_run = m_run + R;        // [R] running sums
-    float* zero = l_run + R;         // [D] the K/V row of keys past the block end
+    float* ws = thread_scratch(R * D + R * 8 + 3 * R + D + R * kTile + 2 * nq * kTile + nq);
+    float* o_loc = ws;                  // [R][D] this chunk's unnormalized outputs
+    float* lsum = o_loc + R * D;        // [R][8] this chunk's per-lane exp sums
+    float* m_loc = lsum + R * 8;        // [R] this chunk's maxima
+    float* m_run = m_loc + R;           // [R] running maxima (final items)
+    float* l_run = m_run + R;           // [R] running sums
+    float* zero = l_run + R;            // [D] the K/V row of keys past the tile end
+    float* sp = zero + D;               // [R][kTile] a tile's scores, then weights
+    float* bias = sp + R * kTile;       // [nq][kTile] 0 / -inf
+    float* keep = bias + nq * kTile;    // [nq][kTile] 1 / 0
+    unsigned* vis = reinterpret_cast<unsigned*>(keep + nq * kTile);  // [nq] visible groups
     for (int64_t d = 0; d < D; ++d) zero[d] = 0.f;
     for (int64_t r = 0; r < R; ++r) m_run[r] = -INFINITY, l_run[r] = 0.f;
     const auto row_ptr = [&](int64_t r) {  // r = qi * G + g
@@ -551,12 +583,12 @@ struct Kernels {
       for (int64_t r = 0; r < R; ++r) m_loc[r] = -INFINITY;
       for (int64_t i = 0; i < R * 8; ++i) lsum[i] = 0.f;
       for (int64_t i = 0; i < R * D; ++i) o_loc[i] = 0.f;
-      for (int64_t jb = kb; jb < ke; jb += 8) {
-        const int64_t n = ke - jb < 8 ? ke - jb : 8;
-        const float* kp[8];
-        const float* vp[8];
-        int64_t pi = jb / ps, off = jb % ps;
-        for (int j = 0; j < 8; ++j) {
+      for (int64_t jt = kb; jt < ke; jt += kTile) {
+        const int64_t n = ke - jt < kTile ? ke - jt : kTile;
+        const float* kp[kTile];
+        const float* vp[kTile];
+        int64_t pi = jt / ps, off = jt % ps;
+        for (int64_t j = 0; j < kTile; ++j) {
           if (j < n) {
             const int64_t base = pages[pi] * a.page_stride + (off * Hkv + h) * D;
             kp[j] = a.kv->k + base;
@@ -566,35 +598,42 @@ struct Kernels {
             kp[j] = vp[j] = zero;
           }
         }
-        for (int64_t qi = 0; qi < it.nq; ++qi) {
-          const float* bias;
-          const float* keep;
-          float mb[8], mk[8];
+        bool any = false;
+        for (int64_t qi = 0; qi < nq; ++qi) {
+          float* bq = bias + qi * kTile;
+          float* kq = keep + qi * kTile;
+          unsigned v = 0;
           if (!mask) {
-            const int64_t vis = causal0 + qi + 1 - jb;
-            if (vis <= 0) continue;
-            const int64_t nvis = vis < n ? vis : n;
-            bias = kBias + 8 - nvis;
-            keep = kKeep + 8 - nvis;
-          } else {
-            const uint8_t* mr = mask + qi * kv_len + jb;
-            bool any = false;
-            for (int j = 0; j < 8; ++j) {
-              const bool on = j < n && mr[j] != 0;
-              any |= on;
-              mb[j] = on ? 0.f : -INFINITY;
-              mk[j] = on ? 1.f : 0.f;
+            const int64_t lim = causal0 + qi + 1 - jt < n ? causal0 + qi + 1 - jt : n;
+            for (int64_t j = 0; j < kTile; ++j) {
+              bq[j] = j < lim ? 0.f : -INFINITY;
+              kq[j] = j < lim ? 1.f : 0.f;
             }
-            if (!any) continue;
-            bias = mb;
-            keep = mk;
+            for (int64_t k = 0; k * 8 < lim; ++k) v |= 1u << k;
+          } else {
+            const uint8_t* mr = mask + qi * kv_len + jt;
+            for (int64_t j = 0; j < kTile; ++j) {
+              const bool on = j < n && mr[j] != 0;
+              bq[j] = on ? 0.f : -INFINITY;
+              kq[j] = on ? 1.f : 0.f;
+              v |= static_cast<unsigned>(on) << (j / 8);
+            }
           }
-          for (int64_t g = 0; g < G; ++g) {
-            const int64_t r = qi * G + g;
-            attn_row(a.q + row_ptr(r), kp, vp, D, a.scale, bias, keep, m_loc + r, lsum + r * 8,
-                     o_loc + r * D);
-          }
+          vis[qi] = v;
+          any |= v != 0;
         }
+        if (!any) continue;
+        // Phases over all rows (independent chains for the out-of-order core): scores, softmax
+        // step, value sums.
+        for (int64_t r = 0; r < R; ++r)
+          if (vis[r / G])
+            attn_scores(a.q + row_ptr(r), kp, D, a.scale, vis[r / G], bias + r / G * kTile, sp + r * kTile);
+        for (int64_t r = 0; r < R; ++r)
+          if (vis[r / G])
+            attn_softmax(vis[r / G], keep + r / G * kTile, D, sp + r * kTile, m_loc + r, lsum + r * 8,
+                         o_loc + r * D);
+        for (int64_t r = 0; r < R; ++r)
+          if (vis[r / G]) attn_values(vis[r / G], sp + r * kTile, vp, D, o_loc + r * D);
       }
       for (int64_t r = 0; r < R; ++r) {
         const float l = VT::hsum(VT::load(lsum + r * 8));

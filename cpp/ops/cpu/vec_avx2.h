@@ -26,6 +26,7 @@ struct VecAvx2 {
   static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
   static V div(V a, V b) { return _mm256_div_ps(a, b); }
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }
   // e^x to ~2 ulp: x = n ln2 + r with |r| <= ln2 / 2 (ln2 split in two for exactness), a degree-6
   // polynomial for e^r, 2^n added to the exponent bits. Below -87.3 the result is e^-87.3
   // (~1e-38, where e^x leaves the normal floats), above 88.7 it is +inf.

@@ -47,6 +47,10 @@ struct VecPortable {
     for (int i = 0; i < 8; ++i) a.x[i] /= b.x[i];
     return a;
   }
+  static V max(V a, V b) {
+    for (int i = 0; i < 8; ++i) a.x[i] = b.x[i] > a.x[i] ? b.x[i] : a.x[i];
+    return a;
+  }
   static V exp(V a) {
     for (int i = 0; i < 8; ++i) a.x[i] = std::exp(a.x[i]);
     return a;
