@@ -109,7 +109,8 @@ def bench_throughput(dtype: str, threads: int, batches, tokens: int, contexts: d
             params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
             # Prefill once: the timed runs find every prompt but its last token in the prefix cache,
             # so they time decoding.
-            llm.generate(prompt_token_ids=prompts, sampling_params=SamplingParams(max_tokens=1, temperature=0))
+            # Two tokens: one decode step also lets a draft model cache its own prefill.
+            llm.generate(prompt_token_ids=prompts, sampling_params=SamplingParams(max_tokens=2, temperature=0))
             for b in batches:
                 t = time.perf_counter()
                 outs = llm.generate(prompt_token_ids=prompts[:b], sampling_params=params)
