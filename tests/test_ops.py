@@ -440,6 +440,15 @@ ATTN_CASES = {
 }
 
 
+def _request_alone(args, b):
+    """paged_attention of request b of a batch, run on its own."""
+    qo, kvp = args["qo_indptr"], args["kv_indptr"]
+    return ops.paged_attention(
+        args["q"][qo[b]:qo[b + 1]], args["k_cache"], args["v_cache"],
+        np.array([0, qo[b + 1] - qo[b]], np.int32), np.array([0, kvp[b + 1] - kvp[b]], np.int32),
+        args["kv_indices"][kvp[b]:kvp[b + 1]], args["kv_last_page_len"][b:b + 1])
+
+
 @pytest.mark.parametrize("head_dim", [64, 36])
 @pytest.mark.parametrize("hkv,group", [(1, 2), (2, 2), (2, 4), (4, 1)])
 @pytest.mark.parametrize("case", sorted(ATTN_CASES))
@@ -462,13 +471,9 @@ def test_paged_attention_causal(kernel_set, case, hkv, group, head_dim):
     np.testing.assert_allclose(out_m, out, rtol=1e-6, atol=1e-6)
 
     # Batched == each request alone.
-    qo, kvp = args["qo_indptr"], args["kv_indptr"]
+    qo = args["qo_indptr"]
     for b in range(len(requests)):
-        alone = ops.paged_attention(
-            args["q"][qo[b]:qo[b + 1]], args["k_cache"], args["v_cache"],
-            np.array([0, qo[b + 1] - qo[b]], np.int32), np.array([0, kvp[b + 1] - kvp[b]], np.int32),
-            args["kv_indices"][kvp[b]:kvp[b + 1]], args["kv_last_page_len"][b:b + 1])
-        np.testing.assert_allclose(alone, out[qo[b]:qo[b + 1]], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(_request_alone(args, b), out[qo[b]:qo[b + 1]], rtol=1e-6, atol=1e-6)
 
 
 def test_paged_attention_sm_scale(kernel_set):
@@ -707,11 +712,7 @@ def test_paged_attention_long(kernel_set, case, threads):
         np.testing.assert_array_equal(ops.paged_attention(**args, **_mask_args(masks)), out)
         qo, kvp = args["qo_indptr"], args["kv_indptr"]
         for b in range(len(requests)):
-            alone = ops.paged_attention(
-                args["q"][qo[b]:qo[b + 1]], args["k_cache"], args["v_cache"],
-                np.array([0, qo[b + 1] - qo[b]], np.int32), np.array([0, kvp[b + 1] - kvp[b]], np.int32),
-                args["kv_indices"][kvp[b]:kvp[b + 1]], args["kv_last_page_len"][b:b + 1])
-            np.testing.assert_array_equal(alone, out[qo[b]:qo[b + 1]])
+            np.testing.assert_array_equal(_request_alone(args, b), out[qo[b]:qo[b + 1]])
         # The last query of a prefill equals a decode step of that query.
         for b in range(len(requests)):
             last = qo[b + 1] - 1

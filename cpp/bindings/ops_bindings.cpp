@@ -65,6 +65,31 @@ sd::SamplingConfig sampling(float temperature, int top_k, float top_p, float min
   return c;
 }
 
+// A draft tree from parallel lists plus the target's probabilities per row ([1 + nodes, vocab]) and,
+// optionally, the draft's per node ([nodes, vocab], into tree->q); the tree is validated.
+py::array_t<float, py::array::c_style> tree_and_probs(const std::vector<int32_t>& tokens, const std::vector<int32_t>& parents,
+                                  py::handle p_obj, const py::object& q_obj, sd::TokenTree* tree) {
+  throw_if_error(sd::TokenTree::from_parents(tokens, parents, tree));
+  auto p = f32(p_obj, "target_probs", 2);
+  expect_dim(p, 0, static_cast<py::ssize_t>(tokens.size()) + 1, "target_probs", "1 + nodes rows");
+  const int64_t V = p.shape(1);
+  if (!q_obj.is_none()) {
+    auto q = f32(q_obj, "draft_probs", 2);
+    expect_dim(q, 0, static_cast<py::ssize_t>(tokens.size()), "draft_probs", "one row per node");
+    expect_dim(q, 1, V, "draft_probs", "vocab");
+    tree->q.assign(q.data(), q.data() + q.size());
+  }
+  throw_if_error(tree->validate(static_cast<int32_t>(V)));
+  return p;
+}
+
+// Each row's argmax ([rows, vocab] probabilities).
+std::vector<int32_t> row_argmax(const py::array_t<float, py::array::c_style>& p) {
+  std::vector<int32_t> best;
+  for (py::ssize_t r = 0; r < p.shape(0); ++r) best.push_back(sd::argmax(p.data() + r * p.shape(1), p.shape(1)));
+  return best;
+}
+
 }  // namespace
 
 void register_ops(py::module_& parent) {
@@ -264,19 +289,9 @@ void register_ops(py::module_& parent) {
       [](const std::vector<int32_t>& tokens, const std::vector<int32_t>& parents, py::handle p_obj,
          py::object q_obj, uint64_t seed, uint64_t position) {
         sd::TokenTree tree;
-        throw_if_error(sd::TokenTree::from_parents(tokens, parents, &tree));
-        auto p = f32(p_obj, "target_probs", 2);
-        expect_dim(p, 0, static_cast<py::ssize_t>(tokens.size()) + 1, "target_probs", "1 + nodes rows");
-        const int64_t V = p.shape(1);
-        if (!q_obj.is_none()) {
-          auto q = f32(q_obj, "draft_probs", 2);
-          expect_dim(q, 0, static_cast<py::ssize_t>(tokens.size()), "draft_probs", "one row per node");
-          expect_dim(q, 1, V, "draft_probs", "vocab");
-          tree.q.assign(q.data(), q.data() + q.size());
-        }
-        throw_if_error(tree.validate(static_cast<int32_t>(V)));
+        auto p = tree_and_probs(tokens, parents, p_obj, q_obj, &tree);
         std::vector<float> scratch;
-        const sd::VerifyOutcome v = sd::verify_sampling(tree, p.data(), V, seed, position, &scratch);
+        const sd::VerifyOutcome v = sd::verify_sampling(tree, p.data(), p.shape(1), seed, position, &scratch);
         return py::make_tuple(v.accepted, v.next_token, v.bonus);
       },
       py::arg("tokens"), py::arg("parents"), py::arg("target_probs"), py::arg("draft_probs") = py::none(),
@@ -293,16 +308,10 @@ void register_ops(py::module_& parent) {
         c.typical_delta = delta;
         throw_if_error(c.validate());
         sd::TokenTree tree;
-        throw_if_error(sd::TokenTree::from_parents(tokens, parents, &tree));
-        auto p = f32(p_obj, "target_probs", 2);
-        expect_dim(p, 0, static_cast<py::ssize_t>(tokens.size()) + 1, "target_probs", "1 + nodes rows");
-        const int64_t V = p.shape(1);
-        throw_if_error(tree.validate(static_cast<int32_t>(V)));
-        std::vector<int32_t> best;
-        if (greedy)
-          for (int64_t r = 0; r <= tree.size(); ++r) best.push_back(sd::argmax(p.data() + r * V, V));
-        const sd::VerifyOutcome v = sd::verify_typical(tree, p.data(), V, epsilon, delta, greedy ? best.data() : nullptr,
-                                                       seed, position);
+        auto p = tree_and_probs(tokens, parents, p_obj, py::none(), &tree);
+        const std::vector<int32_t> best = greedy ? row_argmax(p) : std::vector<int32_t>();
+        const sd::VerifyOutcome v = sd::verify_typical(tree, p.data(), p.shape(1), epsilon, delta,
+                                                       greedy ? best.data() : nullptr, seed, position);
         return py::make_tuple(v.accepted, v.next_token, v.bonus);
       },
       py::arg("tokens"), py::arg("parents"), py::arg("target_probs"), py::arg("epsilon") = 0.09f,
@@ -322,20 +331,9 @@ void register_ops(py::module_& parent) {
         std::vector<int32_t> parents(tokens.size());
         for (size_t i = 0; i < tokens.size(); ++i) parents[i] = static_cast<int32_t>(i) - 1;
         sd::TokenTree tree;
-        throw_if_error(sd::TokenTree::from_parents(tokens, parents, &tree));
-        auto p = f32(p_obj, "target_probs", 2);
-        expect_dim(p, 0, static_cast<py::ssize_t>(tokens.size()) + 1, "target_probs", "1 + nodes rows");
+        auto p = tree_and_probs(tokens, parents, p_obj, q_obj, &tree);
         const int64_t V = p.shape(1);
-        if (!q_obj.is_none()) {
-          auto q = f32(q_obj, "draft_probs", 2);
-          expect_dim(q, 0, static_cast<py::ssize_t>(tokens.size()), "draft_probs", "one row per node");
-          expect_dim(q, 1, V, "draft_probs", "vocab");
-          tree.q.assign(q.data(), q.data() + q.size());
-        }
-        throw_if_error(tree.validate(static_cast<int32_t>(V)));
-        std::vector<int32_t> best;
-        if (greedy)
-          for (int64_t r = 0; r <= tree.size(); ++r) best.push_back(sd::argmax(p.data() + r * V, V));
+        const std::vector<int32_t> best = greedy ? row_argmax(p) : std::vector<int32_t>();
         std::vector<float> scratch;
         std::vector<uint8_t> deferred;
         const sd::VerifyOutcome v = sd::verify_cascade(tree, p.data(), V, c.cascade_rule, alpha,
