@@ -618,15 +618,59 @@ def test_adaptive_chain_length_is_token_identical(ckpts, references, draft):
     assert len(model["verify_ratio"]) == 7 and model["verify_ratio"][0] == 1.0
     assert model["target_step_seconds"] > 0
     best = [model["best_k_by_alpha"][a] for a in sorted(model["best_k_by_alpha"])]
-    assert all(1 <= k <= 6 for k in best)
+    assert all(0 <= k <= 6 for k in best)
     assert best == sorted(best)  # more acceptance never asks for a shorter chain
     # The choice is the argmax of the cost model over its own calibrated numbers (timings vary
-    # from machine to machine; the decision rule must not).
+    # from machine to machine; the decision rule must not). k = 0 is plain decoding (gain 1).
     c, v = model["draft_cost_ratio"], model["verify_ratio"]
     for alpha, chosen in model["best_k_by_alpha"].items():
-        gain = [(1 - alpha ** (k + 1)) / (1 - alpha) / (k * c + v[k]) for k in range(1, 7)]
-        assert gain[chosen - 1] == pytest.approx(max(gain), rel=1e-9)
+        gain = [(1 - alpha ** (k + 1)) / (1 - alpha) / (k * c + v[k]) for k in range(0, 7)]
+        assert gain[chosen] == pytest.approx(max(gain), rel=1e-9)
     assert max(o.metrics["drafted"] / max(o.metrics["steps"], 1) for o in outs) <= 6
+
+
+def _compute_bound_policy(c=0.3):
+    """A target whose forward costs 1 up to 4 tokens, then grows linearly (compute-bound, as on
+    2 CPU cores), and a draft costing c target steps per token."""
+    from specdec_native import _core
+
+    p = _core.ChainLengthPolicy()
+    p.calibrate([(n, max(1.0, n / 4)) for n in list(range(1, 8)) + [16, 64, 256]], 6)
+    p.observe_draft(1, c)
+    return p
+
+
+def test_batch_cost_model_stops_drafting_when_the_batch_is_compute_bound():
+    p = _compute_bound_policy()
+    assert p.draft_cost_ratio == pytest.approx(0.3)
+    assert p.verify_seconds(10) == pytest.approx(2.5)  # interpolated between 7 and 16
+    alone = p.choose([0.9])
+    assert alone >= 2  # one sequence: verification is free up to 4 tokens
+    # By hand: tokens (1 - a^(k+1)) / (1 - a) per sequence against B k c + v(B (k + 1)).
+    for b in (1, 2, 4, 8, 16):
+        gains = [b * (1 - 0.9 ** (k + 1)) / 0.1 / (b * k * 0.3 + max(1.0, b * (k + 1) / 4)) for k in range(7)]
+        assert p.choose([0.9] * b) == int(np.argmax(gains))
+    assert p.choose([0.9] * 16) == 0  # compute-bound: drafting only adds work
+    assert p.choose([0.0]) == 0       # nothing is ever accepted
+    by_batch = [p.choose([0.9] * b) for b in (1, 2, 4, 8, 16)]
+    assert by_batch == sorted(by_batch, reverse=True)  # a bigger batch never drafts more
+    with pytest.raises(ValueError):
+        p.choose([1.5])
+    with pytest.raises(ValueError):
+        type(p)().calibrate([(1, 1.0)], 3)  # points for n = 1 .. 4 are needed
+
+
+def test_adaptive_with_a_useless_draft_mostly_stops_drafting(ckpts, references):
+    """The unrelated draft is (nearly) never accepted: after a few steps the cost model drafts
+    nothing, probing one token every 8th step; the output stays the target's."""
+    llm = load_llm(ckpts["target"], draft=str(ckpts["unrelated"]),
+                   speculative={"num_speculative_tokens": 6, "adaptive": True})
+    outs = _run(llm)
+    assert [o.token_ids for o in outs] == references["target"]
+    fixed = _run(load_llm(ckpts["target"], draft=str(ckpts["unrelated"]), speculative={"num_speculative_tokens": 6}))
+    drafted = sum(o.metrics["drafted"] for o in outs) / sum(o.metrics["steps"] for o in outs)
+    drafted_fixed = sum(o.metrics["drafted"] for o in fixed) / sum(o.metrics["steps"] for o in fixed)
+    assert drafted_fixed > 5 and drafted < 0.5 * drafted_fixed
 
 
 def test_adaptive_needs_a_chain(ckpts):

@@ -6,6 +6,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <exception>
 
 #include "bindings/register.h"
@@ -157,6 +158,38 @@ void register_engine(py::module_& m) {
       .def_readwrite("cascade_alpha", &sd::AcceptanceConfig::cascade_alpha)
       .def("validate", [](const sd::AcceptanceConfig& c) { throw_if_error(c.validate()); });
 
+  py::class_<sd::ChainLengthPolicy>(m, "ChainLengthPolicy",
+                                    "The adaptive chain-length cost model, for tests and what-if studies.")
+      .def(py::init<>())
+      .def(
+          "calibrate",
+          [](sd::ChainLengthPolicy& p, const std::vector<std::pair<int32_t, double>>& points, int32_t k_max) {
+            bool has_chain = k_max >= 1;
+            for (int32_t n = 1; n <= k_max + 1 && has_chain; ++n)
+              has_chain = std::any_of(points.begin(), points.end(), [&](const auto& pt) { return pt.first == n; });
+            if (!has_chain) throw py::value_error("calibrate: need k_max >= 1 and points for n = 1 .. k_max + 1");
+            for (const auto& pt : points)
+              if (pt.second <= 0) throw py::value_error("calibrate: forward times must be > 0");
+            p.calibrate(points, k_max);
+          },
+          py::arg("points"), py::arg("k_max"), "points: (n tokens, forward seconds) pairs.")
+      .def("observe_draft", &sd::ChainLengthPolicy::observe_draft, py::arg("drafted"), py::arg("seconds"))
+      .def(
+          "choose",
+          [](const sd::ChainLengthPolicy& p, const std::vector<double>& alphas) {
+            std::vector<sd::ChainLengthPolicy::Acceptance> acc(alphas.size());
+            std::vector<const sd::ChainLengthPolicy::Acceptance*> ptrs;
+            for (size_t i = 0; i < alphas.size(); ++i) {
+              if (!(alphas[i] >= 0 && alphas[i] <= 1)) throw py::value_error("acceptance rates must be in [0, 1]");
+              acc[i].accepted = alphas[i], acc[i].rejected = 1 - alphas[i];
+              ptrs.push_back(&acc[i]);
+            }
+            return p.choose(ptrs);
+          },
+          py::arg("alphas"), "The chain length for a batch with these acceptance rates (0: no drafting).")
+      .def("verify_seconds", &sd::ChainLengthPolicy::verify_seconds, py::arg("n"))
+      .def_property_readonly("draft_cost_ratio", &sd::ChainLengthPolicy::draft_cost_ratio);
+
   py::class_<sd::NgramOptions>(m, "NgramOptions")
       .def(py::init<>())
       .def_readwrite("min_n", &sd::NgramOptions::min_n)
@@ -270,9 +303,9 @@ void register_engine(py::module_& m) {
              py::dict d;
              if (!p.calibrated()) return d;
              py::list v;
-             for (double t : p.verify_seconds()) v.append(t / p.verify_seconds()[0]);
+             for (int32_t n = 1; n <= p.k_max() + 1; ++n) v.append(p.verify_seconds(n) / p.verify_seconds(1));
              d["verify_ratio"] = v;  // [n - 1]: v(n)
-             d["target_step_seconds"] = p.verify_seconds()[0];
+             d["target_step_seconds"] = p.verify_seconds(1);
              d["draft_cost_ratio"] = p.draft_cost_ratio();
              py::dict best;
              for (double a : {0.5, 0.6, 0.7, 0.8, 0.9}) {

@@ -125,7 +125,17 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
   const size_t B = running.size();
   std::vector<TokenTree> trees(B);
   std::vector<int64_t> prefix(B);
-  // 1. Drafts.
+  // 1. Drafts. Adaptive: one chain length for the whole batch from the cost model (0 when the
+  // batch already keeps the target busy); a step that drafts nothing observes no acceptance, so
+  // every 8th such step drafts one token to keep the estimates current.
+  const bool adapt = adaptive_ && drafter_ && policy_.calibrated();
+  int32_t batch_k = 0;
+  if (adapt) {
+    std::vector<const ChainLengthPolicy::Acceptance*> acceptances;
+    for (const Sequence* s : running) acceptances.push_back(&s->acceptance);
+    batch_k = policy_.choose(acceptances);
+    if (batch_k == 0 && ++undrafted_steps_ % 8 == 0) batch_k = 1;
+  }
   for (size_t k = 0; k < B; ++k) {
     Sequence& r = *running[k];
     prefix[k] = r.pages.num_tokens();
@@ -137,8 +147,7 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
     dr.position = res.tokens.size();
     dr.max_nodes = static_cast<int32_t>(std::max<int64_t>(0, opts_.max_model_len - 1 - prefix[k]));
     dr.record_q = acceptance_.mode == AcceptanceMode::kCascade;
-    const bool adapt = adaptive_ && policy_.calibrated();
-    if (adapt) dr.max_nodes = std::min(dr.max_nodes, policy_.choose(r.acceptance));
+    if (adapt) dr.max_nodes = std::min(dr.max_nodes, batch_k);
     const double t0 = now_seconds();
     SD_RETURN_IF_ERROR(drafter_->propose(r.slot, dr, &trees[k]));
     SD_RETURN_IF_ERROR(trees[k].validate(static_cast<int32_t>(V)));
@@ -290,10 +299,16 @@ Status Engine::scratch_forward(const std::vector<int32_t>& tokens, float* logits
 }
 
 Status Engine::calibrate_chain_length_policy() {
-  const int32_t n_max = drafter_->max_nodes() + 1;
-  std::vector<float> logits(static_cast<size_t>(n_max) * static_cast<size_t>(config().vocab_size));
-  std::vector<double> seconds;
-  for (int32_t n = 1; n <= n_max; ++n) {
+  // Forwards of 1 .. k_max + 1 tokens (one sequence's chain), then of whole batches' worth.
+  const int32_t k_max = drafter_->max_nodes(), n_chain = k_max + 1;
+  std::vector<int32_t> sizes;
+  for (int32_t n = 1; n <= n_chain; ++n) sizes.push_back(n);
+  const int32_t n_batch = std::min(opts_.max_num_seqs * n_chain, opts_.prefill_chunk);
+  for (int32_t n = 2 * n_chain; n < n_batch; n *= 2) sizes.push_back(n);
+  if (n_batch > n_chain) sizes.push_back(n_batch);
+  std::vector<float> logits(static_cast<size_t>(sizes.back()) * static_cast<size_t>(config().vocab_size));
+  std::vector<std::pair<int32_t, double>> points;
+  for (int32_t n : sizes) {
     std::vector<int32_t> tokens(static_cast<size_t>(n));
     for (int32_t i = 0; i < n; ++i) tokens[static_cast<size_t>(i)] = (1000 + 7 * i) % config().vocab_size;
     double best = 1e30;
@@ -302,9 +317,9 @@ Status Engine::calibrate_chain_length_policy() {
       SD_RETURN_IF_ERROR(scratch_forward(tokens, logits.data()));
       best = std::min(best, now_seconds() - t0);
     }
-    seconds.push_back(best);
+    points.emplace_back(n, best);
   }
-  policy_.calibrate(std::move(seconds));
+  policy_.calibrate(std::move(points), k_max);
   return Status::Ok();
 }
 

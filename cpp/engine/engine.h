@@ -116,9 +116,9 @@ class Engine {
                             const std::function<void(int, int)>& progress);
   Status attach_ngram(const NgramOptions& opts);
   const Drafter* drafter() const { return drafter_.get(); }
-  // Adaptive chain length: each step drafts the k (up to the drafter's) that the cost model
-  // (spec/chain_length_policy.h) expects to be fastest for that request. Off by default: seeded
-  // sampling stays reproducible only with a fixed k.
+  // Adaptive chain length: each step drafts the k (up to the drafter's; 0 = none) that the cost
+  // model (spec/chain_length_policy.h) expects to be fastest for the running batch. Off by
+  // default: seeded sampling stays reproducible only with a fixed k.
   void set_adaptive_speculation(bool on) { adaptive_ = on; }
   bool adaptive_speculation() const { return adaptive_; }
   const ChainLengthPolicy& chain_length_policy() const { return policy_; }
@@ -181,6 +181,7 @@ class Engine {
   bool adaptive_ = false;
   AcceptanceConfig acceptance_;
   ChainLengthPolicy policy_;
+  int64_t undrafted_steps_ = 0;  // adaptive steps that chose not to draft
   std::vector<float> logits_, probs_, scratch_;
   std::mutex mu_;  // one step (or scratch forward) at a time
   // Owned by step(): sequences waiting for admission (preempted ones first) and running ones.
