@@ -154,7 +154,10 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
     const double drafting = now_seconds() - t0;
     res.draft_seconds += drafting;
     res.decode_seconds += drafting;  // decode time is drafting + verification
-    if (adapt) policy_.observe_draft(trees[k].size(), drafting);
+    // A draft model first catches up on every token committed since it last ran (the prompt,
+    // or the steps it sat out): that time is not the per-token drafting cost c.
+    if (adapt && r.drafted_last_step) policy_.observe_draft(trees[k].size(), drafting);
+    r.drafted_last_step = !trees[k].empty();
   }
   // 2. One target forward over every root and draft tree.
   const double t0 = now_seconds();

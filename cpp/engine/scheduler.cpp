@@ -209,6 +209,7 @@ void Engine::preempt(Sequence& s) {
   s.cache_node = RadixCache::kRoot;
   s.pages.release(kv_->allocator());
   if (drafter_) drafter_->release(s.slot, s.tokens);
+  s.drafted_last_step = false;
   s.res.preemptions += 1;
   totals_.preemptions += 1;
 }

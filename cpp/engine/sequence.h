@@ -33,6 +33,7 @@ struct Engine::Sequence {
   std::vector<int32_t> tokens;  // prompt + generated; once decoding, tokens.back() is the root
   RadixCache::NodeId cache_node = RadixCache::kRoot;  // locked prefix-cache node (its pages are shared)
   ChainLengthPolicy::Acceptance acceptance;
+  bool drafted_last_step = false;  // then this step's drafting time is a steady-state sample
   double arrival;
   double prefill_start = 0;
   std::vector<int32_t> new_tokens;  // committed during the current step
