@@ -662,7 +662,7 @@ def test_batch_cost_model_stops_drafting_when_the_batch_is_compute_bound():
 
 def test_adaptive_with_a_useless_draft_mostly_stops_drafting(ckpts, references):
     """The unrelated draft is (nearly) never accepted: after a few steps the cost model drafts
-    nothing, probing one token every 8th step; the output stays the target's."""
+    nothing but rare one-token probes; the output stays the target's."""
     llm = load_llm(ckpts["target"], draft=str(ckpts["unrelated"]),
                    speculative={"num_speculative_tokens": 6, "adaptive": True})
     outs = _run(llm)

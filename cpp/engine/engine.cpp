@@ -126,15 +126,22 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
   std::vector<TokenTree> trees(B);
   std::vector<int64_t> prefix(B);
   // 1. Drafts. Adaptive: one chain length for the whole batch from the cost model (0 when the
-  // batch already keeps the target busy); a step that drafts nothing observes no acceptance, so
-  // every 8th such step drafts one token to keep the estimates current.
+  // batch already keeps the target busy). Steps that draft nothing observe no acceptance, so a
+  // probe drafts one token after 8 of them; the gap doubles (up to 64) while probes keep
+  // confirming that drafting does not pay, since each probe makes a draft model catch up.
   const bool adapt = adaptive_ && drafter_ && policy_.calibrated();
   int32_t batch_k = 0;
   if (adapt) {
     std::vector<const ChainLengthPolicy::Acceptance*> acceptances;
     for (const Sequence* s : running) acceptances.push_back(&s->acceptance);
     batch_k = policy_.choose(acceptances);
-    if (batch_k == 0 && ++undrafted_steps_ % 8 == 0) batch_k = 1;
+    if (batch_k > 0) {
+      undrafted_steps_ = 0, probe_gap_ = 8;
+    } else if (++undrafted_steps_ >= probe_gap_) {
+      batch_k = 1;
+      undrafted_steps_ = 0;
+      probe_gap_ = std::min(2 * probe_gap_, 64);
+    }
   }
   for (size_t k = 0; k < B; ++k) {
     Sequence& r = *running[k];

@@ -181,7 +181,8 @@ class Engine {
   bool adaptive_ = false;
   AcceptanceConfig acceptance_;
   ChainLengthPolicy policy_;
-  int64_t undrafted_steps_ = 0;  // adaptive steps that chose not to draft
+  int32_t undrafted_steps_ = 0;  // adaptive steps in a row that chose not to draft
+  int32_t probe_gap_ = 8;        // undrafted steps before a one-token probe
   std::vector<float> logits_, probs_, scratch_;
   std::mutex mu_;  // one step (or scratch forward) at a time
   // Owned by step(): sequences waiting for admission (preempted ones first) and running ones.
