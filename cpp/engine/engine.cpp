@@ -126,11 +126,13 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
   std::vector<TokenTree> trees(B);
   std::vector<int64_t> prefix(B);
   // 1. Drafts. Adaptive: one chain length for the whole batch from the cost model (0 when the
-  // batch already keeps the target busy). Steps that draft nothing observe no acceptance, so a
-  // probe drafts one token after 8 of them; the gap doubles (up to 64) while probes keep
-  // confirming that drafting does not pay, since each probe makes a draft model catch up.
+  // batch already keeps the target busy). Steps that draft nothing observe no acceptance, so
+  // after 8 of them one sequence (in turn) drafts a one-token probe; the gap doubles (up to 64)
+  // while probes keep confirming that drafting does not pay, since a probe makes a draft model
+  // catch up on the tokens it skipped.
   const bool adapt = adaptive_ && drafter_ && policy_.calibrated();
   int32_t batch_k = 0;
+  size_t probe = B;  // the sequence that probes this step, if any
   if (adapt) {
     std::vector<const ChainLengthPolicy::Acceptance*> acceptances;
     for (const Sequence* s : running) acceptances.push_back(&s->acceptance);
@@ -138,7 +140,7 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
     if (batch_k > 0) {
       undrafted_steps_ = 0, probe_gap_ = 8;
     } else if (++undrafted_steps_ >= probe_gap_) {
-      batch_k = 1;
+      probe = static_cast<size_t>(probes_++) % B;
       undrafted_steps_ = 0;
       probe_gap_ = std::min(2 * probe_gap_, 64);
     }
@@ -154,7 +156,7 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
     dr.position = res.tokens.size();
     dr.max_nodes = static_cast<int32_t>(std::max<int64_t>(0, opts_.max_model_len - 1 - prefix[k]));
     dr.record_q = acceptance_.mode == AcceptanceMode::kCascade;
-    if (adapt) dr.max_nodes = std::min(dr.max_nodes, batch_k);
+    if (adapt) dr.max_nodes = std::min(dr.max_nodes, k == probe ? 1 : batch_k);
     const double t0 = now_seconds();
     SD_RETURN_IF_ERROR(drafter_->propose(r.slot, dr, &trees[k]));
     SD_RETURN_IF_ERROR(trees[k].validate(static_cast<int32_t>(V)));

@@ -183,6 +183,7 @@ class Engine {
   ChainLengthPolicy policy_;
   int32_t undrafted_steps_ = 0;  // adaptive steps in a row that chose not to draft
   int32_t probe_gap_ = 8;        // undrafted steps before a one-token probe
+  int64_t probes_ = 0;           // probes so far (picks the probing sequence in turn)
   std::vector<float> logits_, probs_, scratch_;
   std::mutex mu_;  // one step (or scratch forward) at a time
   // Owned by step(): sequences waiting for admission (preempted ones first) and running ones.
