@@ -125,13 +125,14 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
   const size_t B = running.size();
   std::vector<TokenTree> trees(B);
   std::vector<int64_t> prefix(B);
-  // 1. Drafts. Adaptive: one chain length for the whole batch from the cost model (0 when the
-  // batch already keeps the target busy). Steps that draft nothing observe no acceptance, so
-  // after 8 of them one sequence (in turn) drafts a one-token probe; the gap doubles (up to 64)
-  // while probes keep confirming that drafting does not pay, since a probe makes a draft model
+  // 1. Drafts. Adaptive: one chain length for the whole batch from the cost model (0 when
+  // acceptance is low or the batch already keeps the target busy). Steps that draft nothing
+  // observe no acceptance, so after 8 of them one sequence (in turn) drafts a probe: the chain
+  // the model would choose if every sequence accepted 90% (none when even that would not pay,
+  // e.g. a compute-bound batch). The gap doubles up to 64, since a probe makes a draft model
   // catch up on the tokens it skipped.
   const bool adapt = adaptive_ && drafter_ && policy_.calibrated();
-  int32_t batch_k = 0;
+  int32_t batch_k = 0, probe_k = 0;
   size_t probe = B;  // the sequence that probes this step, if any
   if (adapt) {
     std::vector<const ChainLengthPolicy::Acceptance*> acceptances;
@@ -140,7 +141,10 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
     if (batch_k > 0) {
       undrafted_steps_ = 0, probe_gap_ = 8;
     } else if (++undrafted_steps_ >= probe_gap_) {
-      probe = static_cast<size_t>(probes_++) % B;
+      ChainLengthPolicy::Acceptance hopeful;
+      hopeful.accepted = 9, hopeful.rejected = 1;
+      probe_k = policy_.choose(std::vector<const ChainLengthPolicy::Acceptance*>(B, &hopeful));
+      if (probe_k > 0) probe = static_cast<size_t>(probes_++) % B;
       undrafted_steps_ = 0;
       probe_gap_ = std::min(2 * probe_gap_, 64);
     }
@@ -156,7 +160,7 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
     dr.position = res.tokens.size();
     dr.max_nodes = static_cast<int32_t>(std::max<int64_t>(0, opts_.max_model_len - 1 - prefix[k]));
     dr.record_q = acceptance_.mode == AcceptanceMode::kCascade;
-    if (adapt) dr.max_nodes = std::min(dr.max_nodes, k == probe ? 1 : batch_k);
+    if (adapt) dr.max_nodes = std::min(dr.max_nodes, k == probe ? probe_k : batch_k);
     const double t0 = now_seconds();
     SD_RETURN_IF_ERROR(drafter_->propose(r.slot, dr, &trees[k]));
     SD_RETURN_IF_ERROR(trees[k].validate(static_cast<int32_t>(V)));
