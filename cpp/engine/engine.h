@@ -104,8 +104,9 @@ class Engine {
   bool has_unfinished() const;
   EngineStats stats() const;
 
-  // Runs requests to completion (on an otherwise idle engine), results in order; on_token is
-  // called after every committed token.
+  // Runs requests to completion, results in order; on_token is called after every committed
+  // token. Concurrent calls take turns; requests added through add_request meanwhile are an
+  // error (the engine must be idle).
   Status generate(const std::vector<GenerationRequest>& requests, const TokenCallback& on_token,
                   std::vector<GenerationResult>* results);
 
@@ -185,7 +186,8 @@ class Engine {
   int32_t probe_gap_ = 8;        // undrafted steps before a one-token probe
   int64_t probes_ = 0;           // probes so far (picks the probing sequence in turn)
   std::vector<float> logits_, probs_, scratch_;
-  std::mutex mu_;  // one step (or scratch forward) at a time
+  std::mutex mu_;           // one step (or scratch forward) at a time
+  std::mutex generate_mu_;  // one generate() at a time
   // Owned by step(): sequences waiting for admission (preempted ones first) and running ones.
   std::deque<SeqPtr> waiting_;
   std::vector<SeqPtr> running_;

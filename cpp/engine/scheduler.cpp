@@ -302,6 +302,7 @@ Status Engine::step(std::vector<RequestUpdate>* updates) {
 
 Status Engine::generate(const std::vector<GenerationRequest>& requests, const TokenCallback& on_token,
                         std::vector<GenerationResult>* results) {
+  std::lock_guard<std::mutex> one_at_a_time(generate_mu_);  // concurrent calls take turns
   const int32_t N = static_cast<int32_t>(requests.size());
   if (has_unfinished())
     return InvalidArgument("generate() needs an idle engine; this one is serving other requests");
@@ -317,7 +318,7 @@ Status Engine::generate(const std::vector<GenerationRequest>& requests, const To
     const Status s = step(&updates);
     if (!s.ok() && st.ok()) st = s;
     for (RequestUpdate& u : updates)
-      if (u.finished) (*results)[static_cast<size_t>(u.id)] = std::move(u.result);
+      if (u.finished && u.id >= 0 && u.id < N) (*results)[static_cast<size_t>(u.id)] = std::move(u.result);
     if (abort_all_)
       for (int32_t i = 0; i < N; ++i) abort_request(i);
   }
