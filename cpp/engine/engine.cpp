@@ -1,22 +1,13 @@
 #include "engine/engine.h"
 
 #include <algorithm>
-#include <chrono>
 
+#include "core/clock.h"
 #include "core/parallel.h"
 #include "engine/sequence.h"
 #include "spec/verifier.h"
 
 namespace sd {
-
-namespace {
-
-double now_seconds() {
-  using namespace std::chrono;
-  return duration<double>(steady_clock::now().time_since_epoch()).count();
-}
-
-}  // namespace
 
 Engine::~Engine() = default;
 
@@ -72,8 +63,7 @@ Status Engine::attach_draft_model(const ModelConfig& cfg, const std::vector<std:
                                   const std::string& dtype, const DraftModelOptions& opts,
                                   const std::function<void(int, int)>& progress) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (!running_.empty() || !waiting_.empty() || has_unfinished())
-    return InvalidArgument("a drafter can only be attached to an idle engine");
+  if (!idle()) return InvalidArgument("a drafter can only be attached to an idle engine");
   if (cfg.vocab_size != config().vocab_size)
     return InvalidArgument("the draft model's vocabulary (" + std::to_string(cfg.vocab_size) +
                            " tokens) differs from the target's (" + std::to_string(config().vocab_size) + ")");
@@ -98,8 +88,7 @@ Status Engine::attach_draft_model(const ModelConfig& cfg, const std::vector<std:
 
 Status Engine::attach_ngram(const NgramOptions& opts) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (!running_.empty() || !waiting_.empty() || has_unfinished())
-    return InvalidArgument("a drafter can only be attached to an idle engine");
+  if (!idle()) return InvalidArgument("a drafter can only be attached to an idle engine");
   drafter_.reset(new NgramDrafter(opts));
   policy_ = ChainLengthPolicy();
   return Status::Ok();
@@ -107,8 +96,7 @@ Status Engine::attach_ngram(const NgramOptions& opts) {
 
 Status Engine::set_acceptance(const AcceptanceConfig& cfg) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (!running_.empty() || !waiting_.empty() || has_unfinished())
-    return InvalidArgument("the acceptance rule can only be changed on an idle engine");
+  if (!idle()) return InvalidArgument("the acceptance rule can only be changed on an idle engine");
   SD_RETURN_IF_ERROR(cfg.validate());
   if (cfg.mode == AcceptanceMode::kCascade) {
     if (dynamic_cast<const DraftModelDrafter*>(drafter_.get()) == nullptr)
@@ -211,17 +199,16 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
     const double tv = now_seconds();
     const float* rows = logits_.data() + static_cast<int64_t>(fb.qo_indptr[k]) * V;
     VerifyOutcome v;
+    const bool greedy = req.sampling.greedy();
+    std::vector<int32_t> best;  // each row's argmax, at T = 0
+    if (greedy)
+      for (int32_t i = 0; i <= t.size(); ++i) best.push_back(argmax(rows + i * V, V));
     if (acceptance_.mode != AcceptanceMode::kLossless) {
       // Lossy rules: p per row (processed when sampling; the softmax at T = 1 when greedy,
-      // for the rule quantities), and the argmax per row at T = 0.
-      const bool greedy = req.sampling.greedy();
-      const SamplingConfig t1;
+      // for the rule quantities).
       probs_.resize(static_cast<size_t>((t.size() + 1) * V));
-      std::vector<int32_t> best(greedy ? static_cast<size_t>(t.size() + 1) : 0);
-      for (int32_t i = 0; i <= t.size(); ++i) {
-        processed_probs(rows + i * V, V, greedy ? t1 : req.sampling, probs_.data() + i * V);
-        if (greedy) best[static_cast<size_t>(i)] = argmax(rows + i * V, V);
-      }
+      for (int32_t i = 0; i <= t.size(); ++i)
+        processed_probs(rows + i * V, V, greedy ? SamplingConfig() : req.sampling, probs_.data() + i * V);
       const int32_t* am = greedy ? best.data() : nullptr;
       if (acceptance_.mode == AcceptanceMode::kTypical) {
         v = verify_typical(t, probs_.data(), V, acceptance_.typical_epsilon, acceptance_.typical_delta, am,
@@ -231,9 +218,7 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
         v = verify_cascade(t, probs_.data(), V, acceptance_.cascade_rule, acceptance_.cascade_alpha, am,
                            req.sampling.seed, res.tokens.size(), &scratch_);
       }
-    } else if (req.sampling.greedy()) {
-      std::vector<int32_t> best(static_cast<size_t>(t.size() + 1));
-      for (int32_t i = 0; i <= t.size(); ++i) best[static_cast<size_t>(i)] = argmax(rows + i * V, V);
+    } else if (greedy) {
       v = verify_greedy(t, best.data());
     } else {
       probs_.resize(static_cast<size_t>((t.size() + 1) * V));

@@ -152,13 +152,17 @@ class Engine {
   using SeqPtr = std::unique_ptr<Sequence>;
   // Checks ids, lengths, sampling, and that the request fits the KV cache when alone.
   Status validate(const GenerationRequest& r, int64_t id) const;
+  int64_t step_slots() const;  // KV slots one decode step may append: the root + the largest draft tree
   int64_t blocks_for_whole_request(const GenerationRequest& r) const;
+  bool idle() const;  // no request anywhere (with mu_ held)
+  Status enqueue(int64_t id, const GenerationRequest& request);  // add_request after validation
   // Scheduling (engine/scheduler.cpp).
   void take_incoming(std::vector<RequestUpdate>* updates);
   void admit_waiting();
   Status prefill_chunks(std::vector<RequestUpdate>* updates);
   bool make_room(int64_t blocks);  // evicts the prefix cache; true when that many blocks are free
   void reserve_decode_blocks();    // preempts the newest sequences until every running one fits a step
+  void release_kv(Sequence& s);  // drops its prefix-cache lock, its pages and the drafter's state
   void preempt(Sequence& s);
   // Ends a sequence: frees its blocks (caching its committed pages unless told not to) and
   // reports it.

@@ -2,8 +2,8 @@
 // chunked prefill under a token budget, KV block pressure (evict the prefix cache, then preempt
 // the newest sequence), and generate() on top of it all.
 #include <algorithm>
-#include <chrono>
 
+#include "core/clock.h"
 #include "engine/engine.h"
 #include "engine/sequence.h"
 
@@ -11,25 +11,27 @@ namespace sd {
 
 namespace {
 
-double now_seconds() {
-  using namespace std::chrono;
-  return duration<double>(steady_clock::now().time_since_epoch()).count();
-}
-
 bool contains(const std::vector<int32_t>& v, int32_t x) { return std::find(v.begin(), v.end(), x) != v.end(); }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace
 
+int64_t Engine::step_slots() const { return drafter_ ? drafter_->max_nodes() + 1 : 1; }
+
 int64_t Engine::blocks_for_whole_request(const GenerationRequest& r) const {
-  const int64_t tree_slots = drafter_ ? drafter_->max_nodes() + 1 : 1;
   const int64_t len = std::min<int64_t>(static_cast<int64_t>(r.prompt.size()) + r.max_tokens, opts_.max_model_len);
-  return ceil_div(len + tree_slots, opts_.page_size);
+  return ceil_div(len + step_slots(), opts_.page_size);
 }
+
+bool Engine::idle() const { return running_.empty() && waiting_.empty() && !has_unfinished(); }
 
 Status Engine::add_request(int64_t id, const GenerationRequest& request) {
   SD_RETURN_IF_ERROR(validate(request, id));
+  return enqueue(id, request);
+}
+
+Status Engine::enqueue(int64_t id, const GenerationRequest& request) {
   SeqPtr s(new Sequence(id, request, -1, opts_.page_size, now_seconds()));
   std::lock_guard<std::mutex> lock(queue_mu_);
   if (!live_ids_.insert(id).second)
@@ -93,16 +95,11 @@ void Engine::reset_prefix_cache() {
 }
 
 bool Engine::make_room(int64_t blocks) {
-  BlockAllocator& alloc = kv_->allocator();
-  while (alloc.num_free() < blocks && prefix_cache_ &&
-         prefix_cache_->evict(static_cast<int32_t>(std::min<int64_t>(blocks - alloc.num_free(), INT32_MAX))) > 0) {
-  }
-  return alloc.num_free() >= blocks;
+  return prefix_cache_ ? prefix_cache_->ensure_free(blocks) : kv_->allocator().num_free() >= blocks;
 }
 
 void Engine::admit_waiting() {
   const int64_t P = opts_.page_size;
-  const int64_t step_slots = drafter_ ? drafter_->max_nodes() + 1 : 1;
   while (!waiting_.empty() && static_cast<int32_t>(running_.size()) < opts_.max_num_seqs) {
     Sequence& s = *waiting_.front();
     const bool fresh = s.res.tokens.empty();
@@ -113,7 +110,7 @@ void Engine::admit_waiting() {
       m = prefix_cache_->match_prefix(s.tokens.data(), fresh ? want - 1 : want);
       lock_cache_node(m.node);  // our match must survive the eviction below
     }
-    const int64_t need = ceil_div(want + step_slots, P) - static_cast<int64_t>(m.blocks.size());
+    const int64_t need = ceil_div(want + step_slots(), P) - static_cast<int64_t>(m.blocks.size());
     if (!make_room(need)) {
       unlock_cache_node(m.node);
       break;  // first come, first served: the rest wait too
@@ -135,8 +132,7 @@ Status Engine::prefill_chunks(std::vector<RequestUpdate>* updates) {
   int64_t budget = opts_.prefill_chunk;
   ForwardBatch fb;
   fb.qo_indptr.push_back(0);
-  std::vector<Sequence*> done;       // prefills that complete in this forward
-  std::vector<int32_t> logit_row;    // per done: its logits row, or -1 (a preempted sequence's root is known)
+  std::vector<Sequence*> done;  // prefills that complete in this forward
   for (SeqPtr& sp : running_) {
     Sequence& s = *sp;
     if (s.decoding() || budget <= 0) continue;
@@ -153,9 +149,8 @@ Status Engine::prefill_chunks(std::vector<RequestUpdate>* updates) {
     }
     if (end == s.prefill_len()) {
       done.push_back(&s);
-      const bool fresh = s.res.tokens.empty();
-      logit_row.push_back(fresh ? static_cast<int32_t>(fb.token_ids.size()) - 1 : -1);
-      if (fresh) fb.logit_rows.push_back(static_cast<int32_t>(fb.token_ids.size()) - 1);
+      // A fresh prompt's last row samples the first token; a preempted sequence's root is known.
+      if (s.res.tokens.empty()) fb.logit_rows.push_back(static_cast<int32_t>(fb.token_ids.size()) - 1);
     }
   }
   const int64_t V = config().vocab_size;
@@ -164,15 +159,15 @@ Status Engine::prefill_chunks(std::vector<RequestUpdate>* updates) {
     SD_RETURN_IF_ERROR(model_->forward(fb, *kv_, logits_.data()));
   }
   int32_t row = 0;
-  for (size_t k = 0; k < done.size(); ++k) {
-    Sequence& s = *done[k];
+  for (Sequence* sp : done) {
+    Sequence& s = *sp;
     if (prefix_cache_) {  // the computed prompt pages become shareable right away
       const RadixCache::NodeId node = prefix_cache_->insert(s.tokens.data(), s.pages.num_tokens(), s.pages.blocks());
       lock_cache_node(node);
       unlock_cache_node(s.cache_node);
       s.cache_node = node;
     }
-    if (logit_row[k] < 0) continue;
+    if (!s.res.tokens.empty()) continue;
     const int32_t tok = sample_token(logits_.data() + static_cast<int64_t>(row++) * V, V, s.req.sampling, 0, &scratch_);
     s.res.prefill_seconds = now_seconds() - s.prefill_start;
     s.tokens.push_back(tok);  // the root: its KV comes with the first decode step
@@ -182,11 +177,10 @@ Status Engine::prefill_chunks(std::vector<RequestUpdate>* updates) {
 }
 
 void Engine::reserve_decode_blocks() {
-  const int64_t step_slots = drafter_ ? drafter_->max_nodes() + 1 : 1;
   auto need = [&]() {
     int64_t n = 0;
     for (const SeqPtr& s : running_)
-      if (s->decoding()) n += s->pages.blocks_needed(step_slots);
+      if (s->decoding()) n += s->pages.blocks_needed(step_slots());
     return n;
   };
   while (!make_room(need()) && running_.size() > 1) {
@@ -204,11 +198,15 @@ void Engine::unlock_cache_node(RadixCache::NodeId node) {
   if (prefix_cache_ && node != RadixCache::kRoot) prefix_cache_->unlock(node);
 }
 
-void Engine::preempt(Sequence& s) {
+void Engine::release_kv(Sequence& s) {
   unlock_cache_node(s.cache_node);
   s.cache_node = RadixCache::kRoot;
   s.pages.release(kv_->allocator());
   if (drafter_) drafter_->release(s.slot, s.tokens);
+}
+
+void Engine::preempt(Sequence& s) {
+  release_kv(s);
   s.drafted_last_step = false;
   s.res.preemptions += 1;
   totals_.preemptions += 1;
@@ -239,10 +237,7 @@ void Engine::finish(Sequence& s, const std::string& reason, std::vector<RequestU
   // (A stop inside an accepted run leaves KV past the last committed token: not cached.)
   const int64_t n = std::min<int64_t>(s.pages.num_tokens(), static_cast<int64_t>(s.tokens.size()));
   if (prefix_cache_ && cache_pages && n > 0) prefix_cache_->insert(s.tokens.data(), n, s.pages.blocks());
-  unlock_cache_node(s.cache_node);
-  s.cache_node = RadixCache::kRoot;
-  s.pages.release(kv_->allocator());
-  if (drafter_) drafter_->release(s.slot, s.tokens);
+  release_kv(s);
   s.res.finish_reason = reason;
   s.res.total_seconds = now_seconds() - s.arrival;
   totals_.requests_finished += 1;
@@ -307,7 +302,7 @@ Status Engine::generate(const std::vector<GenerationRequest>& requests, const To
   if (has_unfinished())
     return InvalidArgument("generate() needs an idle engine; this one is serving other requests");
   for (int32_t i = 0; i < N; ++i) SD_RETURN_IF_ERROR(validate(requests[static_cast<size_t>(i)], i));
-  for (int32_t i = 0; i < N; ++i) SD_RETURN_IF_ERROR(add_request(i, requests[static_cast<size_t>(i)]));
+  for (int32_t i = 0; i < N; ++i) SD_RETURN_IF_ERROR(enqueue(i, requests[static_cast<size_t>(i)]));
   results->assign(static_cast<size_t>(N), GenerationResult());
   on_token_ = on_token;
   abort_all_ = false;

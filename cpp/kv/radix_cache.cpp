@@ -196,6 +196,12 @@ void RadixCache::remove_leaf(NodeId node, int32_t* freed) {
   lru_refresh(parent);  // may have become a leaf
 }
 
+bool RadixCache::ensure_free(int64_t blocks) {
+  const int64_t missing = blocks - alloc_->num_free();
+  if (missing > 0) evict(static_cast<int32_t>(std::min<int64_t>(missing, INT32_MAX)));
+  return alloc_->num_free() >= blocks;
+}
+
 int32_t RadixCache::evict(int32_t blocks) {
   int32_t freed = 0;
   while (freed < blocks && !lru_.empty()) remove_leaf(lru_.begin()->second, &freed);

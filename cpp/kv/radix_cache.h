@@ -48,6 +48,8 @@ class RadixCache {
   // leaf), until at least `blocks` blocks went back to the allocator's free list or nothing
   // evictable is left. Returns the number of blocks freed.
   int32_t evict(int32_t blocks);
+  // Evicts until the allocator has at least `blocks` free blocks; whether it has them.
+  bool ensure_free(int64_t blocks);
   void clear();  // drops every unlocked node
 
   int32_t page_size() const { return page_size_; }

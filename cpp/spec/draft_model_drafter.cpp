@@ -53,9 +53,7 @@ int32_t DraftModelDrafter::max_nodes() const {
 Status DraftModelDrafter::feed(SeqState& st, const std::vector<int32_t>& tokens,
                                const std::vector<int32_t>& positions, const std::vector<uint8_t>* mask,
                                const std::vector<int32_t>& rows, std::vector<float>* logits) {
-  const int64_t need = st.pages.blocks_needed(static_cast<int64_t>(tokens.size()));
-  while (prefix_ && kv_.allocator().num_free() < need && prefix_->evict(static_cast<int32_t>(need - kv_.allocator().num_free())) > 0) {
-  }
+  if (prefix_) prefix_->ensure_free(st.pages.blocks_needed(static_cast<int64_t>(tokens.size())));
   SD_RETURN_IF_ERROR(st.pages.append(kv_.allocator(), static_cast<int64_t>(tokens.size())));
   ForwardBatch fb;
   fb.token_ids = tokens;
@@ -127,20 +125,17 @@ Status DraftModelDrafter::grow_chain(SeqState& st, const DraftRequest& req, int3
   const SamplingConfig& sc = *req.sampling;
   int32_t parent = -1;
   for (int32_t i = 0; i < budget; ++i) {
-    int32_t x;
-    if (sc.greedy()) {
-      x = argmax(logits.data(), V);
-      if (req.record_q) {  // the softmax at temperature 1, for the cascade's deferral rule
-        const size_t at = tree->q.size();
-        tree->q.resize(at + static_cast<size_t>(V));
-        processed_probs(logits.data(), V, SamplingConfig(), tree->q.data() + at);
-      }
-    } else {
+    // q: the distribution x is drawn from; when greedy, only if asked (the softmax at
+    // temperature 1, for the cascade's deferral rule).
+    const float* q = nullptr;
+    if (!sc.greedy() || req.record_q) {
       const size_t at = tree->q.size();
       tree->q.resize(at + static_cast<size_t>(V));
-      processed_probs(logits.data(), V, sc, tree->q.data() + at);
-      x = sample_from_probs(tree->q.data() + at, V, philox_uniform(draft_stream(sc.seed), req.position + static_cast<uint64_t>(i), 0));
+      processed_probs(logits.data(), V, sc.greedy() ? SamplingConfig() : sc, tree->q.data() + at);
+      q = tree->q.data() + at;
     }
+    const int32_t x = sc.greedy() ? argmax(logits.data(), V)
+                                  : sample_from_probs(q, V, philox_uniform(draft_stream(sc.seed), req.position + static_cast<uint64_t>(i), 0));
     parent = tree->add(x, parent);
     st.node_slot.push_back(-1);
     if (i + 1 == budget) break;

@@ -174,17 +174,8 @@ VerifyOutcome verify_cascade(const TokenTree& tree, const float* probs, int64_t 
       const float qx = q[x];
       const float u = philox_uniform(accept_stream(seed), pos << 8, 0);
       if (!(qx > 0.0f && u * qx < target[x])) {  // rejected: norm(max(0, pi - q))
-        double sum = 0;
-        for (int64_t v = 0; v < vocab; ++v) {
-          pi[v] = std::max(0.0f, target[v] - q[v]);
-          sum += pi[v];
-        }
-        if (sum <= 0) {  // only rounding leaves nothing: pi <= q everywhere
-          std::copy(target, target + vocab, pi);
-        } else {
-          const float inv = static_cast<float>(1.0 / sum);
-          for (int64_t v = 0; v < vocab; ++v) pi[v] *= inv;
-        }
+        for (int64_t v = 0; v < vocab; ++v) pi[v] = std::max(0.0f, target[v] - q[v]);
+        if (!renormalize(pi, vocab)) std::copy(target, target + vocab, pi);  // only rounding: pi <= q everywhere
         out.next_token = sample_from_probs(pi, vocab, philox_uniform(seed, pos, 0));
         return out;
       }

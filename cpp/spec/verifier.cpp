@@ -7,6 +7,15 @@
 
 namespace sd {
 
+bool renormalize(float* p, int64_t vocab) {
+  double sum = 0;
+  for (int64_t v = 0; v < vocab; ++v) sum += p[v];
+  if (sum <= 0) return false;
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t v = 0; v < vocab; ++v) p[v] *= inv;
+  return true;
+}
+
 uint64_t accept_stream(uint64_t seed) { return seed ^ 0x5bd1e9955bd1e995ull; }
 uint64_t draft_stream(uint64_t seed) { return seed ^ 0x9e3779b97f4a7c15ull; }
 
@@ -63,24 +72,14 @@ VerifyOutcome verify_sampling(const TokenTree& tree, const float* probs, int64_t
         accepted = true;
         break;
       }
-      // Rejected: the residual max(0, p - q), renormalized (kept as is if nothing is left,
-      // which only rounding can cause: then p <= q everywhere and p was fully covered).
-      double sum = 0;
+      // Rejected: the residual max(0, p - q), renormalized (back to the row if nothing is
+      // left, which only rounding can cause: then p <= q everywhere and p was fully covered).
       if (one_hot) {
         p[x] = 0.0f;
-        for (int64_t v = 0; v < vocab; ++v) sum += p[v];
       } else {
-        for (int64_t v = 0; v < vocab; ++v) {
-          p[v] = std::max(0.0f, p[v] - q[v]);
-          sum += p[v];
-        }
+        for (int64_t v = 0; v < vocab; ++v) p[v] = std::max(0.0f, p[v] - q[v]);
       }
-      if (sum <= 0) {
-        std::copy(row, row + vocab, p);
-        continue;
-      }
-      const float inv = static_cast<float>(1.0 / sum);
-      for (int64_t v = 0; v < vocab; ++v) p[v] *= inv;
+      if (!renormalize(p, vocab)) std::copy(row, row + vocab, p);
     }
     if (accepted) continue;
     out.next_token = sample_from_probs(p, vocab, philox_uniform(seed, pos, 0));

@@ -7,7 +7,7 @@ from typing import Iterator, List, Optional, Sequence, Union
 
 from . import _core
 from . import checkpoint as ckpt_mod
-from .outputs import RequestOutput
+from .outputs import RequestOutput, result_metrics
 from .request_tracker import RequestTracker
 from .sampling_params import SamplingParams
 from .speculative import SpeculativeConfig
@@ -220,7 +220,7 @@ class LLM:
             else:
                 text = self.tokenizer.decode(tokens)
             outs.append(RequestOutput(prompt=texts[i], prompt_token_ids=ids[i], text=text, token_ids=tokens,
-                                      finish_reason=res.finish_reason, metrics=_metrics(res)))
+                                      finish_reason=res.finish_reason, metrics=result_metrics(res)))
         return outs
 
 
@@ -234,33 +234,6 @@ def _to_request(prompt_ids: List[int], p: SamplingParams):
     r.stop_token_ids = p.stop_token_ids
     r.ignore_eos = p.ignore_eos
     return r
-
-
-def _metrics(res) -> dict:
-    n = len(res.tokens)
-    decode_tokens = max(n - 1, 0)
-    return {
-        "prompt_tokens": res.prompt_tokens,
-        "cached_prompt_tokens": res.cached_prompt_tokens,
-        "preemptions": res.preemptions,
-        "tokens": n,
-        "seconds": res.total_seconds,
-        "prefill_seconds": res.prefill_seconds,
-        "decode_seconds": res.decode_seconds,
-        "ttft": res.first_token_seconds,
-        "steps": res.steps,
-        "tokens_per_s": n / res.total_seconds if res.total_seconds > 0 else 0.0,
-        "decode_tokens_per_s": decode_tokens / res.decode_seconds if res.decode_seconds > 0 else 0.0,
-        "prefill_tokens_per_s": res.prompt_tokens / res.prefill_seconds if res.prefill_seconds > 0 else 0.0,
-        # speculation (target passes after the prefill = steps)
-        "drafted": res.drafted,
-        "accepted": res.accepted,
-        "acceptance_rate": res.accepted / res.drafted if res.drafted else 0.0,
-        "mean_accepted_length": decode_tokens / res.steps if res.steps else 0.0,
-        "acceptance_by_position": [a / p if p else 0.0 for a, p in zip(res.accepted_by_depth, res.proposed_by_depth)],
-        "draft_seconds": res.draft_seconds,
-        "verify_seconds": res.verify_seconds,
-    }
 
 
 def _token_list(p) -> List[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from .outputs import StreamOutput
+from .outputs import StreamOutput, result_metrics
 from .sampling_params import SamplingParams
 
 
@@ -40,12 +40,10 @@ class RequestTracker:
                 self.stop_hit = self._detok.stopped
         out.num_output_tokens = len(self.token_ids)
         if result is not None:
-            from .llm import _metrics
-
             self.finished = out.finished = True
             out.finish_reason = "stop" if self.stop_hit else result.finish_reason
             out.cached_tokens = result.cached_prompt_tokens
-            out.metrics = _metrics(result)
+            out.metrics = result_metrics(result)
         elif not out.token_ids:
             return None
         return out
