@@ -211,6 +211,11 @@ def test_bad_requests(ckpts):
         e.add_request(6, _to_request([3, 999], greedy_params(4)))
     with pytest.raises(ValueError, match="context"):
         e.add_request(7, _to_request(prompt(llm.max_model_len), greedy_params(4)))
+    with pytest.raises(RuntimeError, match="idle engine"):
+        next(llm.stream("w010 w020", greedy_params(4)))
+    from specdec_native import _core
+    with pytest.raises(ValueError, match="idle engine"):
+        e.attach_ngram(_core.NgramOptions())
     while e.has_unfinished:
         e.step()
     assert len(llm.generate(prompt_token_ids=[prompt(4)], sampling_params=greedy_params(4))[0].token_ids) == 4
@@ -278,6 +283,16 @@ def test_async_llm_concurrent_requests_and_abort(ckpts):
         assert results[:len(texts)] == expected
         assert results[len(texts)].finish_reason == "abort"
         assert ticks > 0  # the event loop ran while the engine stepped
+        async def same_id_twice():
+            first = engine.generate(texts[0], greedy_params(200), request_id="dup")
+            await first.__anext__()
+            try:
+                async for _ in engine.generate(texts[1], greedy_params(4), request_id="dup"):
+                    pass
+            finally:
+                await first.aclose()
+        with pytest.raises(ValueError, match="already running"):
+            asyncio.run(same_id_twice())
         with pytest.raises(ValueError, match="context"):
             async def too_long():
                 async for _ in engine.generate(prompt(engine.max_model_len + 5), greedy_params(4)):
@@ -288,7 +303,7 @@ def test_async_llm_concurrent_requests_and_abort(ckpts):
             time.sleep(0.01)
         m = engine.metrics()
         assert m["running"] == 0 and m["waiting"] == 0
-        assert m["requests_finished_total"] == len(texts) + 2
+        assert m["requests_finished_total"] == len(texts) + 3
         assert m["kv_blocks_free"] + m["kv_blocks_cached"] == m["kv_blocks_total"]
     finally:
         engine.shutdown()
