@@ -7,7 +7,8 @@
   and on the real SmolLM2-135M-Instruct (GGUF) with n-gram and random-weight drafts.
 * Temperature > 0: seeded runs repeat; a batch equals each request alone; a self-draft is always
   accepted; and the emitted tokens follow the target's distribution (conditional histograms over
-  thousands of seeds against llm.prompt_logits, with a noisy draft so rejections happen).
+  thousands of seeds against llm.prompt_logits, with a noisy draft so rejections happen, and
+  with the self-speculation drafts: layer skip and sparse KV).
 * Metrics, KV blocks returned, and bad input.
 """
 from __future__ import annotations
@@ -422,7 +423,7 @@ def _expected_tv(p, n):
     return float(np.sqrt(p * (1 - p)).sum() / np.sqrt(2 * np.pi * n))
 
 
-@pytest.mark.parametrize("case", ["chain", "static_tree", "chain_top_k_top_p"])
+@pytest.mark.parametrize("case", ["chain", "static_tree", "chain_top_k_top_p", "layer_skip", "sparse_kv"])
 def test_sampled_tokens_follow_the_target_distribution(small, case):
     """RUNS seeds of one prompt, 3 tokens each. Token 1 comes from the prefill; token 2 from the
     first speculative step; token 3 from the same step (draft accepted) or the next. Grouped by
@@ -435,7 +436,13 @@ def test_sampled_tokens_follow_the_target_distribution(small, case):
         spec = {"tree": [[0], [1], [0, 0], [1, 0]]}
     elif case == "chain_top_k_top_p":
         T, top_k, top_p = 1.2, 6, 0.9
-    llm = load_llm(small["target"], draft=str(small["noisy"]), speculative=spec, max_num_seqs=64)
+    draft, kw = str(small["noisy"]), {}
+    if case == "layer_skip":  # self-drafts: the target without its first layer ...
+        draft, spec = None, {"method": "layer_skip", "draft_layers": [1], "num_speculative_tokens": 3}
+    elif case == "sparse_kv":  # ... or attending only its last 3 tokens
+        draft, spec = None, {"method": "sparse_kv", "sink_tokens": 0, "window_tokens": 3, "num_speculative_tokens": 3}
+        kw = {"page_size": 1}
+    llm = load_llm(small["target"], draft=draft, speculative=spec, max_num_seqs=64, **kw)
     params = [SamplingParams(max_tokens=3, temperature=T, top_k=top_k, top_p=top_p, seed=s, ignore_eos=True)
               for s in range(RUNS)]
     outs = llm.generate(prompt_token_ids=[STAT_PROMPT] * RUNS, sampling_params=params)
@@ -460,7 +467,8 @@ def test_sampled_tokens_follow_the_target_distribution(small, case):
             prefix = [int(t) for t in prefix]
             sel = toks[np.all(toks[:, :pos] == np.array(prefix, dtype=np.int64), axis=1)]
             p = dist(small["llm"], STAT_PROMPT + prefix)
-            q = dist(small["draft_llm"], STAT_PROMPT + prefix)
+            q = (dist(small["draft_llm"], STAT_PROMPT + prefix) if draft else
+                 np.asarray(llm.engine.draft_chain(STAT_PROMPT + prefix, 1)[1][0], np.float64))
             h = np.bincount(sel[:, pos], minlength=16) / len(sel)
             noise = _expected_tv(p, len(sel))
             assert _tv(h, p) <= 3 * noise, (case, prefix, _tv(h, p), noise)

@@ -143,7 +143,20 @@ void register_engine(py::module_& m) {
       .def_readwrite("num_tokens", &sd::DraftModelOptions::num_tokens)
       .def_readwrite("tree_choices", &sd::DraftModelOptions::tree_choices)
       .def_readwrite("top_k", &sd::DraftModelOptions::top_k)
-      .def_readwrite("max_nodes", &sd::DraftModelOptions::max_nodes);
+      .def_readwrite("max_nodes", &sd::DraftModelOptions::max_nodes)
+      .def_readwrite("min_confidence", &sd::DraftModelOptions::min_confidence);
+
+  py::class_<sd::SelfDraftOptions>(m, "SelfDraftOptions")
+      .def(py::init<>())
+      .def_readwrite("num_tokens", &sd::SelfDraftOptions::num_tokens)
+      .def_readwrite("layers", &sd::SelfDraftOptions::layers)
+      .def_property(
+          "sink_tokens", [](const sd::SelfDraftOptions& o) { return o.window.sink_tokens; },
+          [](sd::SelfDraftOptions& o, int32_t v) { o.window.sink_tokens = v; })
+      .def_property(
+          "window_tokens", [](const sd::SelfDraftOptions& o) { return o.window.window_tokens; },
+          [](sd::SelfDraftOptions& o, int64_t v) { o.window.window_tokens = v; })
+      .def_readwrite("min_confidence", &sd::SelfDraftOptions::min_confidence);
 
   py::class_<sd::AcceptanceConfig>(m, "AcceptanceConfig")
       .def(py::init<>())
@@ -269,6 +282,28 @@ void register_engine(py::module_& m) {
           py::arg("progress") = py::none())
       .def("attach_ngram", [](sd::Engine& e, const sd::NgramOptions& o) { throw_if_error(e.attach_ngram(o)); },
            py::arg("options"))
+      .def(
+          "draft_chain",
+          [](sd::Engine& e, const std::vector<int32_t>& prompt, int32_t k) {
+            std::vector<int32_t> tokens;
+            std::vector<float> q;
+            sd::Status st;
+            {
+              py::gil_scoped_release nogil;
+              st = e.draft_chain(prompt, k, &tokens, &q);
+            }
+            throw_if_error(st);
+            const py::ssize_t V = e.config().vocab_size;
+            py::array_t<float> qa({static_cast<py::ssize_t>(tokens.size()), V});
+            std::copy(q.begin(), q.end(), qa.mutable_data());
+            return py::make_tuple(tokens, qa);
+          },
+          py::arg("prompt"), py::arg("k"),
+          "(tokens, q): the drafter's greedy chain after the prompt and the draft's temperature-1 "
+          "distribution of each step ([k, vocab]).")
+      .def("attach_self_drafter",
+           [](sd::Engine& e, const sd::SelfDraftOptions& o) { throw_if_error(e.attach_self_drafter(o)); },
+           py::arg("options"), "Self-speculation: the target drafts with a layer subset or a sparse KV window.")
       .def(
           "add_request",
           [](sd::Engine& e, int64_t id, const sd::GenerationRequest& r) { throw_if_error(e.add_request(id, r)); },

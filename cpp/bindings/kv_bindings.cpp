@@ -9,6 +9,7 @@
 #include "kv/block_allocator.h"
 #include "kv/radix_cache.h"
 #include "kv/seq_pages.h"
+#include "kv/kv_window.h"
 
 namespace py = pybind11;
 
@@ -39,6 +40,16 @@ void register_kv(py::module_& m) {
       .def_property_readonly("num_tokens", &sd::SeqPages::num_tokens)
       .def_property_readonly("blocks", &sd::SeqPages::blocks)
       .def_property_readonly("last_page_len", &sd::SeqPages::last_page_len);
+  m.def(
+      "window_pages",
+      [](const sd::SeqPages& s, int32_t sink_tokens, int64_t window_tokens) {
+        if (sink_tokens < 0 || window_tokens < 0) throw py::value_error("sink and window tokens must be >= 0");
+        std::vector<int32_t> blocks;
+        sd::append_window_pages(s, sd::KVWindow{sink_tokens, window_tokens}, &blocks);
+        return blocks;
+      },
+      py::arg("pages"), py::arg("sink_tokens"), py::arg("window_tokens"),
+      "The blocks a sparse-KV (sinks + recent window) draft attends, in order.");
 
   // Bad node ids and block lists raise std::invalid_argument (ValueError); unlocking an unlocked
   // node and caching a block that is not allocated raise std::logic_error (RuntimeError).

@@ -94,13 +94,22 @@ Status Engine::attach_ngram(const NgramOptions& opts) {
   return Status::Ok();
 }
 
+Status Engine::attach_self_drafter(const SelfDraftOptions& opts) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!idle()) return InvalidArgument("a drafter can only be attached to an idle engine");
+  SD_RETURN_IF_ERROR(SelfDrafter::validate(opts, config()));
+  drafter_.reset(new SelfDrafter(model_.get(), kv_.get(), opts));
+  policy_ = ChainLengthPolicy();
+  return Status::Ok();
+}
+
 Status Engine::set_acceptance(const AcceptanceConfig& cfg) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!idle()) return InvalidArgument("the acceptance rule can only be changed on an idle engine");
   SD_RETURN_IF_ERROR(cfg.validate());
   if (cfg.mode == AcceptanceMode::kCascade) {
-    if (dynamic_cast<const DraftModelDrafter*>(drafter_.get()) == nullptr)
-      return InvalidArgument("acceptance 'cascade' needs a draft model (its distributions q); n-gram drafts have none");
+    if (!drafter_ || !drafter_->has_distributions())
+      return InvalidArgument("acceptance 'cascade' needs a model that drafts (its distributions q); n-gram drafts have none");
     if (!drafter_->proposes_chains())
       return InvalidArgument("acceptance 'cascade' verifies chains only; the draft model proposes trees");
   }
@@ -137,29 +146,46 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
       probe_gap_ = std::min(2 * probe_gap_, 64);
     }
   }
+  std::vector<DraftJob> jobs;
   for (size_t k = 0; k < B; ++k) {
     Sequence& r = *running[k];
     prefix[k] = r.pages.num_tokens();
     if (!drafter_) continue;
-    GenerationResult& res = r.res;
-    DraftRequest dr;
-    dr.context = &r.tokens;
-    dr.sampling = &r.req.sampling;
-    dr.position = res.tokens.size();
-    dr.max_nodes = static_cast<int32_t>(std::max<int64_t>(0, opts_.max_model_len - 1 - prefix[k]));
-    dr.record_q = acceptance_.mode == AcceptanceMode::kCascade;
-    if (adapt) dr.max_nodes = std::min(dr.max_nodes, k == probe ? probe_k : batch_k);
+    DraftJob j;
+    j.seq = r.slot;
+    j.tree = &trees[k];
+    j.req.context = &r.tokens;
+    j.req.sampling = &r.req.sampling;
+    j.req.position = r.res.tokens.size();
+    j.req.max_nodes = static_cast<int32_t>(std::max<int64_t>(0, opts_.max_model_len - 1 - prefix[k]));
+    j.req.record_q = acceptance_.mode == AcceptanceMode::kCascade;
+    j.req.pages = &r.pages;
+    if (adapt) j.req.max_nodes = std::min(j.req.max_nodes, k == probe ? probe_k : batch_k);
+    if (j.req.max_nodes > 0) jobs.push_back(j);
+  }
+  std::vector<bool> drafting_now(B, false);
+  for (size_t k = 0, j = 0; k < B && j < jobs.size(); ++k)
+    if (jobs[j].tree == &trees[k]) drafting_now[k] = true, ++j;
+  if (!jobs.empty()) {
     const double t0 = now_seconds();
-    SD_RETURN_IF_ERROR(drafter_->propose(r.slot, dr, &trees[k]));
-    SD_RETURN_IF_ERROR(trees[k].validate(static_cast<int32_t>(V)));
+    SD_RETURN_IF_ERROR(drafter_->propose_batch(jobs));
     const double drafting = now_seconds() - t0;
-    res.draft_seconds += drafting;
-    res.decode_seconds += drafting;  // decode time is drafting + verification
     // A draft model first catches up on every token committed since it last ran (the prompt,
     // or the steps it sat out): that time is not the per-token drafting cost c.
-    if (adapt && r.drafted_last_step) policy_.observe_draft(trees[k].size(), drafting);
-    r.drafted_last_step = !trees[k].empty();
+    bool steady = true;
+    int32_t drafted = 0;
+    for (size_t k = 0; k < B; ++k) {
+      Sequence& r = *running[k];
+      if (!drafting_now[k]) continue;
+      SD_RETURN_IF_ERROR(trees[k].validate(static_cast<int32_t>(V)));
+      drafted += trees[k].size();
+      steady = steady && (trees[k].empty() || r.drafted_last_step);
+      r.res.draft_seconds += drafting / static_cast<double>(jobs.size());
+      r.res.decode_seconds += drafting / static_cast<double>(jobs.size());  // decode time is drafting + verification
+    }
+    if (adapt && steady) policy_.observe_draft(drafted, drafting);
   }
+  for (size_t k = 0; k < B; ++k) running[k]->drafted_last_step = !trees[k].empty();
   // 2. One target forward over every root and draft tree.
   const double t0 = now_seconds();
   bool any_tree = false;
@@ -270,6 +296,51 @@ Status Engine::tree_logits(const std::vector<int32_t>& prompt, const TokenTree& 
   if (static_cast<int64_t>(prompt.size()) + tree.max_depth() > opts_.max_model_len)
     return InvalidArgument("the prompt plus the tree's depth exceed the context (" + std::to_string(opts_.max_model_len) + " tokens)");
   return scratch_forward(prompt, logits, &tree);
+}
+
+Status Engine::draft_chain(const std::vector<int32_t>& prompt, int32_t k, std::vector<int32_t>* tokens,
+                           std::vector<float>* q) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!drafter_ || !drafter_->has_distributions() || !drafter_->proposes_chains())
+    return InvalidArgument("draft_chain needs a drafter that drafts chains from a model");
+  if (!idle()) return InvalidArgument("draft_chain needs an idle engine");
+  if (k < 1) return InvalidArgument("draft_chain: k must be >= 1");
+  GenerationRequest r;
+  r.prompt = prompt;
+  SD_RETURN_IF_ERROR(validate(r, 0));
+  const int64_t n = static_cast<int64_t>(prompt.size());
+  SeqPages seq(opts_.page_size);
+  make_room(seq.blocks_needed(n + k));
+  Status st = seq.append(kv_->allocator(), n - 1);
+  if (st.ok() && n > 1) {
+    ForwardBatch fb;
+    fb.token_ids.assign(prompt.begin(), prompt.end() - 1);
+    for (int64_t i = 0; i < n - 1; ++i) fb.positions.push_back(static_cast<int32_t>(i));
+    fb.qo_indptr = {0, static_cast<int32_t>(n - 1)};
+    fb.seqs = {&seq};
+    st = model_->forward(fb, *kv_, nullptr);
+  }
+  TokenTree tree;
+  SamplingConfig greedy;
+  greedy.temperature = 0;
+  const int32_t scratch_slot = -1;  // never a running sequence's
+  if (st.ok()) {
+    DraftJob j;
+    j.seq = scratch_slot;
+    j.tree = &tree;
+    j.req.context = &prompt;
+    j.req.sampling = &greedy;
+    j.req.max_nodes = static_cast<int32_t>(std::min<int64_t>(k, opts_.max_model_len - n));
+    j.req.record_q = true;
+    j.req.pages = &seq;
+    st = drafter_->propose_batch({j});
+    drafter_->release(scratch_slot, {});
+  }
+  seq.release(kv_->allocator());
+  SD_RETURN_IF_ERROR(st);
+  *tokens = tree.token;
+  *q = tree.q;
+  return Status::Ok();
 }
 
 Status Engine::scratch_forward(const std::vector<int32_t>& tokens, float* logits, const TokenTree* tree) {

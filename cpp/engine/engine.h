@@ -22,6 +22,7 @@
 #include "spec/draft_model_drafter.h"
 #include "spec/lossy_verifier.h"
 #include "spec/ngram_drafter.h"
+#include "spec/self_drafter.h"
 
 namespace sd {
 
@@ -110,12 +111,15 @@ class Engine {
   Status generate(const std::vector<GenerationRequest>& requests, const TokenCallback& on_token,
                   std::vector<GenerationResult>* results);
 
-  // Speculative decoding: drafts from a second model (its own KV cache, same vocabulary), or
-  // from n-gram prompt lookup. Replaces any earlier drafter.
+  // Speculative decoding: drafts from a second model (its own KV cache, same vocabulary), from
+  // n-gram prompt lookup, or from the target itself. Replaces any earlier drafter.
   Status attach_draft_model(const ModelConfig& cfg, const std::vector<std::string>& shard_paths,
                             const std::string& dtype, const DraftModelOptions& opts,
                             const std::function<void(int, int)>& progress);
   Status attach_ngram(const NgramOptions& opts);
+  // Self-speculation (spec/self_drafter.h): the target drafts with a subset of its layers or a
+  // sparse KV window, over its own weights and cache.
+  Status attach_self_drafter(const SelfDraftOptions& opts);
   const Drafter* drafter() const { return drafter_.get(); }
   // Adaptive chain length: each step drafts the k (up to the drafter's; 0 = none) that the cost
   // model (spec/chain_length_policy.h) expects to be fastest for the running batch. Off by
@@ -136,6 +140,13 @@ class Engine {
   // mask and positions = depth, as verification runs it: logits of the root and of every node
   // ([1 + tree.size() x vocab] floats).
   Status tree_logits(const std::vector<int32_t>& prompt, const TokenTree& tree, float* logits);
+
+  // The attached drafter's greedy chain of k tokens after `prompt` (its last token the root,
+  // everything before it prefilled by the target on a scratch sequence), with the draft's
+  // distribution at temperature 1 for each ([k x vocab] floats in *q): what a model-based
+  // drafter proposes, for tests and diagnostics. Fewer than k when the context ends.
+  Status draft_chain(const std::vector<int32_t>& prompt, int32_t k, std::vector<int32_t>* tokens,
+                     std::vector<float>* q);
 
   const ModelConfig& config() const { return model_->config(); }
   const EngineOptions& options() const { return opts_; }

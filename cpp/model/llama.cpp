@@ -59,10 +59,13 @@ Status LlamaModel::create(const ModelConfig& cfg, const Checkpoint& ckpt, Weight
   return Status::Ok();
 }
 
-int64_t LlamaModel::weight_bytes_per_token() const {
+int64_t LlamaModel::weight_bytes_per_token(const std::vector<int32_t>& layers) const {
   int64_t n = w_.head().nbytes();
-  for (const LayerWeights& L : w_.layers)
+  for (int32_t l = 0; l < cfg_.num_layers; ++l) {
+    if (!layers.empty() && !std::binary_search(layers.begin(), layers.end(), l)) continue;
+    const LayerWeights& L = w_.layers[static_cast<size_t>(l)];
     n += L.qkv.view().nbytes() + L.o.view().nbytes() + L.gate_up.view().nbytes() + L.down.view().nbytes();
+  }
   return n;
 }
 
@@ -95,6 +98,10 @@ Status LlamaModel::forward(const ForwardBatch& batch, KVCache& kv, float* logits
   const bool masked = !batch.custom_mask.empty();
   if (masked && static_cast<int32_t>(batch.mask_indptr.size()) != B + 1)
     return InvalidArgument("forward: mask_indptr must have batch + 1 entries");
+  if (masked && batch.window.active()) return InvalidArgument("forward: a sparse KV window takes no custom mask");
+  for (size_t i = 0; i < batch.layers.size(); ++i)
+    if (batch.layers[i] < 0 || batch.layers[i] >= cfg_.num_layers || (i > 0 && batch.layers[i] <= batch.layers[i - 1]))
+      return InvalidArgument("forward: layers must be ascending indices in [0, " + std::to_string(cfg_.num_layers) + ")");
 
   // The page table in CSR form.
   kv_indptr_.assign(1, 0);
@@ -105,7 +112,9 @@ Status LlamaModel::forward(const ForwardBatch& batch, KVCache& kv, float* logits
     const int32_t qo_len = batch.qo_indptr[b + 1] - batch.qo_indptr[b];
     if (qo_len > s.num_tokens())
       return InvalidArgument("forward: a sequence's pages do not hold its new tokens (append first)");
-    kv_indices_.insert(kv_indices_.end(), s.blocks().begin(), s.blocks().end());
+    if (batch.window.active() && qo_len > batch.window.window_tokens)
+      return InvalidArgument("forward: the KV window must hold every new token");
+    append_window_pages(s, batch.window, &kv_indices_);
     kv_indptr_.push_back(static_cast<int32_t>(kv_indices_.size()));
     kv_last_page_len_.push_back(s.last_page_len());
     if (masked && batch.mask_indptr[b + 1] - batch.mask_indptr[b] != static_cast<int64_t>(qo_len) * s.num_tokens())
@@ -125,7 +134,9 @@ Status LlamaModel::forward(const ForwardBatch& batch, KVCache& kv, float* logits
   ops::embedding(w_.embed.view(), batch.token_ids.data(), T, x_.data());
   const float sm_scale = 1.0f / std::sqrt(static_cast<float>(D));
 
-  for (int32_t l = 0; l < cfg_.num_layers; ++l) {
+  const int32_t num_run = batch.layers.empty() ? cfg_.num_layers : static_cast<int32_t>(batch.layers.size());
+  for (int32_t li = 0; li < num_run; ++li) {
+    const int32_t l = batch.layers.empty() ? li : batch.layers[static_cast<size_t>(li)];
     const LayerWeights& L = w_.layers[static_cast<size_t>(l)];
     ops::rmsnorm(x_.data(), L.input_norm.data(), cfg_.rms_norm_eps, T, H, h_.data());
     ops::matmul(L.qkv.view(), h_.data(), T, H, qkv_.data(), qkv_w,
@@ -160,6 +171,7 @@ Status LlamaModel::forward(const ForwardBatch& batch, KVCache& kv, float* logits
   }
 
   const int64_t R = static_cast<int64_t>(batch.logit_rows.size());
+  if (R == 0) return Status::Ok();
   grow(last_, R * H);
   for (int64_t r = 0; r < R; ++r)
     std::copy(x_.data() + batch.logit_rows[static_cast<size_t>(r)] * H,

@@ -1,6 +1,7 @@
 // The Llama-family forward (Llama, Qwen2, Mistral) over a paged KV cache. Stateless between
 // calls apart from scratch buffers: every call names the sequences, their new tokens (already
-// appended to their SeqPages), RoPE positions, and optionally a tree mask per sequence.
+// appended to their SeqPages), RoPE positions, and optionally a tree mask per sequence. A batch
+// may run a subset of the layers or attend a sparse page list (the self-speculation drafts).
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -9,6 +10,7 @@
 
 #include "io/safetensors.h"
 #include "kv/kv_cache.h"
+#include "kv/kv_window.h"
 #include "model/config.h"
 #include "model/weights.h"
 
@@ -24,6 +26,9 @@ struct ForwardBatch {
   std::vector<uint8_t> custom_mask;
   std::vector<int64_t> mask_indptr;
   std::vector<int32_t> logit_rows;  // which of the T tokens need logits
+  // Self-speculation drafts run a cheaper version of the same model over the same cache:
+  std::vector<int32_t> layers;  // the decoder layers to run, ascending (empty: all); others are skipped
+  KVWindow window;              // sparse attention (sinks + recent pages); not with a custom mask
 };
 
 class LlamaModel {
@@ -38,7 +43,8 @@ class LlamaModel {
   const ModelConfig& config() const { return cfg_; }
   DType dtype() const { return dtype_; }
   // Bytes of weights one decode step reads (every matrix once; the embedding row is negligible).
-  int64_t weight_bytes_per_token() const;
+  // With `layers`: of a forward that runs only those decoder layers.
+  int64_t weight_bytes_per_token(const std::vector<int32_t>& layers = {}) const;
   KVCacheConfig kv_config(int32_t page_size, int32_t num_blocks) const;
 
  private:

@@ -4,8 +4,6 @@
 #include <cmath>
 #include <numeric>
 
-#include "sampling/philox.h"
-#include "spec/verifier.h"
 
 namespace sd {
 
@@ -96,53 +94,73 @@ DraftModelDrafter::SeqState& DraftModelDrafter::start(int32_t seq, const std::ve
 }
 
 Status DraftModelDrafter::propose(int32_t seq, const DraftRequest& req, TokenTree* tree) {
-  SeqState& st = start(seq, *req.context);
-  st.node_slot.clear();
-  const int32_t budget = std::min(req.max_nodes, max_nodes());
-  if (budget <= 0) return Status::Ok();
-  std::vector<float> root_logits;
-  const int64_t len = static_cast<int64_t>(req.context->size());
-  if (st.committed >= len) {  // the root is already in the cache: recompute its row
-    st.pages.truncate(kv_.allocator(), len - 1);
-    st.committed = len - 1;
-  }
-  Status s = catch_up(st, *req.context, &root_logits);
-  if (s.ok()) {
-    s = (opts_.tree_choices.empty() && opts_.top_k <= 0) ? grow_chain(st, req, budget, root_logits, tree)
-                                                         : grow_tree(st, req, budget, root_logits, tree);
-  }
-  if (s.code() == StatusCode::kOutOfBlocks) {  // no room to draft: propose what we have
-    st.pages.truncate(kv_.allocator(), st.committed);
-    st.node_slot.assign(static_cast<size_t>(tree->size()), -1);
-    return Status::Ok();
-  }
-  return s;
+  return propose_batch({DraftJob{seq, req, tree}});
 }
 
-Status DraftModelDrafter::grow_chain(SeqState& st, const DraftRequest& req, int32_t budget,
-                                     std::vector<float> logits, TokenTree* tree) {
+Status DraftModelDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
   const int64_t V = model_->config().vocab_size;
-  const SamplingConfig& sc = *req.sampling;
-  int32_t parent = -1;
-  for (int32_t i = 0; i < budget; ++i) {
-    // q: the distribution x is drawn from; when greedy, only if asked (the softmax at
-    // temperature 1, for the cascade's deferral rule).
-    const float* q = nullptr;
-    if (!sc.greedy() || req.record_q) {
-      const size_t at = tree->q.size();
-      tree->q.resize(at + static_cast<size_t>(V));
-      processed_probs(logits.data(), V, sc.greedy() ? SamplingConfig() : sc, tree->q.data() + at);
-      q = tree->q.data() + at;
+  std::vector<ChainDraft> chains;
+  std::vector<SeqState*> states;
+  std::vector<float> first_logits;
+  Status s;
+  for (const DraftJob& j : jobs) {
+    SeqState& st = start(j.seq, *j.req.context);
+    st.node_slot.clear();
+    const int32_t budget = std::min(j.req.max_nodes, max_nodes());
+    if (budget <= 0) continue;
+    const int64_t len = static_cast<int64_t>(j.req.context->size());
+    if (st.committed >= len) {  // the root is already in the cache: recompute its row
+      st.pages.truncate(kv_.allocator(), len - 1);
+      st.committed = len - 1;
     }
-    const int32_t x = sc.greedy() ? argmax(logits.data(), V)
-                                  : sample_from_probs(q, V, philox_uniform(draft_stream(sc.seed), req.position + static_cast<uint64_t>(i), 0));
-    parent = tree->add(x, parent);
-    st.node_slot.push_back(-1);
-    if (i + 1 == budget) break;
-    SD_RETURN_IF_ERROR(feed(st, {x}, {static_cast<int32_t>(st.committed - 1 + tree->depth.back())}, nullptr, {0}, &logits));
-    st.node_slot.back() = i;
+    std::vector<float> root_logits;
+    s = catch_up(st, *j.req.context, &root_logits);
+    if (s.ok() && !proposes_chains()) s = grow_tree(st, j.req, budget, root_logits, j.tree);
+    if (!s.ok()) break;
+    if (proposes_chains()) {
+      chains.push_back(ChainDraft{&j.req, j.tree, budget});
+      states.push_back(&st);
+      first_logits.insert(first_logits.end(), root_logits.begin(), root_logits.end());
+    }
   }
-  return Status::Ok();
+  if (s.ok() && !chains.empty()) {
+    s = grow_chains(chains, V, opts_.min_confidence, std::move(first_logits),
+                    [&](const std::vector<int32_t>& growing, std::vector<float>* logits) {
+                      return feed_chains(chains, states, growing, logits);
+                    });
+  }
+  for (const DraftJob& j : jobs) {  // one slot entry per node (-1: not in the cache)
+    auto it = seqs_.find(j.seq);
+    if (it == seqs_.end()) continue;
+    SeqState& st = it->second;
+    if (s.code() == StatusCode::kOutOfBlocks) {  // no room to draft: propose what we have
+      st.pages.truncate(kv_.allocator(), st.committed);
+      st.node_slot.clear();
+    }
+    st.node_slot.resize(static_cast<size_t>(j.tree->size()), -1);
+  }
+  return s.code() == StatusCode::kOutOfBlocks ? Status::Ok() : s;
+}
+
+Status DraftModelDrafter::feed_chains(const std::vector<ChainDraft>& chains, const std::vector<SeqState*>& states,
+                                      const std::vector<int32_t>& growing, std::vector<float>* logits) {
+  ForwardBatch fb;
+  fb.qo_indptr.push_back(0);
+  for (int32_t c : growing) {
+    SeqState& st = *states[static_cast<size_t>(c)];
+    const TokenTree& t = *chains[static_cast<size_t>(c)].tree;
+    if (prefix_) prefix_->ensure_free(st.pages.blocks_needed(1));
+    SD_RETURN_IF_ERROR(st.pages.append(kv_.allocator(), 1));
+    st.node_slot.resize(static_cast<size_t>(t.size()), -1);
+    st.node_slot.back() = t.size() - 1;
+    fb.token_ids.push_back(t.token.back());
+    fb.positions.push_back(static_cast<int32_t>(st.committed - 1 + t.depth.back()));
+    fb.logit_rows.push_back(static_cast<int32_t>(fb.seqs.size()));
+    fb.qo_indptr.push_back(static_cast<int32_t>(fb.token_ids.size()));
+    fb.seqs.push_back(&st.pages);
+  }
+  logits->resize(growing.size() * static_cast<size_t>(model_->config().vocab_size));
+  return model_->forward(fb, kv_, logits->data());
 }
 
 Status DraftModelDrafter::grow_tree(SeqState& st, const DraftRequest& req, int32_t budget,

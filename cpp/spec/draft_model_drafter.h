@@ -1,6 +1,6 @@
-// Drafts from a second, smaller model with its own paged KV cache. Shapes: a chain of
-// num_tokens (argmax at temperature 0, else sampled from the draft's processed distribution,
-// which the verifier gets as q), a static tree from tree choices, or a dynamic tree (EAGLE-2:
+// Drafts from a second, smaller model with its own paged KV cache. Shapes: a chain of up to
+// num_tokens (spec/chain_drafting.h; the chains of a batch grow in one draft forward per
+// round), a static tree from tree choices, or a dynamic tree (EAGLE-2:
 // expand the top_k children of the top_k most probable nodes per level, keep the max_nodes
 // nodes of highest cumulative draft probability). Tree children are the draft's top-ranked
 // tokens, deterministic, so trees are verified with one-hot q. Finished sequences leave their
@@ -12,6 +12,7 @@
 #include "kv/kv_cache.h"
 #include "kv/radix_cache.h"
 #include "model/llama.h"
+#include "spec/chain_drafting.h"
 #include "spec/drafter.h"
 
 namespace sd {
@@ -21,6 +22,7 @@ struct DraftModelOptions {
   std::vector<std::vector<int32_t>> tree_choices;  // static tree (non-empty: used)
   int32_t top_k = 0;                               // dynamic tree when > 0
   int32_t max_nodes = 0;                           // dynamic tree size
+  float min_confidence = 0;                        // chains: stop after a token drawn below it
   int32_t prefill_chunk = 512;
   bool prefix_caching = true;  // keep finished sequences' pages in the draft's own prefix cache
 };
@@ -29,11 +31,13 @@ class DraftModelDrafter : public Drafter {
  public:
   DraftModelDrafter(std::unique_ptr<LlamaModel> model, const KVCacheConfig& kv, const DraftModelOptions& o);
   Status propose(int32_t seq, const DraftRequest& req, TokenTree* tree) override;
+  Status propose_batch(const std::vector<DraftJob>& jobs) override;
   void accept(int32_t seq, const TokenTree& tree, const std::vector<int32_t>& accepted) override;
   void release(int32_t seq, const std::vector<int32_t>& context) override;
   int32_t max_nodes() const override;
   bool proposes_chains() const override { return opts_.tree_choices.empty() && opts_.top_k <= 0; }
   int64_t weight_bytes_per_token() const override { return model_->weight_bytes_per_token(); }
+  bool has_distributions() const override { return true; }
   const LlamaModel& model() const { return *model_; }
   KVCache& kv_cache() { return kv_; }
   const RadixCache* prefix_cache() const { return prefix_.get(); }
@@ -52,7 +56,9 @@ class DraftModelDrafter : public Drafter {
   // A new sequence starts from the longest cached prefix of its context.
   SeqState& start(int32_t seq, const std::vector<int32_t>& ctx);
   Status catch_up(SeqState& st, const std::vector<int32_t>& ctx, std::vector<float>* root_logits);
-  Status grow_chain(SeqState& st, const DraftRequest& req, int32_t budget, std::vector<float> logits, TokenTree* tree);
+  // One draft forward over the newest token of each growing chain.
+  Status feed_chains(const std::vector<ChainDraft>& chains, const std::vector<SeqState*>& states,
+                     const std::vector<int32_t>& growing, std::vector<float>* logits);
   Status grow_tree(SeqState& st, const DraftRequest& req, int32_t budget, const std::vector<float>& root_logits, TokenTree* tree);
 
   std::unique_ptr<LlamaModel> model_;

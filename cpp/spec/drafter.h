@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kv/seq_pages.h"
 #include "sampling/sampler.h"
 #include "spec/token_tree.h"
 
@@ -19,12 +20,28 @@ struct DraftRequest {
   // greedily (then the softmax at temperature 1; the drafts stay the argmax). Speculative
   // cascades need q for their deferral rule. Chains from a draft model only.
   bool record_q = false;
+  // The target's pages of this sequence (its committed tokens but the root). A self-drafter runs
+  // the target on them: it may write scratch KV past them and leaves them as it found them.
+  SeqPages* pages = nullptr;
+};
+
+// One sequence's part of a batched proposal.
+struct DraftJob {
+  int32_t seq = 0;
+  DraftRequest req;
+  TokenTree* tree = nullptr;
 };
 
 class Drafter {
  public:
   virtual ~Drafter() = default;
   virtual Status propose(int32_t seq, const DraftRequest& req, TokenTree* tree) = 0;
+  // Proposals for several sequences; drafters that batch their forwards across sequences
+  // override it.
+  virtual Status propose_batch(const std::vector<DraftJob>& jobs) {
+    for (const DraftJob& j : jobs) SD_RETURN_IF_ERROR(propose(j.seq, j.req, j.tree));
+    return Status::Ok();
+  }
   // The target accepted these nodes (a root-to-node path) of the last proposal.
   virtual void accept(int32_t seq, const TokenTree& tree, const std::vector<int32_t>& accepted) {}
   // The sequence is finished or preempted: free what it holds. `context` is its committed
@@ -36,6 +53,8 @@ class Drafter {
   virtual bool proposes_chains() const = 0;
   // Weight bytes one drafted token reads (0 for drafters without a model).
   virtual int64_t weight_bytes_per_token() const { return 0; }
+  // Whether drafts come with the draft's distributions (record_q works; cascades need them).
+  virtual bool has_distributions() const { return false; }
 };
 
 }  // namespace sd

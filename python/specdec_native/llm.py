@@ -90,6 +90,19 @@ class LLM:
             self.engine.attach_ngram(o)
             self.engine.set_acceptance(acceptance)
             return
+        if spec.is_self_draft:
+            if draft is not None:
+                raise ValueError(f"method {spec.method!r} drafts with the target itself; do not pass draft=")
+            o = _core.SelfDraftOptions()
+            o.num_tokens = spec.num_speculative_tokens
+            o.min_confidence = spec.draft_confidence
+            if spec.method == "layer_skip":
+                o.layers = spec.layer_indices(self.config.num_layers)
+            else:
+                o.sink_tokens, o.window_tokens = spec.sink_tokens, spec.window_tokens
+            self.engine.attach_self_drafter(o)
+            self.engine.set_acceptance(acceptance)
+            return
         if draft is None:
             raise ValueError("method 'draft' needs a draft model: LLM(target, draft=PATH, ...)")
         path = ckpt_mod.resolve(draft, progress=progress)
@@ -107,6 +120,7 @@ class LLM:
                                  "a draft must share the target's vocabulary")
         o = _core.DraftModelOptions()
         o.num_tokens = spec.num_speculative_tokens
+        o.min_confidence = spec.draft_confidence
         if isinstance(spec.tree, list):
             o.tree_choices = spec.tree
         elif isinstance(spec.tree, dict):

@@ -6,7 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import List, Optional, Union
 
-METHODS = ("draft", "ngram")
+METHODS = ("draft", "ngram", "sparse_kv", "layer_skip")
+SELF_METHODS = ("sparse_kv", "layer_skip")  # the target drafts for itself
 ACCEPTANCE = ("lossless", "typical", "cascade")
 CASCADE_RULES = ("chow", "diff", "opt")
 # cascade_alpha ranges per rule: chow defers when max q < 1 - alpha, diff when
@@ -17,8 +18,13 @@ MAX_NODES = 256
 
 @dataclass
 class SpeculativeConfig:
-    """method: "draft" (a smaller model sharing the target's vocabulary, given as LLM(draft=...))
-    or "ngram" (prompt lookup: continuations of the longest recent suffix seen before).
+    """method: "draft" (a smaller model sharing the target's vocabulary, given as LLM(draft=...)),
+    "ngram" (prompt lookup: continuations of the longest recent suffix seen before), or
+    self-speculation, where the target drafts for itself over its own weights and KV cache:
+    "sparse_kv" (MagicDec: every layer, but attending only the first sink_tokens and the last
+      window_tokens of the context, rounded out to whole KV pages: its cost stops growing with
+      the context) or "layer_skip" (only draft_layers of the target's decoder layers: an int L for
+      the first L, or a list of layer indices; then the final norm and LM head). Chains only.
 
     num_speculative_tokens: chain length, or tree depth.
     tree: None (a chain); a list of choices (Medusa/EAGLE static tree: each a path of child ranks
@@ -42,6 +48,8 @@ class SpeculativeConfig:
         speculative sampling targets: cascade_rule "chow" (defer when max q < 1 - alpha), "diff"
         (defer when max p - max q > alpha) or "opt" (defer when
         max q < max p - alpha * D_TV(p, q)), alpha = cascade_alpha.
+    draft_confidence: chains drafted by a model ("draft", "sparse_kv", "layer_skip") stop after
+      a token the draft gave probability below this (0: off); lossless either way.
     typical_epsilon in (0, 1] (Medusa's posterior_threshold, 0.09); typical_delta > 0 (Medusa's
       posterior_alpha, 0.3). cascade_alpha: [0, 1] for chow, [-1, 1] for diff, >= 0 for opt.
     """
@@ -58,10 +66,71 @@ class SpeculativeConfig:
     typical_delta: float = 0.3
     cascade_rule: str = "chow"
     cascade_alpha: float = 0.1
+    sink_tokens: int = 16
+    window_tokens: int = 256
+    draft_layers: Optional[Union[int, List[int]]] = None
+    draft_confidence: float = 0.0
 
     def __post_init__(self):
         self._check_shape()
+        self._check_self_draft()
         self._check_acceptance()
+
+    @property
+    def is_self_draft(self) -> bool:
+        return self.method in SELF_METHODS
+
+    def _check_self_draft(self):
+        c = self.draft_confidence
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0.0 <= c < 1.0:
+            raise ValueError(f"draft_confidence must be a number in [0, 1), got {c!r}")
+        if c > 0 and self.method == "ngram":
+            raise ValueError("draft_confidence needs a drafting model's probabilities: n-gram drafts have none")
+        for name in ("sink_tokens", "window_tokens"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+        if not self.is_self_draft:
+            if self.draft_layers is not None:
+                raise ValueError(f"draft_layers is for method 'layer_skip', not {self.method!r}")
+            return
+        if self.tree is not None:
+            raise ValueError(f"method {self.method!r} drafts chains only: it needs tree=None")
+        if self.method == "sparse_kv":
+            if self.draft_layers is not None:
+                raise ValueError("draft_layers is for method 'layer_skip', not 'sparse_kv'")
+            if self.window_tokens < self.num_speculative_tokens:
+                raise ValueError(f"window_tokens ({self.window_tokens}) must hold the drafted chain: "
+                                 f">= num_speculative_tokens ({self.num_speculative_tokens})")
+            return
+        layers = self.draft_layers
+        if layers is None:
+            raise ValueError("method 'layer_skip' needs draft_layers: an int L (the first L layers) "
+                             "or a list of layer indices")
+        if isinstance(layers, bool) or not isinstance(layers, (int, list, tuple)):
+            raise ValueError(f"draft_layers must be an int or a list of layer indices, got {layers!r}")
+        if isinstance(layers, int):
+            if layers < 1:
+                raise ValueError(f"draft_layers must be >= 1, got {layers}")
+            return
+        if not layers or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers):
+            raise ValueError(f"draft_layers must be a non-empty list of layer indices >= 0, got {layers!r}")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"draft_layers has a duplicate index: {list(layers)}")
+        self.draft_layers = sorted(layers)
+
+    def layer_indices(self, num_layers: int) -> List[int]:
+        """The target layers a 'layer_skip' draft runs; ValueError when they do not fit a target
+        of num_layers layers or would be the whole target."""
+        layers = self.draft_layers
+        chosen = list(range(layers)) if isinstance(layers, int) else list(layers)
+        if chosen[-1] >= num_layers:
+            raise ValueError(f"draft_layers {layers!r} does not fit the target's {num_layers} layers "
+                             f"(indices 0 .. {num_layers - 1})")
+        if len(chosen) >= num_layers:
+            raise ValueError(f"draft_layers {layers!r} is every layer of the target: a layer-skip draft "
+                             f"must run fewer than its {num_layers} layers")
+        return chosen
 
     def _check_acceptance(self):
         if self.acceptance not in ACCEPTANCE:
@@ -86,8 +155,8 @@ class SpeculativeConfig:
                              f"got {alpha!r}")
         if self.acceptance == "cascade":
             if self.method == "ngram":
-                raise ValueError("acceptance 'cascade' needs the draft model's distributions q: "
-                                 "n-gram drafts have none (use method='draft')")
+                raise ValueError("acceptance 'cascade' needs the draft's distributions q: "
+                                 "n-gram drafts have none (use a drafting model)")
             if self.tree is not None:
                 raise ValueError("acceptance 'cascade' verifies chains only: it needs tree=None")
 

@@ -1,0 +1,63 @@
+#include "spec/chain_drafting.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "sampling/philox.h"
+#include "spec/verifier.h"
+
+namespace sd {
+
+float softmax_prob(const float* logits, int64_t vocab, int32_t token) {
+  float mx = -INFINITY;
+  for (int64_t i = 0; i < vocab; ++i) mx = std::max(mx, logits[i]);
+  double s = 0;
+  for (int64_t i = 0; i < vocab; ++i) s += std::exp(static_cast<double>(logits[i] - mx));
+  return static_cast<float>(std::exp(static_cast<double>(logits[token] - mx)) / s);
+}
+
+namespace {
+
+// Draws chain c's next token from its logits row; returns the draft's probability of it.
+float draw(const ChainDraft& c, const float* logits, int64_t V) {
+  const SamplingConfig& sc = *c.req->sampling;
+  const int32_t i = c.tree->size();
+  // q: the distribution x is drawn from; when greedy, only if asked (the softmax at temperature
+  // 1, for the cascade's deferral rule).
+  const float* q = nullptr;
+  if (!sc.greedy() || c.req->record_q) {
+    const size_t at = c.tree->q.size();
+    c.tree->q.resize(at + static_cast<size_t>(V));
+    processed_probs(logits, V, sc.greedy() ? SamplingConfig() : sc, c.tree->q.data() + at);
+    q = c.tree->q.data() + at;
+  }
+  const int32_t x = sc.greedy() ? argmax(logits, V)
+                                : sample_from_probs(q, V, philox_uniform(draft_stream(sc.seed), c.req->position + static_cast<uint64_t>(i), 0));
+  c.tree->add(x, i - 1);
+  return q ? q[x] : 1.0f;
+}
+
+}  // namespace
+
+Status grow_chains(const std::vector<ChainDraft>& chains, int64_t V, float min_confidence,
+                   std::vector<float> logits, const NextLogits& next) {
+  std::vector<int32_t> growing;
+  for (int32_t c = 0; c < static_cast<int32_t>(chains.size()); ++c) growing.push_back(c);
+  while (!growing.empty()) {
+    std::vector<int32_t> still;
+    for (size_t r = 0; r < growing.size(); ++r) {
+      const ChainDraft& c = chains[static_cast<size_t>(growing[r])];
+      if (c.budget <= c.tree->size()) continue;
+      const float* row = logits.data() + static_cast<int64_t>(r) * V;
+      float confidence = draw(c, row, V);
+      if (min_confidence > 0 && c.req->sampling->greedy() && !c.req->record_q)
+        confidence = softmax_prob(row, V, c.tree->token.back());
+      if (c.tree->size() < c.budget && confidence >= min_confidence) still.push_back(growing[r]);
+    }
+    growing.swap(still);
+    if (!growing.empty()) SD_RETURN_IF_ERROR(next(growing, &logits));
+  }
+  return Status::Ok();
+}
+
+}  // namespace sd
