@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -278,3 +279,21 @@ def test_bad_self_speculation_for_this_target(target):
         llm.engine.draft_chain([1, 2, 3], 2)
     # the engine still works after every refusal
     assert len(llm.generate(prompt_token_ids=[PROMPTS[0]], sampling_params=[greedy_params(5)])[0].token_ids) == 5
+
+
+def test_cli_self_speculation_equals_plain_generation(target, capsys):
+    from specdec_native import cli
+
+    def run(*extra):
+        assert cli.main(["generate", "--model", str(target[0]), "--max-tokens", "12", "--ignore-eos", "--json",
+                         "--threads", "2", *extra, "w3 w4 w5"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    plain = run()
+    skip = run("--method", "layer_skip", "--draft-layers", "[0, 2]", "--num-speculative-tokens", "3",
+               "--draft-confidence", "0.2")
+    sparse = run("--method", "sparse_kv", "--sink-tokens", "4", "--window-tokens", "8")
+    assert skip["token_ids"] == plain["token_ids"] == sparse["token_ids"]
+    assert skip["metrics"]["drafted"] > 0 and sparse["metrics"]["drafted"] > 0
+    assert cli.main(["generate", "--model", str(target[0]), "--method", "layer_skip", "--draft-layers", "9", "x"]) == 2
+    assert "does not fit the target's 4 layers" in capsys.readouterr().err

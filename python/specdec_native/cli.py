@@ -1,6 +1,7 @@
 """The `specdec` command.
 
     specdec generate [--model PATH] [--chat] "prompt"     # default model: SmolLM2-135M-Instruct
+    specdec generate --method sparse_kv|layer_skip ...     # self-speculation, no draft model
     specdec convert model.gguf OUTDIR [--dtype float32|bfloat16|float16]
     specdec serve [--model PATH] [--port 8000]                  # OpenAI-compatible HTTP server
 """
@@ -11,6 +12,8 @@ import json
 import os
 import sys
 from typing import List, Optional
+
+from .speculative import METHODS
 
 
 def default_model() -> str:
@@ -28,10 +31,7 @@ def _generate(args) -> int:
     from .sampling_params import SamplingParams
 
     model = args.model or default_model()
-    speculative = None
-    if args.method or args.draft:
-        speculative = {"method": args.method or "draft", "num_speculative_tokens": args.num_speculative_tokens,
-                       "tree": json.loads(args.tree) if args.tree else None, "adaptive": args.adaptive}
+    speculative = _speculative_from_args(args)
     llm = LLM(model, dtype=args.dtype, num_threads=args.threads, max_model_len=args.max_model_len,
               draft=args.draft, speculative=speculative)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -65,10 +65,7 @@ def _serve(args) -> int:
     from .async_llm import AsyncLLM
 
     model = args.model or default_model()
-    speculative = None
-    if args.method or args.draft:
-        speculative = {"method": args.method or "draft", "num_speculative_tokens": args.num_speculative_tokens,
-                       "tree": json.loads(args.tree) if args.tree else None, "adaptive": args.adaptive}
+    speculative = _speculative_from_args(args)
     engine = AsyncLLM(model, draft=args.draft, speculative=speculative, dtype=args.dtype,
                       max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs, num_threads=args.threads)
     server.serve(engine, args.served_model_name or args.model or os.path.basename(model),
@@ -82,6 +79,35 @@ def _convert(args) -> int:
     out = convert_gguf(args.gguf, args.out_dir, dtype=args.dtype, progress=True)
     print(out)
     return 0
+
+
+def _add_speculation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--draft", help="draft checkpoint (directory or .gguf) sharing the target's vocabulary")
+    p.add_argument("--method", choices=list(METHODS),
+                   help="speculative drafts (default: draft if --draft); sparse_kv and layer_skip: the target "
+                        "drafts for itself")
+    p.add_argument("--num-speculative-tokens", type=int, default=5)
+    p.add_argument("--tree", help='draft tree as JSON: [[0],[1],[0,0]] or {"top_k": 4, "max_nodes": 32}')
+    p.add_argument("--adaptive", action="store_true",
+                   help="choose each step's chain length (<= --num-speculative-tokens) from the measured costs")
+    p.add_argument("--draft-layers", help="layer_skip: the first L layers (an int) or a JSON list of layer indices")
+    p.add_argument("--sink-tokens", type=int, default=16, help="sparse_kv: attention-sink tokens kept")
+    p.add_argument("--window-tokens", type=int, default=256, help="sparse_kv: recent tokens kept")
+    p.add_argument("--draft-confidence", type=float, default=0.0,
+                   help="stop a drafted chain after a token the draft gives less than this probability")
+
+
+def _speculative_from_args(args) -> Optional[dict]:
+    if not (args.method or args.draft):
+        return None
+    spec = {"method": args.method or "draft", "num_speculative_tokens": args.num_speculative_tokens,
+            "tree": json.loads(args.tree) if args.tree else None, "adaptive": args.adaptive,
+            "draft_confidence": args.draft_confidence}
+    if spec["method"] == "sparse_kv":
+        spec.update(sink_tokens=args.sink_tokens, window_tokens=args.window_tokens)
+    if args.draft_layers is not None:
+        spec["draft_layers"] = json.loads(args.draft_layers)
+    return spec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,12 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None)
     g.add_argument("--max-model-len", type=int, default=None)
     g.add_argument("--json", action="store_true", help="print the output as JSON")
-    g.add_argument("--draft", help="draft checkpoint (directory or .gguf) sharing the target's vocabulary")
-    g.add_argument("--method", choices=["draft", "ngram"], help="speculative drafts (default: draft if --draft)")
-    g.add_argument("--num-speculative-tokens", type=int, default=5)
-    g.add_argument("--tree", help='draft tree as JSON: [[0],[1],[0,0]] or {"top_k": 4, "max_nodes": 32}')
-    g.add_argument("--adaptive", action="store_true",
-                   help="choose each step's chain length (<= --num-speculative-tokens) from the measured costs")
+    _add_speculation_args(g)
     g.set_defaults(func=_generate)
 
     s = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
@@ -121,11 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-model-len", type=int, default=None)
     s.add_argument("--max-num-seqs", type=int, default=8, help="sequences decoded together")
     s.add_argument("--threads", type=int, default=None)
-    s.add_argument("--draft", help="draft checkpoint (directory or .gguf) sharing the target's vocabulary")
-    s.add_argument("--method", choices=["draft", "ngram"], help="speculative drafts (default: draft if --draft)")
-    s.add_argument("--num-speculative-tokens", type=int, default=5)
-    s.add_argument("--tree", help='draft tree as JSON: [[0],[1],[0,0]] or {"top_k": 4, "max_nodes": 32}')
-    s.add_argument("--adaptive", action="store_true", help="choose each step's chain length from measured costs")
+    _add_speculation_args(s)
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     s.set_defaults(func=_serve)
 
