@@ -4,6 +4,7 @@
     specdec generate --method sparse_kv|layer_skip ...     # self-speculation, no draft model
     specdec convert model.gguf OUTDIR [--dtype float32|bfloat16|float16]
     specdec serve [--model PATH] [--port 8000]                  # OpenAI-compatible HTTP server
+    specdec train-draft --target PATH --out HEAD_DIR [--steps N]  # EAGLE-3 head (extra: train)
 """
 from __future__ import annotations
 
@@ -71,6 +72,17 @@ def _serve(args) -> int:
     server.serve(engine, args.served_model_name or args.model or os.path.basename(model),
                  host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def _train_draft(argv: List[str]) -> int:
+    try:
+        import torch, transformers  # noqa: F401 -- fail early with a clear message
+    except ImportError as e:
+        raise SystemExit(f"specdec train-draft needs the train extra ({e.name} is missing): "
+                         "pip install 'specdec_native[train]'") from None
+    from .eagle import train
+
+    return train.main(argv)
 
 
 def _convert(args) -> int:
@@ -146,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     s.set_defaults(func=_serve)
 
+    t = sub.add_parser("train-draft", add_help=False,
+                       help="train an EAGLE-3 draft head for a target by self-distillation (extra: train); "
+                            "`specdec train-draft --help` lists its options")
+    t.add_argument("args", nargs=argparse.REMAINDER)  # main() hands them to the trainer's own parser
+
     c = sub.add_parser("convert", help="convert a GGUF file to a Hugging Face checkpoint directory")
     c.add_argument("gguf")
     c.add_argument("out_dir")
@@ -155,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train-draft"]:
+        return _train_draft(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

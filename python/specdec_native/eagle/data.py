@@ -1,0 +1,224 @@
+"""Training data for an EAGLE-3 head by self-distillation: prompts (the Python standard library's
+own docstrings and code, or a JSONL file), the target's greedy responses, the draft vocabulary
+(the most frequent response tokens, as SpecForge builds it) and the target's features.
+
+A sequence is a dict {"ids": [int], "prompt_len": int}."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import random
+import sysconfig
+from collections import Counter
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from tqdm.auto import tqdm
+
+Prompt = Union[str, List[int]]
+_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "turtledemo",
+              "__pycache__", "ensurepip", "tkinter", "config-3"}
+
+
+# --- prompts -------------------------------------------------------------------------------
+def _stdlib_files(root: Path) -> List[Path]:
+    out = []
+    for d, dirs, files in os.walk(root):
+        dirs[:] = sorted(x for x in dirs if x not in _SKIP_DIRS and not x.startswith(("config-", ".")))
+        out.extend(Path(d) / f for f in sorted(files) if f.endswith(".py"))
+    return out
+
+
+def stdlib_prompts(limit: int, seed: int = 0, per_file: int = 2) -> List[str]:
+    """Up to `limit` prompts built from functions and classes (with docstrings) of the standard
+    library's source: "explain this code" and "write this from its docstring", alternating."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = _stdlib_files(root)
+    random.Random(seed).shuffle(files)
+    prompts: List[str] = []
+    for f in files:
+        if len(prompts) >= limit:
+            break
+        try:
+            src = f.read_text(encoding="utf-8")
+            tree = ast.parse(src)
+        except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
+            continue
+        module = ".".join(f.relative_to(root).with_suffix("").parts)
+        taken = 0
+        for node in ast.walk(tree):
+            if taken >= per_file or len(prompts) >= limit:
+                break
+            if not isinstance(node, (ast.FunctionDef, ast.ClassDef)) or node.name.startswith("_"):
+                continue
+            doc = ast.get_docstring(node)
+            code = ast.get_source_segment(src, node)
+            if not doc or not code or not 40 <= len(doc) <= 600 or len(code) > 1200:
+                continue
+            if len(prompts) % 2 == 0:
+                prompts.append(f"Explain what this code from the Python `{module}` module does:\n\n"
+                               f"```python\n{code}\n```")
+            else:
+                kind = "class" if isinstance(node, ast.ClassDef) else "function"
+                prompts.append(f"Write a Python {kind} `{node.name}` that does the following:\n\n{doc}")
+            taken += 1
+    return prompts
+
+
+def jsonl_prompts(path) -> List[Prompt]:
+    """One JSON object a line: {"prompt": "text"} or {"input_ids": [token ids]}."""
+    out: List[Prompt] = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+            if isinstance(obj, dict) and isinstance(obj.get("prompt"), str):
+                out.append(obj["prompt"])
+            elif isinstance(obj, dict) and isinstance(obj.get("input_ids"), list) and obj["input_ids"] and all(
+                    isinstance(i, int) and not isinstance(i, bool) for i in obj["input_ids"]):
+                out.append(list(obj["input_ids"]))
+            else:
+                raise ValueError(f"{path}:{n}: expected {{\"prompt\": str}} or {{\"input_ids\": [int, ...]}}")
+    if not out:
+        raise ValueError(f"{path}: no prompts")
+    return out
+
+
+def encode_prompts(prompts: Sequence[Prompt], tokenizer, vocab_size: int, max_tokens: int) -> List[List[int]]:
+    """Token ids per prompt (chat template when the tokenizer has one); prompts longer than
+    max_tokens are dropped."""
+    out = []
+    for p in prompts:
+        if isinstance(p, str):
+            if tokenizer is None:
+                raise ValueError("text prompts need a tokenizer; the target has none (give token ids instead)")
+            if getattr(tokenizer, "chat_template", None):
+                enc = tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                    tokenize=True, return_dict=True)
+                ids = list(enc["input_ids"])
+            else:
+                ids = list(tokenizer(p)["input_ids"])
+        else:
+            ids = [int(i) for i in p]
+        if any(not 0 <= i < vocab_size for i in ids):
+            raise ValueError(f"prompt token id out of range for a {vocab_size}-token vocabulary")
+        if 0 < len(ids) <= max_tokens:
+            out.append(ids)
+    return out
+
+
+# --- the target's responses ----------------------------------------------------------------
+def eos_ids(model) -> List[int]:
+    ids = []
+    for cfg in (getattr(model, "generation_config", None), model.config):
+        e = getattr(cfg, "eos_token_id", None) if cfg is not None else None
+        ids.extend([e] if isinstance(e, int) else list(e or []))
+    return sorted(set(ids))
+
+
+@torch.no_grad()
+def generate_responses(model, prompts: List[List[int]], max_new_tokens: int, batch_size: int = 8,
+                       device="cpu", progress: bool = True) -> List[Dict]:
+    """The target's greedy continuation of each prompt (left-padded batches), cut after EOS."""
+    eos = eos_ids(model)
+    pad = eos[0] if eos else 0
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: Dict[int, Dict] = {}
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc="target responses", disable=not progress):
+        L = max(len(prompts[i]) for i in batch)
+        ids = torch.full((len(batch), L), pad, dtype=torch.long)
+        att = torch.zeros((len(batch), L), dtype=torch.long)
+        for r, i in enumerate(batch):
+            p = prompts[i]
+            ids[r, L - len(p):] = torch.tensor(p)
+            att[r, L - len(p):] = 1
+        out = model.generate(input_ids=ids.to(device), attention_mask=att.to(device), do_sample=False,
+                             max_new_tokens=max_new_tokens, min_new_tokens=1, pad_token_id=pad,
+                             eos_token_id=eos or None, temperature=None, top_p=None, top_k=None)
+        for r, i in enumerate(batch):
+            resp = out[r, L:].tolist()
+            for j, t in enumerate(resp):
+                if t in eos:
+                    resp = resp[:j + 1]
+                    break
+            if resp:
+                results[i] = {"ids": prompts[i] + resp, "prompt_len": len(prompts[i])}
+    return [results[i] for i in range(len(prompts)) if i in results]
+
+
+# --- the draft vocabulary ------------------------------------------------------------------
+def vocab_map(sequences: Iterable[Dict], vocab_size: int, draft_vocab_size: int,
+              include_prompt: bool = False) -> Tuple[torch.Tensor, torch.Tensor, float]:
+    """SpecForge's mapping: the draft_vocab_size most frequent target tokens among the trained
+    (response) tokens, sorted by id; if fewer distinct tokens occur, the lowest unused ids fill
+    up. d2t[d] = target_id - d, t2d[target_id] = True. Also returns the share of trained token
+    occurrences the draft vocabulary covers."""
+    if not 0 < draft_vocab_size <= vocab_size:
+        raise ValueError(f"draft_vocab_size must be in [1, {vocab_size}], got {draft_vocab_size}")
+    counts: Counter = Counter()
+    for s in sequences:
+        counts.update(s["ids"] if include_prompt else s["ids"][s["prompt_len"]:])
+    used = [t for t, _ in counts.most_common(draft_vocab_size)]
+    covered = sum(counts[t] for t in used) / max(1, sum(counts.values()))
+    taken = set(used)
+    filler = (t for t in range(vocab_size) if t not in taken)
+    while len(used) < draft_vocab_size:
+        used.append(next(filler))
+    used = torch.tensor(sorted(used), dtype=torch.long)
+    d2t = used - torch.arange(draft_vocab_size)
+    t2d = torch.zeros(vocab_size, dtype=torch.bool)
+    t2d[used] = True
+    return d2t, t2d, covered
+
+
+# --- the target's features -----------------------------------------------------------------
+@torch.no_grad()
+def target_features(model, sequences: List[Dict], aux_layer_ids: Sequence[int], batch_size: int = 4,
+                    device="cpu", progress: bool = True) -> List[Dict]:
+    """Per sequence: aux [T, 3H] (outputs of the aux decoder layers, i.e. hidden_states[i + 1]),
+    final [T, H] (the input of the target's lm_head, for soft labels on any vocabulary subset)
+    and argmax [T] (the target's greedy token after each position, over the full vocabulary)."""
+    lm_head = model.get_output_embeddings()
+    captured = []
+    hook = lm_head.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+    out_list: List[Optional[Dict]] = [None] * len(sequences)
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]["ids"]))
+    checked = False
+    try:
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        for batch in tqdm(batches, desc="target features", disable=not progress):
+            L = max(len(sequences[i]["ids"]) for i in batch)
+            ids = torch.zeros((len(batch), L), dtype=torch.long)
+            att = torch.zeros((len(batch), L), dtype=torch.long)
+            for r, i in enumerate(batch):
+                s = sequences[i]["ids"]
+                ids[r, :len(s)] = torch.tensor(s)
+                att[r, :len(s)] = 1
+            captured.clear()
+            out = model(input_ids=ids.to(device), attention_mask=att.to(device), output_hidden_states=True,
+                        use_cache=False)
+            final = captured[-1]
+            if not checked:  # the soft labels recompute logits as final @ W^T (+ b): make sure that is the target's
+                ref = torch.nn.functional.linear(final, lm_head.weight, lm_head.bias)
+                if not torch.allclose(ref.float(), out.logits.float(), rtol=1e-3, atol=1e-3):
+                    raise ValueError("the target transforms its logits after lm_head (scaling / soft-capping); "
+                                     "not supported")
+                checked = True
+            hs = out.hidden_states
+            aux = torch.cat([hs[i + 1] for i in aux_layer_ids], dim=-1)
+            argmax = out.logits.argmax(-1)
+            for r, i in enumerate(batch):
+                T = len(sequences[i]["ids"])
+                out_list[i] = {"aux": aux[r, :T].float().cpu(), "final": final[r, :T].float().cpu(),
+                               "argmax": argmax[r, :T].cpu()}
+            del out, hs, aux
+    finally:
+        hook.remove()
+    return out_list

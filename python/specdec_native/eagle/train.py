@@ -1,0 +1,356 @@
+"""Trains an EAGLE-3 head for a target by self-distillation (SpecForge's online recipe, small):
+
+  1. prompts (standard-library docstrings and code by default, or --prompts JSONL);
+  2. the target answers each greedily (--max-new-tokens); some prompts are held out;
+  3. the draft vocabulary: the most frequent response tokens (d2t / t2d);
+  4. the target's features: aux hidden states of 3 layers, and its logits as soft labels;
+  5. training-time test over --ttt-steps: step j feeds the head's own hidden states of step
+     j - 1; loss_j = cross-entropy of the head's draft-vocabulary distribution against the
+     target's next-token distribution restricted to the draft vocabulary, at response positions
+     whose target argmax is in the draft vocabulary; loss = sum_j 0.8^j loss_j. AdamW, linear
+     warmup then cosine decay, gradient clipping;
+  6. OUT/checkpoint.pt every --save-every steps (re-running with the same OUT resumes, reusing
+     OUT/data.pt), the head (config.json + model.safetensors) in OUT, and a held-out estimate:
+     the mean accepted length of greedy chains of k drafts against the target's greedy tokens.
+
+    python -m specdec_native.eagle.train --target MODEL_DIR_OR.gguf --out HEAD_DIR --steps 300
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import data as D
+from .checkpoint import save_head
+from .config import config_from_target
+from .head import Eagle3Head
+
+STEP_WEIGHT = 0.8  # SpecForge's per-step loss decay
+
+
+def load_target(path, device="cpu"):
+    """(model, tokenizer or None) from a Hugging Face directory or a .gguf file."""
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"target does not exist: {p}")
+    kwargs = {}
+    if p.is_file():
+        if p.suffix.lower() != ".gguf":
+            raise ValueError(f"{p}: expected a checkpoint directory or a .gguf file")
+        where, kwargs = str(p.parent), {"gguf_file": p.name}
+    else:
+        where = str(p)
+    major = int(transformers.__version__.split(".")[0])
+    dtype_kw = {"dtype": torch.float32} if major >= 5 else {"torch_dtype": torch.float32}
+    model = AutoModelForCausalLM.from_pretrained(where, **dtype_kw, **kwargs).to(device).eval()
+    model.requires_grad_(False)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+    except Exception:  # a bare checkpoint (tests): prompts must then be token ids
+        tokenizer = None
+    return model, tokenizer
+
+
+# --- batches and loss ------------------------------------------------------------------------
+def _shift_rows(x: torch.Tensor, n: int) -> torch.Tensor:
+    """x[:, n:] zero-padded back to length (any trailing dims)."""
+    if n == 0:
+        return x
+    pad = x.new_zeros((x.shape[0], min(n, x.shape[1])) + tuple(x.shape[2:]))
+    return torch.cat((x[:, n:], pad), dim=1)
+
+
+def collate(seqs: Sequence[Dict], feats: Sequence[Dict], device, train_on_prompt: bool = False) -> Dict:
+    """Right-padded batch. mask[b, j] = 1 where the target's distribution at position j is a
+    label: response positions (j >= prompt_len - 1), or all with train_on_prompt."""
+    B, T = len(seqs), max(len(s["ids"]) for s in seqs)
+    H3, H = feats[0]["aux"].shape[-1], feats[0]["final"].shape[-1]
+    b = {"ids": torch.zeros(B, T, dtype=torch.long), "aux": torch.zeros(B, T, H3), "final": torch.zeros(B, T, H),
+         "argmax": torch.zeros(B, T, dtype=torch.long), "mask": torch.zeros(B, T)}
+    for r, (s, f) in enumerate(zip(seqs, feats)):
+        n = len(s["ids"])
+        b["ids"][r, :n] = torch.tensor(s["ids"])
+        b["aux"][r, :n], b["final"][r, :n], b["argmax"][r, :n] = f["aux"], f["final"], f["argmax"]
+        b["mask"][r, 0 if train_on_prompt else max(s["prompt_len"] - 1, 0):n] = 1.0
+    return {k: v.to(device) for k, v in b.items()}
+
+
+def ttt_loss(head: Eagle3Head, batch: Dict, steps: int, label_weight: torch.Tensor,
+             label_bias: Optional[torch.Tensor] = None):
+    """(total loss, [loss_j], [acc_j]) of a training-time-test unroll. label_weight/bias: the
+    target's lm_head rows of the draft vocabulary (the soft labels are computed on the fly from
+    the target's final hidden states). acc_j: share of label positions where the head's argmax
+    is the target's greedy token."""
+    # rows before the first labelled one only give context (keys and values) to the others
+    labelled = batch["mask"].any(0).nonzero()
+    first = max(int(labelled[0]) - 1, 0) if len(labelled) else 0
+    hiddens = head.unroll(batch["aux"], batch["ids"], steps, first_row=first)
+    total, losses, accs = 0.0, [], []
+    for j, h in enumerate(hiddens):
+        # row t at step j is labelled by position t + 1 + j
+        m = _shift_rows(batch["mask"], 1 + j)[:, first:] > 0
+        n = m.sum().clamp(min=1)
+        with torch.no_grad():
+            pm = head.t2d[_shift_rows(batch["argmax"], 1 + j)[:, first:][m]].float()
+            final = _shift_rows(batch["final"], 1 + j)[:, first:][m]
+            p = torch.softmax(F.linear(final, label_weight, label_bias).float(), -1)
+        logits = head.logits(h[m]).float()
+        loss = -(pm * (p * torch.log_softmax(logits, -1)).sum(-1)).sum() / n
+        total = total + STEP_WEIGHT ** j * loss
+        losses.append(loss.item())
+        with torch.no_grad():
+            accs.append(float((pm * (logits.argmax(-1) == p.argmax(-1)).float()).sum() / n))
+    return total, losses, accs
+
+
+@torch.no_grad()
+def accepted_lengths(head: Eagle3Head, seqs: Sequence[Dict], feats: Sequence[Dict], k: int, device="cpu") -> Dict:
+    """Greedy chain drafting of k tokens from every response anchor of each (held-out)
+    sequence, against the target's greedy tokens (the sequence itself). With teacher forcing the
+    tokens fed to draft step j are the true ones, which equal the head's own drafts exactly as
+    long as the chain is still being accepted, so this equals autoregressive drafting.
+    mean_accepted_length = 1 + mean accepted drafts (the target's bonus token included)."""
+    head.eval()
+    accepted, per_pos = [], torch.zeros(k)
+    for s, f in zip(seqs, feats):
+        ids = torch.tensor([s["ids"]], device=device)
+        T, P = ids.shape[1], s["prompt_len"]
+        first, last = max(P - 1, 0), T - 2 - k  # anchor t drafts x_{t+2} .. x_{t+1+k}
+        if last < first:
+            continue
+        hs = head.unroll(f["aux"][None].to(device), ids, k, first_row=first)
+        anchors = torch.arange(first, last + 1, device=device)
+        match = torch.stack([head.to_target_ids(head.logits(hs[j][0, anchors - first]).argmax(-1))
+                             == ids[0, anchors + 2 + j]
+                             for j in range(k)], dim=1)
+        run = match.long().cumprod(dim=1)
+        accepted.append(run.sum(1).cpu())
+        per_pos += run.sum(0).cpu().float()
+    if not accepted:
+        return {"anchors": 0, "k": k, "mean_accepted_length": float("nan")}
+    acc = torch.cat(accepted).float()
+    return {"anchors": int(acc.numel()), "k": k, "mean_accepted_length": 1.0 + float(acc.mean()),
+            "reach_rate": [round(float(x), 4) for x in per_pos / acc.numel()]}
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# --- the run -------------------------------------------------------------------------------
+def _prepare_data(out: Path, target: str, model, tokenizer, prompts, prompts_file, max_prompts: int,
+                  eval_prompts: int, max_new_tokens: int, max_prompt_tokens: int, draft_vocab_size: Optional[int],
+                  seed: int, gen_batch_size: int, device, progress: bool, log: Callable) -> Dict:
+    path = out / "data.pt"
+    vocab = model.config.vocab_size
+    if path.exists():
+        data = torch.load(path, weights_only=False)
+        if data["target"] != target:
+            raise ValueError(f"{out} holds a run for target {data['target']!r}, not {target!r}; use another --out")
+        if draft_vocab_size is not None and draft_vocab_size != int(data["t2d"].sum()):
+            raise ValueError(f"{out} was started with draft_vocab_size={int(data['t2d'].sum())}, "
+                             f"not {draft_vocab_size}; use another --out")
+        log(f"reusing {path}: {len(data['train'])} training and {len(data['heldout'])} held-out sequences")
+        return data
+    if prompts is None:
+        if prompts_file is not None:
+            prompts = D.jsonl_prompts(prompts_file)
+        else:
+            prompts = D.stdlib_prompts(max_prompts + eval_prompts, seed=seed)
+    prompts = list(prompts)
+    random.Random(seed).shuffle(prompts)
+    encoded = D.encode_prompts(prompts[:max_prompts + eval_prompts], tokenizer, vocab, max_prompt_tokens)
+    if len(encoded) <= eval_prompts:
+        raise ValueError(f"need more than {eval_prompts} usable prompts (<= {max_prompt_tokens} tokens), "
+                         f"got {len(encoded)}")
+    t0 = time.time()
+    seqs = D.generate_responses(model, encoded, max_new_tokens, gen_batch_size, device, progress)
+    heldout, train = seqs[:eval_prompts], seqs[eval_prompts:]
+    if not train:
+        raise ValueError("the target gave no responses to train on")
+    dvs = min(vocab, 32000) if draft_vocab_size is None else draft_vocab_size
+    d2t, t2d, covered = D.vocab_map(train, vocab, dvs)
+    n_tok = sum(len(s["ids"]) - s["prompt_len"] for s in seqs)
+    log(f"generated {n_tok} response tokens for {len(seqs)} prompts in {time.time() - t0:.0f}s; "
+        f"draft vocab {dvs} covers {covered:.1%} of training response tokens")
+    data = {"target": target, "train": train, "heldout": heldout, "d2t": d2t, "t2d": t2d,
+            "draft_vocab_coverage": covered}
+    _save_atomic(data, path)
+    return data
+
+
+def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=None, prompts_file=None,
+                max_prompts: int = 64, eval_prompts: int = 8, max_new_tokens: int = 64,
+                max_prompt_tokens: int = 384, ttt_steps: int = 4, draft_vocab_size: Optional[int] = None,
+                lr: float = 1e-3, batch_size: int = 4, max_grad_norm: float = 0.5, warmup_steps: Optional[int] = None,
+                eval_k: int = 5, aux_layer_ids: Optional[Sequence[int]] = None, train_on_prompt: bool = False,
+                seed: int = 0, save_every: int = 50, gen_batch_size: int = 8, progress: bool = True,
+                log: Callable = print) -> Dict:
+    """Trains (or resumes training of) an EAGLE-3 head for `target` into directory `out`; returns
+    the run's metrics (also written to OUT/metrics.json)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch sees no CUDA device")
+    if ttt_steps < 1 or steps < 0 or batch_size < 1 or eval_k < 1:
+        raise ValueError("ttt_steps, batch_size and eval_k must be >= 1 and steps >= 0")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    target = str(target)
+    model, tokenizer = load_target(target, device)
+    data = _prepare_data(out, target, model, tokenizer, prompts, prompts_file, max_prompts, eval_prompts,
+                         max_new_tokens, max_prompt_tokens, draft_vocab_size, seed, gen_batch_size, device,
+                         progress, log)
+    d2t, t2d = data["d2t"], data["t2d"]
+
+    cfg = config_from_target(model.config, int(t2d.sum()), aux_layer_ids)
+    aux_ids = cfg.aux_layers_for(model.config.num_hidden_layers)
+    torch.manual_seed(seed)
+    head = Eagle3Head(cfg)
+    head.set_embeddings(model.get_input_embeddings().weight.detach().float().cpu())
+    head.set_vocab_map(d2t, t2d)
+    lm = model.get_output_embeddings()
+    label_weight = lm.weight.detach()[t2d.to(lm.weight.device)].float().to(device)
+    label_bias = None if lm.bias is None else lm.bias.detach()[t2d.to(lm.bias.device)].float().to(device)
+    with torch.no_grad():  # start from the target's own output mapping (lm_head rows, final norm)
+        head.lm_head.weight.copy_(label_weight.cpu())
+        final_norm = getattr(model.base_model, "norm", None)
+        if final_norm is not None and getattr(final_norm, "weight", None) is not None \
+                and final_norm.weight.shape == head.norm.weight.shape:
+            head.norm.weight.copy_(final_norm.weight.detach().float().cpu())
+    head.to(device)
+
+    feats = D.target_features(model, data["train"] + data["heldout"], aux_ids, device=device, progress=progress)
+    train_feats, held_feats = feats[:len(data["train"])], feats[len(data["train"]):]
+    del model
+
+    params = [p for p in head.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    ckpt_path = out / "checkpoint.pt"
+    start, history = 0, []
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        head.load_state_dict(ck["head"], strict=False)
+        opt.load_state_dict(ck["optimizer"])
+        start, history = ck["step"], ck["history"]
+        log(f"resuming from step {start} ({ckpt_path})")
+    metrics: Dict = {"start_step": start}
+    if start == 0:
+        metrics["heldout_before"] = accepted_lengths(head, data["heldout"], held_feats, eval_k, device)
+
+    def save(step):
+        state = {n: t for n, t in head.state_dict().items() if n != "embed_tokens.weight"}
+        _save_atomic({"step": step, "head": state, "optimizer": opt.state_dict(), "history": history,
+                      "config": cfg.to_dict(), "lr": lr, "ttt_steps": ttt_steps}, ckpt_path)
+        save_head(head, out)
+
+    warmup = warmup_steps if warmup_steps is not None else max(1, min(50, steps // 20))
+    n_train = len(data["train"])
+    bar = tqdm(range(start, steps), desc="train EAGLE-3 head", disable=not progress, initial=start, total=steps)
+    t0 = time.time()
+    for step in bar:
+        head.train()
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        pick = torch.randperm(n_train, generator=g)[:batch_size].tolist()
+        batch = collate([data["train"][i] for i in pick], [train_feats[i] for i in pick], device, train_on_prompt)
+        for group in opt.param_groups:
+            group["lr"] = lr * _lr_factor(step, steps, warmup)
+        loss, losses, accs = ttt_loss(head, batch, ttt_steps, label_weight, label_bias)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+        opt.step()
+        loss = loss.item()
+        history.append({"step": step + 1, "loss": loss, "losses": losses, "accs": accs,
+                        "grad_norm": grad_norm})
+        bar.set_postfix(loss=f"{loss:.3f}", acc0=f"{accs[0]:.2f}")
+        if (step + 1) % save_every == 0 and step + 1 < steps:
+            save(step + 1)
+    train_seconds = time.time() - t0
+    save(max(start, steps))
+
+    metrics.update(heldout=accepted_lengths(head, data["heldout"], held_feats, eval_k, device),
+                   steps=len(history), train_seconds=round(train_seconds, 1), ttt_steps=ttt_steps,
+                   draft_vocab_size=cfg.draft_vocab_size, aux_layer_ids=list(aux_ids),
+                   draft_vocab_coverage=data.get("draft_vocab_coverage"),
+                   train_sequences=n_train, heldout_sequences=len(data["heldout"]))
+    if history:
+        w = max(1, min(10, len(history) // 4))
+        metrics["loss_first"] = sum(h["loss"] for h in history[:w]) / w
+        metrics["loss_last"] = sum(h["loss"] for h in history[-w:]) / w
+        metrics["acc_last"] = [sum(h["accs"][j] for h in history[-w:]) / w for j in range(len(history[-1]["accs"]))]
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    log(f"held-out mean accepted length (k={eval_k}): {metrics['heldout']['mean_accepted_length']:.3f} "
+        f"over {metrics['heldout']['anchors']} anchors")
+    return metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="specdec train-draft",
+                                description="Train an EAGLE-3 draft head for a target by self-distillation.")
+    p.add_argument("--target", required=True, help="Hugging Face checkpoint directory or .gguf file")
+    p.add_argument("--out", required=True, help="head directory (also holds checkpoint.pt; re-run to resume)")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--prompts", help="JSONL of {\"prompt\": ...} (or {\"input_ids\": [...]}) lines; "
+                                     "default: docstrings and code of the Python standard library")
+    p.add_argument("--max-prompts", type=int, default=64, help="training prompts")
+    p.add_argument("--eval-prompts", type=int, default=8, help="held-out prompts for the acceptance estimate")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="length of the target's responses")
+    p.add_argument("--ttt-steps", type=int, default=4, help="training-time-test unroll length")
+    p.add_argument("--draft-vocab-size", type=int, default=None, help="default: min(vocab, 32000)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--eval-k", type=int, default=5, help="draft chain length for the held-out estimate")
+    p.add_argument("--aux-layers", type=int, nargs=3, default=None, metavar="ID",
+                   help="target decoder layers whose outputs feed the head (default 1, N//2-1, N-4)")
+    p.add_argument("--train-on-prompt", action="store_true", help="also learn the target's predictions on prompts")
+    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        metrics = train_draft(args.target, args.out, args.steps, args.device, prompts_file=args.prompts,
+                              max_prompts=args.max_prompts, eval_prompts=args.eval_prompts,
+                              max_new_tokens=args.max_new_tokens, ttt_steps=args.ttt_steps,
+                              draft_vocab_size=args.draft_vocab_size, lr=args.lr, batch_size=args.batch_size,
+                              eval_k=args.eval_k, aux_layer_ids=args.aux_layers,
+                              train_on_prompt=args.train_on_prompt, seed=args.seed, save_every=args.save_every,
+                              progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

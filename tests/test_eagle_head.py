@@ -1,0 +1,259 @@
+"""EAGLE-3 heads: the on-disk format (round trip, validation), the head's internal consistency
+(KV-cached drafting == full causal forward == the training-time-test unroll) and a tiny
+self-distillation run on a random-weight Llama (loss goes down, head loads, resume continues)."""
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from specdec_native.eagle import train as T  # noqa: E402
+from specdec_native.eagle.checkpoint import expected_shapes, load_head, save_head  # noqa: E402
+from specdec_native.eagle.config import Eagle3Config, check_compatible, default_aux_layer_ids  # noqa: E402
+from specdec_native.eagle.data import vocab_map  # noqa: E402
+from specdec_native.eagle.head import Eagle3Head  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def small_config(**kw):
+    args = dict(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+                vocab_size=64, draft_vocab_size=40, aux_layer_ids=(1, 2, 3), rms_norm_eps=1e-5,
+                rope_theta=10000.0, max_position_embeddings=128)
+    args.update(kw)
+    return Eagle3Config(**args)
+
+
+def random_head(cfg=None, seed=0):
+    cfg = cfg or small_config()
+    head = Eagle3Head(cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in head.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            elif name != "embed_tokens.weight":
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    head.set_embeddings(torch.randn(cfg.vocab_size, cfg.hidden_size, generator=g))
+    used = torch.randperm(cfg.vocab_size, generator=g)[:cfg.draft_vocab_size].sort().values
+    t2d = torch.zeros(cfg.vocab_size, dtype=torch.bool)
+    t2d[used] = True
+    head.set_vocab_map(used - torch.arange(cfg.draft_vocab_size), t2d)
+    return head.eval()
+
+
+# --- (a) round trip -------------------------------------------------------------------------
+@pytest.mark.parametrize("with_embed", [True, False])
+def test_save_load_round_trip(tmp_path, with_embed):
+    head = random_head()
+    save_head(head, tmp_path, include_embeddings=with_embed)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLMEagle3"]
+    assert cfg["num_hidden_layers"] == 1 and cfg["tie_word_embeddings"] is False
+    assert cfg["draft_vocab_size"] == 40 and cfg["vocab_size"] == 64
+    assert cfg["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [1, 2, 3]
+    names = set(load_file(str(tmp_path / "model.safetensors")))
+    assert names == set(expected_shapes(head.config)) | ({"embed_tokens.weight"} if with_embed else set())
+
+    embed = None if with_embed else head.embed_tokens.weight.clone()
+    loaded = load_head(tmp_path, target_embeddings=embed)
+    assert loaded.config == head.config
+    a, b = head.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+
+
+def test_loaded_head_without_embeddings_says_so(tmp_path):
+    save_head(random_head(), tmp_path)
+    head = load_head(tmp_path)
+    with pytest.raises(RuntimeError, match="embedding"):
+        head.draft(torch.zeros(1, 3, 96), torch.zeros(1, 4, dtype=torch.long), 2)
+
+
+# --- (b) malformed directories and mismatched targets -----------------------------------------
+def _edit_config(path, **changes):
+    cfg = json.loads((path / "config.json").read_text())
+    for k, v in changes.items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+def _edit_tensors(path, fn):
+    tensors = load_file(str(path / "model.safetensors"))
+    fn(tensors)
+    save_file(tensors, str(path / "model.safetensors"))
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda p: (p / "config.json").unlink(), "missing config.json"),
+    (lambda p: (p / "config.json").write_text("{not json"), "not valid JSON"),
+    (lambda p: _edit_config(p, architectures=["LlamaForCausalLM"]), "LlamaForCausalLMEagle3"),
+    (lambda p: _edit_config(p, draft_vocab_size=None), r"missing required keys \['draft_vocab_size'\]"),
+    (lambda p: _edit_config(p, draft_vocab_size=100), "exceeds vocab_size"),
+    (lambda p: _edit_config(p, num_hidden_layers=2), "one-layer"),
+    (lambda p: (p / "model.safetensors").unlink(), "missing model.safetensors"),
+    (lambda p: (p / "model.safetensors").write_bytes(b"garbage"), "unreadable safetensors"),
+    (lambda p: _edit_tensors(p, lambda t: t.pop("fc.weight")), r"missing tensors \['fc.weight'\]"),
+    (lambda p: _edit_tensors(p, lambda t: t.update({"lm_head.weight": torch.zeros(41, 32)})),
+     r"lm_head.weight has shape \[41, 32\], expected \[40, 32\]"),
+    (lambda p: _edit_tensors(p, lambda t: t.update({"extra.weight": torch.zeros(2)})), "unexpected tensors"),
+    (lambda p: _edit_tensors(p, lambda t: t.update({"t2d": torch.ones(64, dtype=torch.bool)})), "disagree"),
+    (lambda p: _edit_tensors(p, lambda t: t.update({"d2t": t["d2t"] + 1000})), "outside the target vocabulary"),
+])
+def test_malformed_directory_raises(tmp_path, breakage, message):
+    save_head(random_head(), tmp_path)
+    breakage(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        load_head(tmp_path)
+
+
+def test_not_a_directory(tmp_path):
+    with pytest.raises(ValueError, match="not a directory"):
+        load_head(tmp_path / "nope")
+
+
+def test_check_compatible():
+    cfg = small_config()
+    target = {"hidden_size": 32, "vocab_size": 64, "num_hidden_layers": 6}
+    assert check_compatible(cfg, target) == (1, 2, 3)
+    assert check_compatible(cfg.to_dict(), transformers.LlamaConfig(**target)) == (1, 2, 3)
+    with pytest.raises(ValueError, match="hidden size mismatch.*32.*48"):
+        check_compatible(cfg, dict(target, hidden_size=48))
+    with pytest.raises(ValueError, match="vocab size mismatch.*64.*65"):
+        check_compatible(cfg, dict(target, vocab_size=65))
+    with pytest.raises(ValueError, match=r"aux layer ids \[1, 2, 3\] out of range for a 3-layer target.*\[3\]"):
+        check_compatible(cfg, dict(target, num_hidden_layers=3))
+    # without explicit ids the SpecForge default for the target applies
+    assert check_compatible(small_config(aux_layer_ids=None), dict(target, num_hidden_layers=32)) == (1, 15, 28)
+    assert default_aux_layer_ids(2) == (1, 0, 0)
+
+
+def test_load_head_checks_target(tmp_path):
+    save_head(random_head(), tmp_path)
+    with pytest.raises(ValueError, match="vocab size mismatch"):
+        load_head(tmp_path, target_config={"hidden_size": 32, "vocab_size": 128, "num_hidden_layers": 8})
+
+
+def test_vocab_map_is_specforge_style():
+    seqs = [{"ids": [9, 9, 5, 7, 7, 7, 3], "prompt_len": 2}]  # response: 5, 7, 7, 7, 3
+    d2t, t2d, covered = vocab_map(seqs, vocab_size=10, draft_vocab_size=2)
+    assert t2d.nonzero().flatten().tolist() == [5, 7] or t2d.nonzero().flatten().tolist() == [3, 7]
+    assert (torch.arange(2) + d2t).tolist() == t2d.nonzero().flatten().tolist()
+    assert covered == pytest.approx(4 / 5)
+    d2t, t2d, _ = vocab_map(seqs, vocab_size=10, draft_vocab_size=5)  # 3 distinct: lowest ids fill up
+    assert t2d.nonzero().flatten().tolist() == [0, 1, 3, 5, 7]
+
+
+# --- (c) internal consistency ---------------------------------------------------------------
+def _sequence(cfg, T, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(1, T, 3 * cfg.target_hidden_size, generator=g),
+            torch.randint(0, cfg.vocab_size, (1, T), generator=g))
+
+
+def test_kv_cached_forward_equals_full_causal_forward():
+    head = random_head()
+    aux, ids = _sequence(head.config, 12)
+    with torch.no_grad():
+        h = head.fc(aux)
+        full, _ = head.forward(h, ids)
+        parts, past = [], None
+        for a, b in ((0, 5), (5, 6), (6, 7), (7, 12)):
+            out, past = head.forward(h[:, a:b], ids[:, a:b], past)
+            parts.append(out)
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_training_time_test_unroll_equals_autoregressive_drafting():
+    """Row t, step j of `unroll` is exactly the j-th draft of `draft` from anchor t (fed the
+    draft's own tokens): same logits, hence the same greedy tokens."""
+    head = random_head()
+    k, T = 4, 14
+    aux, ids = _sequence(head.config, T)
+    for t in (0, 3, 8):
+        tokens, logits = head.draft(aux[:, :t + 1], ids[:, :t + 2], k, return_logits=True)
+        # teacher-forced sequence: the real prefix, then the draft's own tokens
+        seq = torch.cat((ids[:, :t + 2], tokens[:, :k - 1]), dim=1)
+        feats = torch.cat((aux[:, :t + 1], torch.zeros(1, seq.shape[1] - t - 1, aux.shape[-1])), dim=1)
+        with torch.no_grad():
+            hs = head.unroll(feats, seq, k)
+            tail = head.unroll(feats, seq, k, first_row=t)  # rows before t as context only
+        for j in range(k):
+            torch.testing.assert_close(head.logits(hs[j])[:, t], logits[j], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(tail[j], hs[j][:, t:], rtol=1e-5, atol=1e-5)
+            assert head.to_target_ids(head.logits(hs[j])[:, t].argmax(-1)).item() == tokens[0, j].item()
+        assert bool(head.t2d[tokens].all())  # drafts are target ids inside the draft vocabulary
+
+
+# --- (d, e) training on a tiny random target ----------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_target(tmp_path_factory):
+    path = tmp_path_factory.mktemp("eagle_target")
+    cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                   rms_norm_eps=1e-5, initializer_range=0.3, bos_token_id=1, eos_token_id=2,
+                                   tie_word_embeddings=False)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 256, (int(torch.randint(4, 12, (1,), generator=g)),), generator=g).tolist()
+               for _ in range(28)]
+    return path, prompts
+
+
+RUN = dict(max_prompts=24, eval_prompts=4, max_new_tokens=24, ttt_steps=3, draft_vocab_size=128, lr=3e-3,
+           batch_size=4, eval_k=3, progress=False, log=lambda *a: None)
+
+
+def test_tiny_training_lowers_loss_and_writes_a_loadable_head(tiny_target, tmp_path):
+    target, prompts = tiny_target
+    m = T.train_draft(target, tmp_path / "head", steps=60, prompts=prompts, **RUN)
+    assert m["steps"] == 60 and m["start_step"] == 0
+    assert m["loss_last"] < 0.85 * m["loss_first"], (m["loss_first"], m["loss_last"])
+    assert m["heldout"]["anchors"] > 0 and 1.0 <= m["heldout"]["mean_accepted_length"] <= 4.0
+    assert m["aux_layer_ids"] == [1, 1, 0]  # SpecForge's 1, N//2-1, N-4 for N = 4
+    tcfg = transformers.AutoConfig.from_pretrained(target)
+    model = transformers.AutoModelForCausalLM.from_pretrained(target)
+    head = load_head(tmp_path / "head", target_embeddings=model.get_input_embeddings().weight, target_config=tcfg)
+    assert head.config.draft_vocab_size == 128 and head.config.aux_layer_ids == (1, 1, 0)
+    assert int(head.t2d.sum()) == 128
+    # the saved head drafts from the target's real features
+    ids = torch.tensor([prompts[0]])
+    with torch.no_grad():
+        hs = model(ids, output_hidden_states=True).hidden_states
+    aux = torch.cat([hs[i + 1] for i in (1, 1, 0)], dim=-1)
+    drafts = head.draft(aux, torch.cat((ids, ids[:, -1:]), dim=1), 3)
+    assert drafts.shape == (1, 3) and bool(head.t2d[drafts].all())
+
+
+def test_resume_continues_the_step_counter(tiny_target, tmp_path):
+    target, prompts = tiny_target
+    out = tmp_path / "head"
+    first = T.train_draft(target, out, steps=5, prompts=prompts, **RUN)
+    assert first["start_step"] == 0 and torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 5
+    second = T.train_draft(target, out, steps=10, prompts=None, **RUN)  # data.pt is reused: no prompts needed
+    assert second["start_step"] == 5 and second["steps"] == 10
+    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ck["step"] == 10 and [h["step"] for h in ck["history"]] == list(range(1, 11))
+    with pytest.raises(ValueError, match="draft_vocab_size=128"):
+        T.train_draft(target, out, steps=10, **dict(RUN, draft_vocab_size=64))
+
+
+def test_main_cli_reports_bad_input(tmp_path, capsys):
+    assert T.main(["--target", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_specdec_train_draft_command_forwards_to_the_trainer(tmp_path, capsys):
+    from specdec_native import cli
+
+    assert cli.main(["train-draft", "--target", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
+                     "--no-progress"]) == 2
+    assert "does not exist" in capsys.readouterr().err
