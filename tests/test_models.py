@@ -273,3 +273,21 @@ def test_sharded_checkpoint(tmp_path):
     ids = prompt(9, seed=18)
     assert llm.generate(prompt_token_ids=[ids], sampling_params=greedy_params(N_GREEDY))[0].token_ids == \
         hf_greedy(hf, ids, N_GREEDY)
+
+
+def test_prompt_hidden_states_are_the_layer_outputs(tmp_path):
+    """The features an EAGLE-3 head reads: the residual stream after a decoder layer, equal to
+    transformers' hidden_states[l + 1] (which is the raw output of layer l for l < N - 1)."""
+    model = write_checkpoint(tmp_path, "qwen2", seed=5, num_hidden_layers=4)
+    llm = load_llm(tmp_path)
+    ids = prompt(21, seed=3)
+    with torch.no_grad():
+        ref = model(torch.tensor([ids]), output_hidden_states=True).hidden_states
+    got = llm.engine.prompt_hidden_states(ids, [2, 0, 1])
+    assert got.shape == (21, 3, model.config.hidden_size)
+    for j, layer in enumerate([2, 0, 1]):
+        np.testing.assert_allclose(got[:, j], ref[layer + 1][0].numpy(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="at least one layer"):
+        llm.engine.prompt_hidden_states(ids, [])
+    with pytest.raises(ValueError, match="does not run"):
+        llm.engine.prompt_hidden_states(ids, [4])

@@ -301,6 +301,21 @@ void register_engine(py::module_& m) {
           py::arg("prompt"), py::arg("k"),
           "(tokens, q): the drafter's greedy chain after the prompt and the draft's temperature-1 "
           "distribution of each step ([k, vocab]).")
+      .def(
+          "prompt_hidden_states",
+          [](sd::Engine& e, const std::vector<int32_t>& prompt, const std::vector<int32_t>& layers) {
+            const py::ssize_t H = e.config().hidden_size;
+            py::array_t<float> out({static_cast<py::ssize_t>(prompt.size()), static_cast<py::ssize_t>(layers.size()), H});
+            sd::Status st;
+            {
+              py::gil_scoped_release nogil;
+              st = e.prompt_hidden_states(prompt, layers, out.mutable_data());
+            }
+            throw_if_error(st);
+            return out;
+          },
+          py::arg("prompt"), py::arg("layers"),
+          "[len(prompt), len(layers), hidden]: the residual stream after each layer (EAGLE-3 features).")
       .def("attach_self_drafter",
            [](sd::Engine& e, const sd::SelfDraftOptions& o) { throw_if_error(e.attach_self_drafter(o)); },
            py::arg("options"), "Self-speculation: the target drafts with a layer subset or a sparse KV window.")

@@ -287,6 +287,30 @@ Status Engine::prompt_logits(const std::vector<int32_t>& prompt, float* logits) 
   return scratch_forward(prompt, logits);
 }
 
+Status Engine::prompt_hidden_states(const std::vector<int32_t>& prompt, const std::vector<int32_t>& layers, float* out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  GenerationRequest r;
+  r.prompt = prompt;
+  SD_RETURN_IF_ERROR(validate(r, 0));
+  if (layers.empty()) return InvalidArgument("prompt_hidden_states: name at least one layer");
+  const int64_t n = static_cast<int64_t>(prompt.size());
+  ForwardBatch fb;
+  fb.token_ids = prompt;
+  for (int64_t i = 0; i < n; ++i) fb.positions.push_back(static_cast<int32_t>(i));
+  fb.qo_indptr = {0, static_cast<int32_t>(n)};
+  fb.capture_layers = layers;
+  fb.captured = out;
+  SeqPages seq(opts_.page_size);
+  make_room(seq.blocks_needed(n));
+  Status st = seq.append(kv_->allocator(), n);
+  if (st.ok()) {
+    fb.seqs = {&seq};
+    st = model_->forward(fb, *kv_, nullptr);
+  }
+  seq.release(kv_->allocator());
+  return st;
+}
+
 Status Engine::tree_logits(const std::vector<int32_t>& prompt, const TokenTree& tree, float* logits) {
   std::lock_guard<std::mutex> lock(mu_);
   GenerationRequest r;

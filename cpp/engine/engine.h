@@ -136,6 +136,9 @@ class Engine {
   // Logits of every prompt position ([prompt.size() x vocab] floats written to `logits`),
   // computed on a scratch sequence (tests, scoring, step-cost measurements).
   Status prompt_logits(const std::vector<int32_t>& prompt, float* logits);
+  // The residual stream after each of `layers` for every prompt position
+  // ([prompt.size() x layers.size() x hidden] floats): the features an EAGLE-3 head reads.
+  Status prompt_hidden_states(const std::vector<int32_t>& prompt, const std::vector<int32_t>& layers, float* out);
   // One forward of prompt + a token tree hanging off its last token (the root), with the tree
   // mask and positions = depth, as verification runs it: logits of the root and of every node
   // ([1 + tree.size() x vocab] floats).

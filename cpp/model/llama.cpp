@@ -99,6 +99,11 @@ Status LlamaModel::forward(const ForwardBatch& batch, KVCache& kv, float* logits
   if (masked && static_cast<int32_t>(batch.mask_indptr.size()) != B + 1)
     return InvalidArgument("forward: mask_indptr must have batch + 1 entries");
   if (masked && batch.window.active()) return InvalidArgument("forward: a sparse KV window takes no custom mask");
+  if (!batch.capture_layers.empty() && batch.captured == nullptr) return InvalidArgument("forward: capture_layers needs an output buffer");
+  for (int32_t l : batch.capture_layers)
+    if (l < 0 || l >= cfg_.num_layers ||
+        (!batch.layers.empty() && !std::binary_search(batch.layers.begin(), batch.layers.end(), l)))
+      return InvalidArgument("forward: captured layer " + std::to_string(l) + " does not run in this forward");
   for (size_t i = 0; i < batch.layers.size(); ++i)
     if (batch.layers[i] < 0 || batch.layers[i] >= cfg_.num_layers || (i > 0 && batch.layers[i] <= batch.layers[i - 1]))
       return InvalidArgument("forward: layers must be ascending indices in [0, " + std::to_string(cfg_.num_layers) + ")");
@@ -168,6 +173,11 @@ Status LlamaModel::forward(const ForwardBatch& batch, KVCache& kv, float* logits
     ops::silu_mul(gate_up_.data(), T, I, act_.data());
     ops::matmul(L.down.view(), act_.data(), T, I, tmp_.data(), H, nullptr);
     add_inplace(x_.data(), tmp_.data(), T * H);
+    const int64_t C = static_cast<int64_t>(batch.capture_layers.size());
+    for (int64_t j = 0; j < C; ++j) {
+      if (batch.capture_layers[static_cast<size_t>(j)] != l) continue;
+      for (int64_t t = 0; t < T; ++t) std::copy(x_.data() + t * H, x_.data() + (t + 1) * H, batch.captured + (t * C + j) * H);
+    }
   }
 
   const int64_t R = static_cast<int64_t>(batch.logit_rows.size());

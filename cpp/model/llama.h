@@ -29,6 +29,11 @@ struct ForwardBatch {
   // Self-speculation drafts run a cheaper version of the same model over the same cache:
   std::vector<int32_t> layers;  // the decoder layers to run, ascending (empty: all); others are skipped
   KVWindow window;              // sparse attention (sinks + recent pages); not with a custom mask
+  // Feature capture (EAGLE-3 heads read the target's hidden states): the residual stream after
+  // each of these decoder layers, for every token, into captured[T x capture_layers.size() x H]
+  // (row t holds the layers' outputs side by side, in this order). Each layer must run.
+  std::vector<int32_t> capture_layers;
+  float* captured = nullptr;
 };
 
 class LlamaModel {
