@@ -185,6 +185,16 @@ def edit_config(path, **changes):
     p.write_text(json.dumps(cfg))
 
 
+def edit_tensors(path, fn):
+    """Loads path/model.safetensors, lets fn change the dict of tensors, writes it back."""
+    from safetensors.torch import load_file, save_file
+
+    f = str(Path(path) / "model.safetensors")
+    tensors = load_file(f)
+    fn(tensors)
+    save_file(tensors, f)
+
+
 def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     """||a - b|| / ||b|| (Frobenius)."""
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))

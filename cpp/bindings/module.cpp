@@ -9,4 +9,5 @@ PYBIND11_MODULE(_core, m) {
   register_kv(m);
   register_ops(m);
   register_engine(m);
+  register_eagle(m);
 }

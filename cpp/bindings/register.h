@@ -6,3 +6,4 @@ void register_io(pybind11::module_& m);
 void register_kv(pybind11::module_& m);
 void register_ops(pybind11::module_& m);
 void register_engine(pybind11::module_& m);
+void register_eagle(pybind11::module_& m);

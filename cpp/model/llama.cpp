@@ -96,9 +96,6 @@ Status LlamaModel::forward(const ForwardBatch& batch, KVCache& kv, float* logits
   for (int32_t r : batch.logit_rows)
     if (r < 0 || r >= T) return InvalidArgument("forward: logit row out of range");
   const bool masked = !batch.custom_mask.empty();
-  if (masked && static_cast<int32_t>(batch.mask_indptr.size()) != B + 1)
-    return InvalidArgument("forward: mask_indptr must have batch + 1 entries");
-  if (masked && batch.window.active()) return InvalidArgument("forward: a sparse KV window takes no custom mask");
   if (!batch.capture_layers.empty() && batch.captured == nullptr) return InvalidArgument("forward: capture_layers needs an output buffer");
   for (int32_t l : batch.capture_layers)
     if (l < 0 || l >= cfg_.num_layers ||
@@ -107,25 +104,8 @@ Status LlamaModel::forward(const ForwardBatch& batch, KVCache& kv, float* logits
   for (size_t i = 0; i < batch.layers.size(); ++i)
     if (batch.layers[i] < 0 || batch.layers[i] >= cfg_.num_layers || (i > 0 && batch.layers[i] <= batch.layers[i - 1]))
       return InvalidArgument("forward: layers must be ascending indices in [0, " + std::to_string(cfg_.num_layers) + ")");
-
-  // The page table in CSR form.
-  kv_indptr_.assign(1, 0);
-  kv_indices_.clear();
-  kv_last_page_len_.clear();
-  for (int32_t b = 0; b < B; ++b) {
-    const SeqPages& s = *batch.seqs[static_cast<size_t>(b)];
-    const int32_t qo_len = batch.qo_indptr[b + 1] - batch.qo_indptr[b];
-    if (qo_len > s.num_tokens())
-      return InvalidArgument("forward: a sequence's pages do not hold its new tokens (append first)");
-    if (batch.window.active() && qo_len > batch.window.window_tokens)
-      return InvalidArgument("forward: the KV window must hold every new token");
-    append_window_pages(s, batch.window, &kv_indices_);
-    kv_indptr_.push_back(static_cast<int32_t>(kv_indices_.size()));
-    kv_last_page_len_.push_back(s.last_page_len());
-    if (masked && batch.mask_indptr[b + 1] - batch.mask_indptr[b] != static_cast<int64_t>(qo_len) * s.num_tokens())
-      return InvalidArgument("forward: custom mask of request " + std::to_string(b) +
-                             " must have qo_len x kv_len entries");
-  }
+  static const std::vector<int64_t> kNoMask;
+  SD_RETURN_IF_ERROR(pages_.build(batch.seqs, batch.qo_indptr, masked ? batch.mask_indptr : kNoMask, batch.window, "forward"));
 
   grow(x_, T * H);
   grow(h_, T * H);
@@ -137,7 +117,6 @@ Status LlamaModel::forward(const ForwardBatch& batch, KVCache& kv, float* logits
   grow(act_, T * I);
 
   ops::embedding(w_.embed.view(), batch.token_ids.data(), T, x_.data());
-  const float sm_scale = 1.0f / std::sqrt(static_cast<float>(D));
 
   const int32_t num_run = batch.layers.empty() ? cfg_.num_layers : static_cast<int32_t>(batch.layers.size());
   for (int32_t li = 0; li < num_run; ++li) {
@@ -148,23 +127,8 @@ Status LlamaModel::forward(const ForwardBatch& batch, KVCache& kv, float* logits
                 L.qkv_bias.empty() ? nullptr : L.qkv_bias.data());
     ops::rope(qkv_.data(), batch.positions.data(), T, nq, D, qkv_w, inv_freq_.data());
     ops::rope(qkv_.data() + nq * D, batch.positions.data(), T, nkv, D, qkv_w, inv_freq_.data());
-    // Queries to a dense buffer; keys and values into their pages.
-    for (int32_t b = 0; b < B; ++b) {
-      const SeqPages& s = *batch.seqs[static_cast<size_t>(b)];
-      const int32_t t0 = batch.qo_indptr[b], qo_len = batch.qo_indptr[b + 1] - t0;
-      const int64_t first_slot = s.num_tokens() - qo_len;
-      for (int32_t i = 0; i < qo_len; ++i) {
-        const float* row = qkv_.data() + static_cast<int64_t>(t0 + i) * qkv_w;
-        std::copy(row, row + nq * D, q_.data() + static_cast<int64_t>(t0 + i) * nq * D);
-        std::copy(row + nq * D, row + (nq + nkv) * D, kv.k_slot(l, s, first_slot + i));
-        std::copy(row + (nq + nkv) * D, row + qkv_w, kv.v_slot(l, s, first_slot + i));
-      }
-    }
-    SD_RETURN_IF_ERROR(ops::paged_attention(
-        q_.data(), batch.qo_indptr.data(), B, kv.layer(l), kv_indptr_.data(), kv_indices_.data(),
-        kv_last_page_len_.data(), masked ? batch.custom_mask.data() : nullptr,
-        masked ? batch.mask_indptr.data() : nullptr, static_cast<int32_t>(nq), sm_scale,
-        attn_.data()));
+    pages_.scatter_qkv(qkv_.data(), nq, nkv, D, l, kv, q_.data());
+    SD_RETURN_IF_ERROR(pages_.attend(q_.data(), kv, l, batch.custom_mask, batch.mask_indptr, static_cast<int32_t>(nq), attn_.data()));
     ops::matmul(L.o.view(), attn_.data(), T, nq * D, tmp_.data(), H, nullptr);
     add_inplace(x_.data(), tmp_.data(), T * H);
 

@@ -11,6 +11,7 @@
 #include "io/safetensors.h"
 #include "kv/kv_cache.h"
 #include "kv/kv_window.h"
+#include "model/batch_pages.h"
 #include "model/config.h"
 #include "model/weights.h"
 
@@ -60,7 +61,7 @@ class LlamaModel {
   std::vector<float> inv_freq_;
   // scratch, grown on demand
   std::vector<float> x_, h_, qkv_, q_, attn_, tmp_, gate_up_, act_, last_;
-  std::vector<int32_t> kv_indptr_, kv_indices_, kv_last_page_len_;
+  BatchPages pages_;
 };
 
 // RoPE inverse frequencies with the config's scaling (HF's default and llama3 rules).
