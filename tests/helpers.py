@@ -185,6 +185,39 @@ def edit_config(path, **changes):
     p.write_text(json.dumps(cfg))
 
 
+def small_eagle_config(**kw):
+    """A tiny EAGLE-3 head config (hidden 32, GQA 4/2, vocab 64, draft vocab 40)."""
+    from specdec_native.eagle.config import Eagle3Config
+
+    args = dict(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+                vocab_size=64, draft_vocab_size=40, aux_layer_ids=(1, 2, 3), rms_norm_eps=1e-5,
+                rope_theta=10000.0, max_position_embeddings=128)
+    args.update(kw)
+    return Eagle3Config(**args)
+
+
+def random_eagle_head(cfg=None, seed: int = 0):
+    """A torch EAGLE-3 head (specdec_native.eagle.head) with random weights (norms near 1), a
+    random embedding table and a random draft vocabulary."""
+    from specdec_native.eagle.head import Eagle3Head
+
+    cfg = cfg or small_eagle_config()
+    head = Eagle3Head(cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in head.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            elif name != "embed_tokens.weight":
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    head.set_embeddings(torch.randn(cfg.vocab_size, cfg.hidden_size, generator=g))
+    used = torch.randperm(cfg.vocab_size, generator=g)[:cfg.draft_vocab_size].sort().values
+    t2d = torch.zeros(cfg.vocab_size, dtype=torch.bool)
+    t2d[used] = True
+    head.set_vocab_map(used - torch.arange(cfg.draft_vocab_size), t2d)
+    return head.eval()
+
+
 def edit_tensors(path, fn):
     """Loads path/model.safetensors, lets fn change the dict of tensors, writes it back."""
     from safetensors.torch import load_file, save_file

@@ -11,44 +11,19 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
-from helpers import edit_config, edit_tensors  # noqa: E402
+from helpers import edit_config, edit_tensors, random_eagle_head, small_eagle_config  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from specdec_native import _core  # noqa: E402
 from specdec_native.eagle.checkpoint import save_head  # noqa: E402
-from specdec_native.eagle.config import Eagle3Config, default_aux_layer_ids  # noqa: E402
+from specdec_native.eagle.config import default_aux_layer_ids  # noqa: E402
 from specdec_native.eagle.head import Eagle3Head  # noqa: E402
 
 torch.set_num_threads(1)
 TOL = dict(rtol=1e-4, atol=1e-4)
 
 
-def small_config(**kw):
-    args = dict(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
-                vocab_size=64, draft_vocab_size=40, aux_layer_ids=(1, 2, 3), rms_norm_eps=1e-5,
-                rope_theta=10000.0, max_position_embeddings=128)
-    args.update(kw)
-    return Eagle3Config(**args)
-
-
-def random_head(cfg=None, seed=0):
-    """As in test_eagle_head.py: random weights (norms near 1), a random embedding table and a
-    random draft vocabulary."""
-    cfg = cfg or small_config()
-    head = Eagle3Head(cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in head.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
-            elif name != "embed_tokens.weight":
-                p.copy_(0.2 * torch.randn(p.shape, generator=g))
-    head.set_embeddings(torch.randn(cfg.vocab_size, cfg.hidden_size, generator=g))
-    used = torch.randperm(cfg.vocab_size, generator=g)[:cfg.draft_vocab_size].sort().values
-    t2d = torch.zeros(cfg.vocab_size, dtype=torch.bool)
-    t2d[used] = True
-    head.set_vocab_map(used - torch.arange(cfg.draft_vocab_size), t2d)
-    return head.eval()
+small_config, random_head = small_eagle_config, random_eagle_head
 
 
 def target_config(hidden=32, vocab=64, layers=6):

@@ -19,14 +19,6 @@ using sd_py::i32;
 
 namespace {
 
-sd::DType eagle_dtype(const std::string& name) {
-  if (name == "float32") return sd::DType::kF32;
-  if (name == "bfloat16") return sd::DType::kBF16;
-  if (name == "float16") return sd::DType::kF16;
-  if (name == "int8") return sd::DType::kQ8;
-  if (name == "int4") return sd::DType::kQ4;
-  throw py::value_error("dtype must be one of float32, bfloat16, float16, int8, int4; got '" + name + "'");
-}
 
 // One sequence of head entries in a private KV cache. `embed` (the target's token embedding
 // table, float32 [vocab, H]) is kept alive here; None when the head carries its own.
@@ -150,7 +142,7 @@ void register_eagle(py::module_& m) {
       .def_static(
           "load",
           [](const std::string& dir, const sd::ModelConfig& target, const std::string& dtype) {
-            const sd::DType dt = eagle_dtype(dtype);
+            const sd::DType dt = sd_py::dtype_from_name(dtype);
             std::unique_ptr<sd::Eagle3Head> h;
             sd::Status st;
             {

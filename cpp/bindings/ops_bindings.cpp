@@ -32,14 +32,6 @@ struct PackedWeight {
   sd::OwnedMatrix m;
 };
 
-sd::DType dtype_from_name(const std::string& name) {
-  if (name == "float32") return sd::DType::kF32;
-  if (name == "bfloat16") return sd::DType::kBF16;
-  if (name == "float16") return sd::DType::kF16;
-  if (name == "int8") return sd::DType::kQ8;
-  if (name == "int4") return sd::DType::kQ4;
-  throw py::value_error("dtype must be one of float32, bfloat16, float16, int8, int4; got '" + name + "'");
-}
 
 std::unique_ptr<PackedWeight> pack(py::handle w_obj, const std::string& dtype) {
   auto w = f32(w_obj, "weight", 2);
@@ -50,7 +42,7 @@ std::unique_ptr<PackedWeight> pack(py::handle w_obj, const std::string& dtype) {
   tv.data = reinterpret_cast<const uint8_t*>(w.data());
   tv.nbytes = w.nbytes();
   auto p = std::make_unique<PackedWeight>();
-  throw_if_error(sd::OwnedMatrix::from_tensors({&tv}, w.shape(1), dtype_from_name(dtype), &p->m));
+  throw_if_error(sd::OwnedMatrix::from_tensors({&tv}, w.shape(1), sd_py::dtype_from_name(dtype), &p->m));
   return p;
 }
 
