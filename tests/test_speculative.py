@@ -577,7 +577,7 @@ def test_draft_with_a_different_token_table(ckpts, tmp_path):
     {"tree": {"top_k": 3, "max_nodes": 257}},
     {"tree": {"top_k": 3, "max_nodes": 8, "depth": 2}},
     {"tree": {"max_branches": 2}},         # an n-gram option on a draft model
-    {"method": "eagle"},
+    {"method": "medusa"},                  # not a method
     {"method": "ngram", "tree": [[0]]},
     {"method": "ngram", "tree": {"top_k": 2, "max_nodes": 4}},
     {"method": "ngram", "prompt_lookup_min": 3, "prompt_lookup_max": 2},

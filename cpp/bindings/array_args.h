@@ -49,12 +49,10 @@ inline void expect_dim(const py::array& a, int axis, py::ssize_t value, const ch
 
 // A weight dtype by its name (the names Python passes: float32 ... int4).
 inline sd::DType dtype_from_name(const std::string& name) {
-  if (name == "float32") return sd::DType::kF32;
-  if (name == "bfloat16") return sd::DType::kBF16;
-  if (name == "float16") return sd::DType::kF16;
-  if (name == "int8") return sd::DType::kQ8;
-  if (name == "int4") return sd::DType::kQ4;
-  throw py::value_error("dtype must be one of float32, bfloat16, float16, int8, int4; got '" + name + "'");
+  sd::DType t;
+  if (!sd::parse_dtype_name(name, &t))
+    throw py::value_error("dtype must be one of float32, bfloat16, float16, int8, int4; got '" + name + "'");
+  return t;
 }
 
 }  // namespace sd_py

@@ -146,6 +146,10 @@ void register_engine(py::module_& m) {
       .def_readwrite("max_nodes", &sd::DraftModelOptions::max_nodes)
       .def_readwrite("min_confidence", &sd::DraftModelOptions::min_confidence);
 
+  py::class_<sd::EagleOptions>(m, "EagleOptions")
+      .def(py::init<>())
+      .def_readwrite("num_tokens", &sd::EagleOptions::num_tokens);
+
   py::class_<sd::SelfDraftOptions>(m, "SelfDraftOptions")
       .def(py::init<>())
       .def_readwrite("num_tokens", &sd::SelfDraftOptions::num_tokens)
@@ -294,7 +298,7 @@ void register_engine(py::module_& m) {
             }
             throw_if_error(st);
             const py::ssize_t V = e.config().vocab_size;
-            py::array_t<float> qa({static_cast<py::ssize_t>(tokens.size()), V});
+            py::array_t<float> qa({static_cast<py::ssize_t>(q.size()) / V, V});
             std::copy(q.begin(), q.end(), qa.mutable_data());
             return py::make_tuple(tokens, qa);
           },
@@ -316,6 +320,18 @@ void register_engine(py::module_& m) {
           },
           py::arg("prompt"), py::arg("layers"),
           "[len(prompt), len(layers), hidden]: the residual stream after each layer (EAGLE-3 features).")
+      .def(
+          "attach_eagle_head",
+          [](sd::Engine& e, const std::string& dir, const std::string& dtype, const sd::EagleOptions& o) {
+            sd::Status st;
+            {
+              py::gil_scoped_release nogil;
+              st = e.attach_eagle_head(dir, dtype, o);
+            }
+            throw_if_error(st);
+          },
+          py::arg("head_dir"), py::arg("dtype"), py::arg("options"),
+          "Feature-level drafting from an EAGLE-3 head (SpecForge format) trained for this target.")
       .def("attach_self_drafter",
            [](sd::Engine& e, const sd::SelfDraftOptions& o) { throw_if_error(e.attach_self_drafter(o)); },
            py::arg("options"), "Self-speculation: the target drafts with a layer subset or a sparse KV window.")

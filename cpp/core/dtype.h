@@ -29,6 +29,13 @@ inline const char* dtype_name(DType t) {
   return "?";
 }
 
+// The inverse of dtype_name; false for any other name.
+inline bool parse_dtype_name(const std::string& name, DType* out) {
+  for (DType t : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8, DType::kQ4})
+    if (name == dtype_name(t)) return *out = t, true;
+  return false;
+}
+
 // Bytes per element for plain types; for kQ8 the int8 payload (scales are stored apart); kQ4
 // packs two elements per byte, so its size is never taken per element.
 inline int64_t dtype_size(DType t) {

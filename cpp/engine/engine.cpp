@@ -103,6 +103,20 @@ Status Engine::attach_self_drafter(const SelfDraftOptions& opts) {
   return Status::Ok();
 }
 
+Status Engine::attach_eagle_head(const std::string& dir, const std::string& dtype, const EagleOptions& opts) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!idle()) return InvalidArgument("a drafter can only be attached to an idle engine");
+  if (opts.num_tokens < 1) return InvalidArgument("num_speculative_tokens must be >= 1");
+  DType dt = model_->dtype();
+  if (dtype != "auto" && !parse_dtype_name(dtype, &dt))
+    return InvalidArgument("dtype must be auto, float32, bfloat16, float16, int8 or int4; got '" + dtype + "'");
+  std::unique_ptr<Eagle3Head> head;
+  SD_RETURN_IF_ERROR(Eagle3Head::load(dir, config(), dt, &head));
+  drafter_.reset(new EagleDrafter(std::move(head), model_.get(), opts_.page_size, opts_.num_blocks, opts));
+  policy_ = ChainLengthPolicy();
+  return Status::Ok();
+}
+
 Status Engine::set_acceptance(const AcceptanceConfig& cfg) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!idle()) return InvalidArgument("the acceptance rule can only be changed on an idle engine");
@@ -213,6 +227,7 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
   fb.logit_rows.resize(fb.token_ids.size());
   for (size_t i = 0; i < fb.logit_rows.size(); ++i) fb.logit_rows[i] = static_cast<int32_t>(i);
   logits_.resize(fb.token_ids.size() * static_cast<size_t>(V));
+  const int64_t feature_width = capture_features(&fb);
   SD_RETURN_IF_ERROR(model_->forward(fb, *kv_, logits_.data()));
   const double forward_seconds = now_seconds() - t0;
 
@@ -255,6 +270,14 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
     for (int64_t j = 0; j < m; ++j) kv_->copy_token(r.pages, prefix[k] + 1 + v.accepted[static_cast<size_t>(j)], prefix[k] + 1 + j);
     r.pages.truncate(kv_->allocator(), prefix[k] + 1 + m);
     if (drafter_) drafter_->accept(r.slot, t, v.accepted);
+    if (feature_width > 0) {  // the root's and the accepted nodes' features, in sequence order
+      std::vector<float> rows;
+      for (int64_t j = -1; j < m; ++j) {
+        const float* row = features_.data() + (fb.qo_indptr[k] + (j < 0 ? 0 : 1 + v.accepted[static_cast<size_t>(j)])) * feature_width;
+        rows.insert(rows.end(), row, row + feature_width);
+      }
+      drafter_->observe_features(r.slot, prefix[k], rows.data(), m + 1);
+    }
     r.acceptance.observe(t.size(), static_cast<int32_t>(m));
     res.steps += 1;
     res.drafted += t.size();
@@ -277,6 +300,16 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
     if (finished) finish(r, r.finish_reason, updates);
   }
   return Status::Ok();
+}
+
+int64_t Engine::capture_features(ForwardBatch* fb) {
+  if (!drafter_) return 0;
+  fb->capture_layers = drafter_->feature_layers();
+  if (fb->capture_layers.empty()) return 0;
+  const int64_t width = static_cast<int64_t>(fb->capture_layers.size()) * config().hidden_size;
+  features_.resize(fb->token_ids.size() * static_cast<size_t>(width));
+  fb->captured = features_.data();
+  return width;
 }
 
 Status Engine::prompt_logits(const std::vector<int32_t>& prompt, float* logits) {
@@ -325,7 +358,7 @@ Status Engine::tree_logits(const std::vector<int32_t>& prompt, const TokenTree& 
 Status Engine::draft_chain(const std::vector<int32_t>& prompt, int32_t k, std::vector<int32_t>* tokens,
                            std::vector<float>* q) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (!drafter_ || !drafter_->has_distributions() || !drafter_->proposes_chains())
+  if (!drafter_ || drafter_->weight_bytes_per_token() == 0 || !drafter_->proposes_chains())
     return InvalidArgument("draft_chain needs a drafter that drafts chains from a model");
   if (!idle()) return InvalidArgument("draft_chain needs an idle engine");
   if (k < 1) return InvalidArgument("draft_chain: k must be >= 1");
@@ -342,12 +375,14 @@ Status Engine::draft_chain(const std::vector<int32_t>& prompt, int32_t k, std::v
     for (int64_t i = 0; i < n - 1; ++i) fb.positions.push_back(static_cast<int32_t>(i));
     fb.qo_indptr = {0, static_cast<int32_t>(n - 1)};
     fb.seqs = {&seq};
+    const int64_t feature_width = capture_features(&fb);
     st = model_->forward(fb, *kv_, nullptr);
+    if (st.ok() && feature_width > 0) drafter_->observe_features(-1, 0, features_.data(), n - 1);
   }
   TokenTree tree;
   SamplingConfig greedy;
   greedy.temperature = 0;
-  const int32_t scratch_slot = -1;  // never a running sequence's
+  const int32_t scratch_slot = -1;  // never a running sequence's (observe_features above uses it too)
   if (st.ok()) {
     DraftJob j;
     j.seq = scratch_slot;

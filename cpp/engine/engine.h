@@ -20,6 +20,7 @@
 #include "sampling/sampler.h"
 #include "spec/chain_length_policy.h"
 #include "spec/draft_model_drafter.h"
+#include "spec/eagle_drafter.h"
 #include "spec/lossy_verifier.h"
 #include "spec/ngram_drafter.h"
 #include "spec/self_drafter.h"
@@ -120,6 +121,9 @@ class Engine {
   // Self-speculation (spec/self_drafter.h): the target drafts with a subset of its layers or a
   // sparse KV window, over its own weights and cache.
   Status attach_self_drafter(const SelfDraftOptions& opts);
+  // Feature-level drafting (spec/eagle_drafter.h): an EAGLE-3 head directory (SpecForge format)
+  // trained for this target.
+  Status attach_eagle_head(const std::string& dir, const std::string& dtype, const EagleOptions& opts);
   const Drafter* drafter() const { return drafter_.get(); }
   // Adaptive chain length: each step drafts the k (up to the drafter's; 0 = none) that the cost
   // model (spec/chain_length_policy.h) expects to be fastest for the running batch. Off by
@@ -146,8 +150,9 @@ class Engine {
 
   // The attached drafter's greedy chain of k tokens after `prompt` (its last token the root,
   // everything before it prefilled by the target on a scratch sequence), with the draft's
-  // distribution at temperature 1 for each ([k x vocab] floats in *q): what a model-based
-  // drafter proposes, for tests and diagnostics. Fewer than k when the context ends.
+  // distribution at temperature 1 for each ([k x vocab] floats in *q; empty for drafters without
+  // distributions, EAGLE heads): what a model-based drafter proposes, for tests and
+  // diagnostics. Fewer than k when the context ends.
   Status draft_chain(const std::vector<int32_t>& prompt, int32_t k, std::vector<int32_t>* tokens,
                      std::vector<float>* q);
 
@@ -188,6 +193,8 @@ class Engine {
   // Decoding (engine/engine.cpp): drafts, one target forward, verification, commits.
   Status decode(std::vector<Sequence*>& seqs, std::vector<RequestUpdate>* updates);
   Status scratch_forward(const std::vector<int32_t>& tokens, float* logits, const TokenTree* tree = nullptr);
+  // Asks fb to capture the drafter's feature layers into features_; returns a row's width (0: none).
+  int64_t capture_features(ForwardBatch* fb);
   Status calibrate_chain_length_policy();
   void publish_stats();
 
@@ -203,7 +210,7 @@ class Engine {
   int32_t undrafted_steps_ = 0;  // adaptive steps in a row that chose not to draft
   int32_t probe_gap_ = 8;        // undrafted steps before a one-token probe
   int64_t probes_ = 0;           // probes so far (picks the probing sequence in turn)
-  std::vector<float> logits_, probs_, scratch_;
+  std::vector<float> logits_, probs_, scratch_, features_;
   std::mutex mu_;           // one step (or scratch forward) at a time
   std::mutex generate_mu_;  // one generate() at a time
   // Owned by step(): sequences waiting for admission (preempted ones first) and running ones.

@@ -132,7 +132,8 @@ Status Engine::prefill_chunks(std::vector<RequestUpdate>* updates) {
   int64_t budget = opts_.prefill_chunk;
   ForwardBatch fb;
   fb.qo_indptr.push_back(0);
-  std::vector<Sequence*> done;  // prefills that complete in this forward
+  std::vector<Sequence*> done;        // prefills that complete in this forward
+  std::vector<Sequence*> chunk_seqs;  // the forward's requests, in order
   for (SeqPtr& sp : running_) {
     Sequence& s = *sp;
     if (s.decoding() || budget <= 0) continue;
@@ -144,6 +145,7 @@ Status Engine::prefill_chunks(std::vector<RequestUpdate>* updates) {
       for (int64_t t = start; t < end; ++t) fb.positions.push_back(static_cast<int32_t>(t));
       fb.qo_indptr.push_back(static_cast<int32_t>(fb.token_ids.size()));
       fb.seqs.push_back(&s.pages);
+      chunk_seqs.push_back(&s);
       budget -= end - start;
       totals_.prefill_tokens += end - start;
     }
@@ -156,7 +158,13 @@ Status Engine::prefill_chunks(std::vector<RequestUpdate>* updates) {
   const int64_t V = config().vocab_size;
   if (!fb.token_ids.empty()) {
     logits_.resize(fb.logit_rows.size() * static_cast<size_t>(V));
+    const int64_t feature_width = capture_features(&fb);
     SD_RETURN_IF_ERROR(model_->forward(fb, *kv_, logits_.data()));
+    for (size_t b = 0; feature_width > 0 && b < chunk_seqs.size(); ++b) {
+      const int32_t t0 = fb.qo_indptr[b], n = fb.qo_indptr[b + 1] - t0;
+      drafter_->observe_features(chunk_seqs[b]->slot, fb.positions[static_cast<size_t>(t0)],
+                                 features_.data() + t0 * feature_width, n);
+    }
   }
   int32_t row = 0;
   for (Sequence* sp : done) {

@@ -81,6 +81,11 @@ class Eagle3Head {
   bool has_embeddings() const { return has_embed_; }  // the checkpoint carried embed_tokens.weight
   // Target id of each draft id (d + d2t[d]); [draft_vocab_size].
   const std::vector<int32_t>& draft_to_target() const { return d2t_target_; }
+  // Bytes of weights one drafted entry reads (fc, the layer, the LM head).
+  int64_t weight_bytes() const {
+    return fc_.view().nbytes() + qkv_w_.view().nbytes() + o_.view().nbytes() + gate_up_w_.view().nbytes() +
+           down_.view().nbytes() + lm_head_.view().nbytes();
+  }
   // One layer, the head's KV heads and head_dim.
   KVCacheConfig kv_config(int32_t page_size, int32_t num_blocks) const;
 

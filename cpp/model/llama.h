@@ -48,6 +48,7 @@ class LlamaModel {
 
   const ModelConfig& config() const { return cfg_; }
   DType dtype() const { return dtype_; }
+  const Matrix& embedding() const { return w_.embed.view(); }  // [vocab, hidden] (EAGLE heads embed with it)
   // Bytes of weights one decode step reads (every matrix once; the embedding row is negligible).
   // With `layers`: of a forward that runs only those decoder layers.
   int64_t weight_bytes_per_token(const std::vector<int32_t>& layers = {}) const;

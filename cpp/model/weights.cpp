@@ -127,12 +127,8 @@ Status OwnedMatrix::from_tensors(const std::vector<const TensorView*>& parts, in
 }
 
 Status resolve_dtype(const std::string& name, const Checkpoint& ckpt, DType* out) {
-  if (name == "float32") *out = DType::kF32;
-  else if (name == "bfloat16") *out = DType::kBF16;
-  else if (name == "float16") *out = DType::kF16;
-  else if (name == "int8") *out = DType::kQ8;
-  else if (name == "int4") *out = DType::kQ4;
-  else if (name == "auto") {
+  if (parse_dtype_name(name, out)) return Status::Ok();
+  if (name == "auto") {
     const TensorView* t = ckpt.find("model.embed_tokens.weight");
     if (!t) return CorruptFile("checkpoint is missing tensor 'model.embed_tokens.weight'");
     if (t->dtype == "F32") *out = DType::kF32;

@@ -55,6 +55,13 @@ class Drafter {
   virtual int64_t weight_bytes_per_token() const { return 0; }
   // Whether drafts come with the draft's distributions (record_q works; cascades need them).
   virtual bool has_distributions() const { return false; }
+  // Target features this drafter reads (EAGLE-3: the hidden states after these decoder layers);
+  // empty: none. The engine then captures them in every prefill and verification forward and
+  // reports the committed tokens' rows through observe_features.
+  virtual std::vector<int32_t> feature_layers() const { return {}; }
+  // Features of n consecutive committed tokens of the sequence, token indexes [first, first + n),
+  // as [n x feature_layers().size() x hidden] floats.
+  virtual void observe_features(int32_t seq, int64_t first, const float* rows, int64_t n) {}
 };
 
 }  // namespace sd

@@ -103,6 +103,14 @@ class LLM:
             self.engine.attach_self_drafter(o)
             self.engine.set_acceptance(acceptance)
             return
+        if spec.method == "eagle":
+            if draft is None:
+                raise ValueError("method 'eagle' needs a head: LLM(target, draft=HEAD_DIR, speculative={'method': 'eagle'})")
+            o = _core.EagleOptions()
+            o.num_tokens = spec.num_speculative_tokens
+            self.engine.attach_eagle_head(str(draft), spec.draft_dtype or "auto", o)
+            self.engine.set_acceptance(acceptance)
+            return
         if draft is None:
             raise ValueError("method 'draft' needs a draft model: LLM(target, draft=PATH, ...)")
         path = ckpt_mod.resolve(draft, progress=progress)

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import List, Optional, Union
 
-METHODS = ("draft", "ngram", "sparse_kv", "layer_skip")
+METHODS = ("draft", "ngram", "sparse_kv", "layer_skip", "eagle")
 SELF_METHODS = ("sparse_kv", "layer_skip")  # the target drafts for itself
 ACCEPTANCE = ("lossless", "typical", "cascade")
 CASCADE_RULES = ("chow", "diff", "opt")
@@ -19,7 +19,9 @@ MAX_NODES = 256
 @dataclass
 class SpeculativeConfig:
     """method: "draft" (a smaller model sharing the target's vocabulary, given as LLM(draft=...)),
-    "ngram" (prompt lookup: continuations of the longest recent suffix seen before), or
+    "ngram" (prompt lookup: continuations of the longest recent suffix seen before), "eagle" (an
+    EAGLE-3 head directory in SpecForge's format, given as LLM(draft=HEAD_DIR): one layer over
+    the target's own hidden states, greedy chains), or
     self-speculation, where the target drafts for itself over its own weights and KV cache:
     "sparse_kv" (MagicDec: every layer, but attending only the first sink_tokens and the last
       window_tokens of the context, rounded out to whole KV pages: its cost stops growing with
@@ -90,6 +92,13 @@ class SpeculativeConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+        if self.method == "eagle" and c > 0:
+            raise ValueError("draft_confidence is not supported by method 'eagle' yet")
+        if self.method == "eagle" and self.tree is not None:
+            raise ValueError("method 'eagle' drafts chains for now: it needs tree=None")
+        if self.method == "eagle" and self.acceptance == "cascade":
+            raise ValueError("acceptance 'cascade' needs the draft's distributions q: method 'eagle' drafts "
+                             "argmax chains without them")
         if not self.is_self_draft:
             if self.draft_layers is not None:
                 raise ValueError(f"draft_layers is for method 'layer_skip', not {self.method!r}")

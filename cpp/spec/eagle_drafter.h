@@ -1,0 +1,58 @@
+// Feature-level drafting (EAGLE-3): a one-layer head reads the target's own hidden states (three
+// layers' outputs, captured in the target's prefill and verification forwards) and drafts a
+// greedy chain from its own hidden states. Entry t of the head pairs the features after token t
+// with token t + 1 at RoPE position t; the entry paired with the root predicts the first draft.
+// The head keeps a one-layer paged KV cache per sequence; entries made from real features are
+// kept, the chain's scratch entries are truncated at the next step. A prefix-cache hit skips the
+// target's forward over the cached tokens, so their features do not exist: the head then starts
+// at the first computed token (still lossless; acceptance on that request may drop).
+#pragma once
+#include <map>
+#include <memory>
+
+#include "model/eagle_head.h"
+#include "model/llama.h"
+#include "spec/drafter.h"
+
+namespace sd {
+
+struct EagleOptions {
+  int32_t num_tokens = 5;  // chain length
+};
+
+class EagleDrafter : public Drafter {
+ public:
+  // `target` outlives the drafter (its embedding table is the head's input embedding).
+  EagleDrafter(std::unique_ptr<Eagle3Head> head, const LlamaModel* target, int32_t page_size, int32_t num_blocks,
+               const EagleOptions& o);
+  Status propose(int32_t seq, const DraftRequest& req, TokenTree* tree) override;
+  void accept(int32_t seq, const TokenTree& tree, const std::vector<int32_t>& accepted) override;
+  void release(int32_t seq, const std::vector<int32_t>& context) override;
+  int32_t max_nodes() const override { return opts_.num_tokens; }
+  bool proposes_chains() const override { return true; }
+  int64_t weight_bytes_per_token() const override;
+  std::vector<int32_t> feature_layers() const override { return head_->config().aux_layer_ids; }
+  void observe_features(int32_t seq, int64_t first, const float* rows, int64_t n) override;
+  const Eagle3Head& head() const { return *head_; }
+
+ private:
+  struct SeqState {
+    explicit SeqState(int32_t page_size) : pages(page_size) {}
+    SeqPages pages;              // the head's KV: entries [0, committed) are real, later ones scratch
+    int64_t first = -1;          // token index of entry 0
+    int64_t committed = 0;       // entries made from real features
+    std::vector<float> pending;  // features of tokens [first + committed, ...) not yet run
+  };
+  // Runs `n` entries for `st` (appended to its pages); logits of the last entry, hidden of all.
+  Status run(SeqState& st, const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions,
+             const float* features, const float* hidden, std::vector<float>* logits, std::vector<float>* hidden_out);
+
+  std::unique_ptr<Eagle3Head> head_;
+  const LlamaModel* target_;
+  KVCache kv_;
+  EagleOptions opts_;
+  int64_t feature_width_;  // 3 x target hidden
+  std::map<int32_t, SeqState> seqs_;
+};
+
+}  // namespace sd

@@ -1,0 +1,118 @@
+"""EAGLE-3 heads drafting inside the engine (method "eagle"): the target's forward captures the
+head's aux layers in prefill and verification, the head catches up on the committed tokens'
+features and drafts greedy chains from its own hidden states.
+
+* The engine's first chain after a prompt equals the torch reference head's greedy chain
+  (specdec_native.eagle.head.Eagle3Head.draft) fed transformers' hidden states of the target:
+  features, pairing of entries with tokens, positions and the draft-vocabulary map all line up.
+* Lossless: temperature 0 token-identical to the target alone (batched, several k, prefix-cache
+  hits, preemption); seeded sampling batched equals alone.
+* Bad heads and configurations raise ValueError.
+"""
+from __future__ import annotations
+
+import pytest
+
+from helpers import (assert_no_blocks_held, edit_config, greedy_params, load_llm, prompt, random_eagle_head,
+                     small_eagle_config, torch, write_checkpoint, write_tokenizer)
+
+from specdec_native import SamplingParams, SpeculativeConfig
+from specdec_native.eagle.checkpoint import save_head
+
+LAYERS = 4
+AUX = (0, 1, 2)
+PROMPTS = [prompt(9, seed=21), prompt(37, seed=22), prompt(70, seed=23), [5, 6, 7, 8] * 10 + prompt(3, seed=24)]
+MAX_TOKENS = [24, 17, 24, 30]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eagle")
+    target = write_checkpoint(root / "target", "llama", seed=43, num_hidden_layers=LAYERS)
+    write_tokenizer(root / "target", vocab_size=256)
+    cfg = small_eagle_config(hidden_size=64, intermediate_size=96, vocab_size=256, draft_vocab_size=200,
+                             aux_layer_ids=AUX, max_position_embeddings=256)
+    head = random_eagle_head(cfg, seed=7)
+    head.set_embeddings(target.model.embed_tokens.weight.detach().clone())  # the engine embeds with the target's table
+    save_head(head, root / "head")
+    return {"target": root / "target", "model": target, "head_dir": root / "head", "head": head}
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    llm = load_llm(setup["target"])
+    return [o.token_ids for o in llm.generate(prompt_token_ids=PROMPTS,
+                                              sampling_params=[greedy_params(n) for n in MAX_TOKENS])]
+
+
+def _eagle(setup, k=4, **kw):
+    return load_llm(setup["target"], draft=str(setup["head_dir"]),
+                    speculative={"method": "eagle", "num_speculative_tokens": k}, **kw)
+
+
+def test_first_chain_equals_the_torch_head_on_transformers_features(setup):
+    llm = _eagle(setup, k=5)
+    for ids in PROMPTS:
+        tokens, q = llm.engine.draft_chain(ids, 5)
+        with torch.no_grad():
+            hs = setup["model"](torch.tensor([ids[:-1]]), output_hidden_states=True).hidden_states
+            aux = torch.cat([hs[layer + 1] for layer in AUX], dim=-1)
+            ref = setup["head"].draft(aux, torch.tensor([ids]), 5)
+        assert tokens == ref[0].tolist()
+        assert q.shape[0] == 0  # argmax drafts, no distributions
+    assert_no_blocks_held(llm.engine)
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_greedy_eagle_is_token_identical(setup, reference, k):
+    llm = _eagle(setup, k=k, page_size=4)
+    outs = llm.generate(prompt_token_ids=PROMPTS, sampling_params=[greedy_params(n) for n in MAX_TOKENS])
+    assert [o.token_ids for o in outs] == reference
+    assert sum(o.metrics["drafted"] for o in outs) > 0
+    # again: every prompt's pages now come from the prefix cache, so the head starts later
+    outs = llm.generate(prompt_token_ids=PROMPTS, sampling_params=[greedy_params(n) for n in MAX_TOKENS])
+    assert [o.token_ids for o in outs] == reference
+    assert sum(o.metrics["cached_prompt_tokens"] for o in outs) > 0
+    assert_no_blocks_held(llm.engine)
+
+
+def test_eagle_under_preemption_equals_alone(setup, reference):
+    llm = _eagle(setup, k=3, page_size=4, num_blocks=40, max_num_seqs=4)
+    outs = llm.generate(prompt_token_ids=PROMPTS, sampling_params=[greedy_params(n) for n in MAX_TOKENS])
+    assert [o.token_ids for o in outs] == reference
+    assert sum(o.metrics["preemptions"] for o in outs) > 0
+    assert_no_blocks_held(llm.engine)
+
+
+def test_sampled_eagle_batched_equals_alone(setup):
+    """Seeded sampling repeats when the drafts do; with prefix caching a repeated prompt would give
+    the head fewer features (other drafts: the same distribution, other draws), so it is off."""
+    params = [SamplingParams(max_tokens=20, temperature=0.9, seed=s, ignore_eos=True) for s in range(4)]
+    llm = _eagle(setup, k=3, enable_prefix_caching=False)
+    together = [o.token_ids for o in llm.generate(prompt_token_ids=PROMPTS, sampling_params=params)]
+    alone = [llm.generate(prompt_token_ids=[p], sampling_params=[sp])[0].token_ids for p, sp in zip(PROMPTS, params)]
+    assert together == alone
+
+
+def test_bad_eagle_heads_and_configs(setup, tmp_path):
+    with pytest.raises(ValueError, match="needs a head"):
+        load_llm(setup["target"], speculative={"method": "eagle"})
+    with pytest.raises(ValueError, match="chains"):
+        SpeculativeConfig(method="eagle", tree=[[0], [1]])
+    with pytest.raises(ValueError, match="draft_confidence"):
+        SpeculativeConfig(method="eagle", draft_confidence=0.5)
+    with pytest.raises(ValueError, match="cascade"):
+        SpeculativeConfig(method="eagle", acceptance="cascade")
+    # a head trained for a target with another vocabulary
+    other = random_eagle_head(small_eagle_config(hidden_size=64, intermediate_size=96, vocab_size=300,
+                                                 draft_vocab_size=200, aux_layer_ids=AUX))
+    save_head(other, tmp_path / "other")
+    with pytest.raises(ValueError, match="vocab"):
+        load_llm(setup["target"], draft=str(tmp_path / "other"), speculative={"method": "eagle"})
+    # aux layers the target does not have
+    save_head(setup["head"], tmp_path / "deep")
+    edit_config(tmp_path / "deep", eagle_config={"eagle_aux_hidden_state_layer_ids": [0, 1, 9]})
+    with pytest.raises(ValueError, match="aux layer"):
+        load_llm(setup["target"], draft=str(tmp_path / "deep"), speculative={"method": "eagle"})
+    with pytest.raises(ValueError, match="config.json"):
+        load_llm(setup["target"], draft=str(tmp_path / "missing"), speculative={"method": "eagle"})
