@@ -262,3 +262,30 @@ def assert_no_blocks_held(engine):
     engine.reset_prefix_cache()
     assert engine.num_cached_blocks == 0
     assert engine.num_free_blocks == engine.num_blocks - 1
+
+
+# Ways to break a saved small_eagle_config() head directory, and what the loader must say (the
+# torch loader and the C++ one alike).
+MALFORMED_EAGLE_HEADS = [
+    (lambda p: (p / "config.json").unlink(), "missing config.json"),
+    (lambda p: (p / "config.json").write_text("{not json"), "not valid JSON"),
+    (lambda p: edit_config(p, architectures=["LlamaForCausalLM"]), "LlamaForCausalLMEagle3"),
+    (lambda p: edit_config(p, draft_vocab_size=None), r"missing required keys \['draft_vocab_size'\]"),
+    (lambda p: edit_config(p, draft_vocab_size=100), "exceeds vocab_size"),
+    (lambda p: edit_config(p, hidden_size=32.5), "hidden_size must be a positive integer"),
+    (lambda p: edit_config(p, num_hidden_layers=2), "one-layer"),
+    (lambda p: edit_config(p, rope_scaling={"rope_type": "llama3", "factor": 8.0}), "rope_scaling"),
+    (lambda p: edit_config(p, eagle_config={"eagle_aux_hidden_state_layer_ids": [1, 2]}),
+     "three non-negative layer indices"),
+    (lambda p: (p / "model.safetensors").unlink(), "missing model.safetensors"),
+    (lambda p: (p / "model.safetensors").write_bytes(b"garbage"), "unreadable safetensors"),
+    (lambda p: edit_tensors(p, lambda t: t.pop("fc.weight")), r"missing tensors \['fc.weight'\]"),
+    (lambda p: edit_tensors(p, lambda t: t.update({"lm_head.weight": torch.zeros(41, 32)})),
+     r"lm_head.weight has shape \[41, 32\], expected \[40, 32\]"),
+    (lambda p: edit_tensors(p, lambda t: t.update({"extra.weight": torch.zeros(2)})), "unexpected tensors"),
+    (lambda p: edit_tensors(p, lambda t: t.update({"t2d": torch.ones(64, dtype=torch.bool)})), "disagree"),
+    (lambda p: edit_tensors(p, lambda t: t.update({"t2d": torch.ones(64)})), r"t2d (has dtype F32|must be bool)"),
+    (lambda p: edit_tensors(p, lambda t: t.update({"d2t": t["d2t"] + 1000})), "outside the target vocabulary"),
+    (lambda p: edit_tensors(p, lambda t: t.update({"norm.weight": torch.zeros(32, dtype=torch.int32)})),
+     r"norm.weight (has dtype I32|must be floating point)"),
+]

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
-from helpers import edit_config, edit_tensors, random_eagle_head, small_eagle_config  # noqa: E402
+from helpers import MALFORMED_EAGLE_HEADS, edit_config, edit_tensors, random_eagle_head, small_eagle_config  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from specdec_native import _core  # noqa: E402
@@ -280,29 +280,7 @@ def test_mismatched_target_raises(tmp_path):
         _core.Eagle3Head.load(str(tmp_path / "narrow"), target_config(hidden=48), "float32")
 
 
-@pytest.mark.parametrize("breakage, message", [
-    (lambda p: (p / "config.json").unlink(), "missing config.json"),
-    (lambda p: (p / "config.json").write_text("{not json"), "not valid JSON"),
-    (lambda p: edit_config(p, architectures=["LlamaForCausalLM"]), "LlamaForCausalLMEagle3"),
-    (lambda p: edit_config(p, draft_vocab_size=None), r"missing required keys \['draft_vocab_size'\]"),
-    (lambda p: edit_config(p, draft_vocab_size=100), "exceeds vocab_size"),
-    (lambda p: edit_config(p, hidden_size=32.5), "hidden_size must be a positive integer"),
-    (lambda p: edit_config(p, num_hidden_layers=2), "one-layer"),
-    (lambda p: edit_config(p, rope_scaling={"rope_type": "llama3", "factor": 8.0}), "rope_scaling"),
-    (lambda p: edit_config(p, eagle_config={"eagle_aux_hidden_state_layer_ids": [1, 2]}),
-     "three non-negative layer indices"),
-    (lambda p: (p / "model.safetensors").unlink(), "missing model.safetensors"),
-    (lambda p: (p / "model.safetensors").write_bytes(b"garbage"), "unreadable safetensors"),
-    (lambda p: edit_tensors(p, lambda t: t.pop("fc.weight")), r"missing tensors \['fc.weight'\]"),
-    (lambda p: edit_tensors(p, lambda t: t.update({"lm_head.weight": torch.zeros(41, 32)})),
-     r"lm_head.weight has shape \[41, 32\], expected \[40, 32\]"),
-    (lambda p: edit_tensors(p, lambda t: t.update({"extra.weight": torch.zeros(2)})), "unexpected tensors"),
-    (lambda p: edit_tensors(p, lambda t: t.update({"t2d": torch.ones(64, dtype=torch.bool)})), "disagree"),
-    (lambda p: edit_tensors(p, lambda t: t.update({"t2d": torch.ones(64)})), "t2d has dtype F32"),
-    (lambda p: edit_tensors(p, lambda t: t.update({"d2t": t["d2t"] + 1000})), "outside the target vocabulary"),
-    (lambda p: edit_tensors(p, lambda t: t.update({"norm.weight": torch.zeros(32, dtype=torch.int32)})),
-     "norm.weight has dtype I32"),
-])
+@pytest.mark.parametrize("breakage, message", MALFORMED_EAGLE_HEADS)
 def test_malformed_directory_raises(tmp_path, breakage, message):
     s = Saved(tmp_path / "head")
     breakage(s.path)

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
-from helpers import edit_config, edit_tensors, random_eagle_head, small_eagle_config  # noqa: E402
+from helpers import MALFORMED_EAGLE_HEADS, edit_config, edit_tensors, random_eagle_head, small_eagle_config  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from specdec_native.eagle import train as T  # noqa: E402
@@ -53,22 +53,7 @@ def test_loaded_head_without_embeddings_says_so(tmp_path):
 
 
 # --- (b) malformed directories and mismatched targets -----------------------------------------
-@pytest.mark.parametrize("breakage, message", [
-    (lambda p: (p / "config.json").unlink(), "missing config.json"),
-    (lambda p: (p / "config.json").write_text("{not json"), "not valid JSON"),
-    (lambda p: edit_config(p, architectures=["LlamaForCausalLM"]), "LlamaForCausalLMEagle3"),
-    (lambda p: edit_config(p, draft_vocab_size=None), r"missing required keys \['draft_vocab_size'\]"),
-    (lambda p: edit_config(p, draft_vocab_size=100), "exceeds vocab_size"),
-    (lambda p: edit_config(p, num_hidden_layers=2), "one-layer"),
-    (lambda p: (p / "model.safetensors").unlink(), "missing model.safetensors"),
-    (lambda p: (p / "model.safetensors").write_bytes(b"garbage"), "unreadable safetensors"),
-    (lambda p: edit_tensors(p, lambda t: t.pop("fc.weight")), r"missing tensors \['fc.weight'\]"),
-    (lambda p: edit_tensors(p, lambda t: t.update({"lm_head.weight": torch.zeros(41, 32)})),
-     r"lm_head.weight has shape \[41, 32\], expected \[40, 32\]"),
-    (lambda p: edit_tensors(p, lambda t: t.update({"extra.weight": torch.zeros(2)})), "unexpected tensors"),
-    (lambda p: edit_tensors(p, lambda t: t.update({"t2d": torch.ones(64, dtype=torch.bool)})), "disagree"),
-    (lambda p: edit_tensors(p, lambda t: t.update({"d2t": t["d2t"] + 1000})), "outside the target vocabulary"),
-])
+@pytest.mark.parametrize("breakage, message", MALFORMED_EAGLE_HEADS)
 def test_malformed_directory_raises(tmp_path, breakage, message):
     save_head(random_head(), tmp_path)
     breakage(tmp_path)
