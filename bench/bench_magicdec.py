@@ -8,7 +8,7 @@ context), while verifying k + 1 tokens reads the KV once. The crossover: as cont
 grow, the sparse draft wins. Beside each row: the bytes one target step reads (weights + KV,
 the memory-bound limit) and the measured draft/target cost.
 
-    python bench/bench_magicdec.py [--models smollm2,qwen1.5b] [--contexts 512,2048,8192]
+    python bench/bench_magicdec.py [--models smollm2,qwen1.5b] [--contexts 512,2048,7680]
                                    [--batches 1,4,16] [--k 4] [--window 256] [--tokens 32]
 
 Every request of a batch shares one long document (prefilled once, through the prefix cache)
@@ -144,7 +144,7 @@ def plot(rows, path: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="smollm2,qwen1.5b")
-    ap.add_argument("--contexts", default="512,2048,8192")
+    ap.add_argument("--contexts", default="512,2048,7680")  # SmolLM2 holds 8,192 tokens
     ap.add_argument("--batches", default="1,4,16")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--sink", type=int, default=16)
