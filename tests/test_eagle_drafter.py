@@ -3,14 +3,17 @@ head's aux layers in prefill and verification, the head catches up on the commit
 features and drafts greedy chains from its own hidden states.
 
 * The engine's first chain after a prompt equals the torch reference head's greedy chain
-  (specdec_native.eagle.head.Eagle3Head.draft) fed transformers' hidden states of the target:
-  features, pairing of entries with tokens, positions and the draft-vocabulary map all line up.
+  (specdec_native.eagle.head.Eagle3Head.draft) fed transformers' hidden states of the target,
+  and its recorded q is the head's softmax spread over the target's vocabulary: features,
+  pairing of entries with tokens, positions and the draft-vocabulary map all line up.
 * Lossless: temperature 0 token-identical to the target alone (batched, several k, prefix-cache
-  hits, preemption); seeded sampling batched equals alone.
+  hits, preemption), with the confidence stop and with cascades deferring to the target; seeded
+  sampling batched equals alone (and the sampled-token histograms test in test_speculative.py).
 * Bad heads and configurations raise ValueError.
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from helpers import (assert_no_blocks_held, edit_config, greedy_params, load_llm, prompt, random_eagle_head,
@@ -57,9 +60,14 @@ def test_first_chain_equals_the_torch_head_on_transformers_features(setup):
         with torch.no_grad():
             hs = setup["model"](torch.tensor([ids[:-1]]), output_hidden_states=True).hidden_states
             aux = torch.cat([hs[layer + 1] for layer in AUX], dim=-1)
-            ref = setup["head"].draft(aux, torch.tensor([ids]), 5)
+            ref, ref_logits = setup["head"].draft(aux, torch.tensor([ids]), 5, return_logits=True)
         assert tokens == ref[0].tolist()
-        assert q.shape[0] == 0  # argmax drafts, no distributions
+        # q: the head's softmax over its draft vocabulary, spread over the target's (0 elsewhere)
+        d2t = setup["head"].to_target_ids(torch.arange(200)).numpy()
+        for i in range(5):
+            expect = np.zeros(256)
+            expect[d2t] = torch.softmax(ref_logits[i][0].double(), -1).numpy()
+            np.testing.assert_allclose(q[i], expect, atol=1e-5)
     assert_no_blocks_held(llm.engine)
 
 
@@ -94,15 +102,29 @@ def test_sampled_eagle_batched_equals_alone(setup):
     assert together == alone
 
 
+def test_eagle_with_the_confidence_stop_and_cascades(setup, reference):
+    """draft_confidence shortens chains; cascade acceptance always deferring to the target
+    (chow, alpha = 0) keeps the target's output: both need the head's distributions."""
+    def run(**spec):
+        llm = load_llm(setup["target"], draft=str(setup["head_dir"]),
+                       speculative=dict({"method": "eagle", "num_speculative_tokens": 6}, **spec))
+        return llm.generate(prompt_token_ids=PROMPTS, sampling_params=[greedy_params(n) for n in MAX_TOKENS])
+
+    def drafted_per_step(outs):
+        return sum(o.metrics["drafted"] for o in outs) / sum(o.metrics["steps"] for o in outs)
+
+    plain, confident = run(), run(draft_confidence=0.2)
+    assert [o.token_ids for o in confident] == reference
+    assert drafted_per_step(confident) < drafted_per_step(plain) == pytest.approx(6.0, abs=0.5)
+    cascade = run(acceptance="cascade", cascade_rule="chow", cascade_alpha=0.0)
+    assert [o.token_ids for o in cascade] == reference
+
+
 def test_bad_eagle_heads_and_configs(setup, tmp_path):
     with pytest.raises(ValueError, match="needs a head"):
         load_llm(setup["target"], speculative={"method": "eagle"})
     with pytest.raises(ValueError, match="chains"):
         SpeculativeConfig(method="eagle", tree=[[0], [1]])
-    with pytest.raises(ValueError, match="draft_confidence"):
-        SpeculativeConfig(method="eagle", draft_confidence=0.5)
-    with pytest.raises(ValueError, match="cascade"):
-        SpeculativeConfig(method="eagle", acceptance="cascade")
     # a head trained for a target with another vocabulary
     other = random_eagle_head(small_eagle_config(hidden_size=64, intermediate_size=96, vocab_size=300,
                                                  draft_vocab_size=200, aux_layer_ids=AUX))

@@ -8,7 +8,7 @@
 * Temperature > 0: seeded runs repeat; a batch equals each request alone; a self-draft is always
   accepted; and the emitted tokens follow the target's distribution (conditional histograms over
   thousands of seeds against llm.prompt_logits, with a noisy draft so rejections happen, and
-  with the self-speculation drafts: layer skip and sparse KV).
+  with the self-speculation drafts, layer skip and sparse KV, and with an EAGLE-3 head).
 * Metrics, KV blocks returned, and bad input.
 """
 from __future__ import annotations
@@ -22,10 +22,11 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers import (assert_no_blocks_held, greedy_params, load_llm, prompt, torch, write_checkpoint, write_noisy_copy,
-                     write_tokenizer)
+from helpers import (assert_no_blocks_held, greedy_params, load_llm, prompt, random_eagle_head, small_eagle_config,
+                     torch, write_checkpoint, write_noisy_copy, write_tokenizer)
 
 from specdec_native import SamplingParams, SpeculativeConfig, ops
+from specdec_native.eagle.checkpoint import save_head
 
 N = 32
 PROMPTS = [
@@ -410,7 +411,12 @@ def small(tmp_path_factory):
     root = tmp_path_factory.mktemp("small")
     target = write_checkpoint(root / "target", "llama", seed=9, **SMALL)
     write_noisy_copy(target, root / "noisy", scale=0.3, seed=4)
-    return {"target": root / "target", "noisy": root / "noisy",
+    head = random_eagle_head(small_eagle_config(hidden_size=32, intermediate_size=48, num_attention_heads=2,
+                                                num_key_value_heads=1, vocab_size=16, draft_vocab_size=12,
+                                                aux_layer_ids=(0, 1, 1), max_position_embeddings=256), seed=3)
+    head.set_embeddings(target.model.embed_tokens.weight.detach().clone())
+    save_head(head, root / "eagle")
+    return {"target": root / "target", "noisy": root / "noisy", "eagle": root / "eagle",
             "llm": load_llm(root / "target"), "draft_llm": load_llm(root / "noisy")}
 
 
@@ -423,7 +429,7 @@ def _expected_tv(p, n):
     return float(np.sqrt(p * (1 - p)).sum() / np.sqrt(2 * np.pi * n))
 
 
-@pytest.mark.parametrize("case", ["chain", "static_tree", "chain_top_k_top_p", "layer_skip", "sparse_kv"])
+@pytest.mark.parametrize("case", ["chain", "static_tree", "chain_top_k_top_p", "layer_skip", "sparse_kv", "eagle"])
 def test_sampled_tokens_follow_the_target_distribution(small, case):
     """RUNS seeds of one prompt, 3 tokens each. Token 1 comes from the prefill; token 2 from the
     first speculative step; token 3 from the same step (draft accepted) or the next. Grouped by
@@ -442,6 +448,8 @@ def test_sampled_tokens_follow_the_target_distribution(small, case):
     elif case == "sparse_kv":  # ... or attending only its last 3 tokens
         draft, spec = None, {"method": "sparse_kv", "sink_tokens": 0, "window_tokens": 3, "num_speculative_tokens": 3}
         kw = {"page_size": 1}
+    elif case == "eagle":  # a random EAGLE-3 head over the target's features, drafting 12 of the 16 tokens
+        draft, spec = str(small["eagle"]), {"method": "eagle", "num_speculative_tokens": 3}
     llm = load_llm(small["target"], draft=draft, speculative=spec, max_num_seqs=64, **kw)
     params = [SamplingParams(max_tokens=3, temperature=T, top_k=top_k, top_p=top_p, seed=s, ignore_eos=True)
               for s in range(RUNS)]
@@ -467,7 +475,7 @@ def test_sampled_tokens_follow_the_target_distribution(small, case):
             prefix = [int(t) for t in prefix]
             sel = toks[np.all(toks[:, :pos] == np.array(prefix, dtype=np.int64), axis=1)]
             p = dist(small["llm"], STAT_PROMPT + prefix)
-            q = (dist(small["draft_llm"], STAT_PROMPT + prefix) if draft else
+            q = (dist(small["draft_llm"], STAT_PROMPT + prefix) if draft == str(small["noisy"]) else
                  np.asarray(llm.engine.draft_chain(STAT_PROMPT + prefix, 1)[1][0], np.float64))
             h = np.bincount(sel[:, pos], minlength=16) / len(sel)
             noise = _expected_tv(p, len(sel))

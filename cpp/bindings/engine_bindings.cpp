@@ -148,7 +148,8 @@ void register_engine(py::module_& m) {
 
   py::class_<sd::EagleOptions>(m, "EagleOptions")
       .def(py::init<>())
-      .def_readwrite("num_tokens", &sd::EagleOptions::num_tokens);
+      .def_readwrite("num_tokens", &sd::EagleOptions::num_tokens)
+      .def_readwrite("min_confidence", &sd::EagleOptions::min_confidence);
 
   py::class_<sd::SelfDraftOptions>(m, "SelfDraftOptions")
       .def(py::init<>())

@@ -1,8 +1,7 @@
 #include "spec/eagle_drafter.h"
 
 #include <algorithm>
-
-#include "sampling/sampler.h"
+#include <cmath>
 
 namespace sd {
 
@@ -29,62 +28,109 @@ void EagleDrafter::observe_features(int32_t seq, int64_t first, const float* row
   st.pending.insert(st.pending.end(), rows, rows + n * feature_width_);
 }
 
-Status EagleDrafter::run(SeqState& st, const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions,
-                         const float* features, const float* hidden, std::vector<float>* logits,
-                         std::vector<float>* hidden_out) {
-  const int64_t n = static_cast<int64_t>(tokens.size());
-  SD_RETURN_IF_ERROR(st.pages.append(kv_.allocator(), n));
-  EagleBatch b;
-  b.token_ids = tokens;
-  b.positions = positions;
-  b.qo_indptr = {0, static_cast<int32_t>(n)};
-  b.seqs = {&st.pages};
-  b.features = features;
-  b.hidden = hidden;
-  b.logit_rows = {static_cast<int32_t>(n - 1)};
-  logits->resize(static_cast<size_t>(head_->config().draft_vocab_size));
-  hidden_out->resize(static_cast<size_t>(n * head_->config().hidden_size));
-  return head_->forward(b, head_->has_embeddings() ? nullptr : &target_->embedding(), kv_, logits->data(),
-                        hidden_out->data());
-}
-
-Status EagleDrafter::propose(int32_t seq, const DraftRequest& req, TokenTree* tree) {
-  auto it = seqs_.find(seq);
-  const int32_t budget = std::min(req.max_nodes, max_nodes());
-  if (it == seqs_.end() || it->second.first < 0 || budget <= 0) return Status::Ok();
-  SeqState& st = it->second;
-  const std::vector<int32_t>& ctx = *req.context;
+Status EagleDrafter::catch_up(SeqState& st, const std::vector<int32_t>& ctx, bool* ready, std::vector<float>* logits,
+                              std::vector<float>* h) {
+  *ready = false;
   const int64_t root = static_cast<int64_t>(ctx.size()) - 1;
   st.pages.truncate(kv_.allocator(), st.committed);
   const int64_t pending = static_cast<int64_t>(st.pending.size()) / feature_width_;
   const int64_t next = st.first + st.committed;  // token index of the first pending entry
   if (pending == 0 || next + pending != root) return Status::Ok();  // features up to the root's parent missing
-  // Catch up: entry t pairs the features after token t with token t + 1, at position t.
-  std::vector<int32_t> tokens, positions;
+  // Entry t pairs the features after token t with token t + 1, at position t.
+  EagleBatch b;
   for (int64_t t = next; t < root; ++t) {
-    tokens.push_back(ctx[static_cast<size_t>(t + 1)]);
-    positions.push_back(static_cast<int32_t>(t));
+    b.token_ids.push_back(ctx[static_cast<size_t>(t + 1)]);
+    b.positions.push_back(static_cast<int32_t>(t));
   }
-  std::vector<float> logits, hidden;
-  Status s = run(st, tokens, positions, st.pending.data(), nullptr, &logits, &hidden);
-  if (!s.ok()) {  // the head's cache is out of blocks: forget this sequence until new features come
-    st.pages.release(kv_.allocator());
-    seqs_.erase(it);
-    return s.code() == StatusCode::kOutOfBlocks ? Status::Ok() : s;
-  }
+  SD_RETURN_IF_ERROR(st.pages.append(kv_.allocator(), pending));
+  b.qo_indptr = {0, static_cast<int32_t>(pending)};
+  b.seqs = {&st.pages};
+  b.features = st.pending.data();
+  b.logit_rows = {static_cast<int32_t>(pending - 1)};
+  const int64_t H = head_->config().hidden_size;
+  std::vector<float> hidden(static_cast<size_t>(pending * H));
+  logits->resize(static_cast<size_t>(head_->config().draft_vocab_size));
+  SD_RETURN_IF_ERROR(head_->forward(b, head_->has_embeddings() ? nullptr : &target_->embedding(), kv_, logits->data(),
+                                    hidden.data()));
   st.committed += pending;
   st.pending.clear();
-  const int64_t H = head_->config().hidden_size, Vd = head_->config().draft_vocab_size;
-  std::vector<float> h(hidden.end() - H, hidden.end());
-  for (int32_t i = 0; i < budget; ++i) {  // a greedy chain from the head's own hidden states
-    const int32_t x = head_->draft_to_target()[static_cast<size_t>(argmax(logits.data(), Vd))];
-    tree->add(x, i - 1);
-    if (i + 1 == budget) break;
-    s = run(st, {x}, {static_cast<int32_t>(root + i)}, nullptr, h.data(), &logits, &hidden);
-    if (s.code() == StatusCode::kOutOfBlocks) break;  // propose what we have
+  h->assign(hidden.end() - H, hidden.end());
+  *ready = true;
+  return Status::Ok();
+}
+
+void EagleDrafter::spread(const std::vector<float>& draft_logits, int64_t rows, std::vector<float>* out) const {
+  const int64_t V = head_->config().vocab_size, Vd = head_->config().draft_vocab_size;
+  const std::vector<int32_t>& d2t = head_->draft_to_target();
+  out->assign(static_cast<size_t>(rows * V), -INFINITY);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t d = 0; d < Vd; ++d)
+      (*out)[static_cast<size_t>(r * V + d2t[static_cast<size_t>(d)])] = draft_logits[static_cast<size_t>(r * Vd + d)];
+}
+
+Status EagleDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
+  std::vector<ChainDraft> chains;
+  std::vector<SeqState*> states;
+  std::vector<int64_t> roots;
+  std::vector<std::vector<float>> h;
+  std::vector<float> first;  // draft-vocabulary logits of each chain's root entry
+  for (const DraftJob& j : jobs) {
+    auto it = seqs_.find(j.seq);
+    const int32_t budget = std::min(j.req.max_nodes, max_nodes());
+    if (it == seqs_.end() || it->second.first < 0 || budget <= 0) continue;
+    bool ready = false;
+    std::vector<float> logits, hj;
+    const Status s = catch_up(it->second, *j.req.context, &ready, &logits, &hj);
+    if (s.code() == StatusCode::kOutOfBlocks) {  // the head's cache is full: forget this sequence until new features come
+      it->second.pages.release(kv_.allocator());
+      seqs_.erase(it);
+      continue;
+    }
     SD_RETURN_IF_ERROR(s);
-    h = hidden;
+    if (!ready) continue;
+    chains.push_back(ChainDraft{&j.req, j.tree, budget});
+    states.push_back(&it->second);
+    roots.push_back(static_cast<int64_t>(j.req.context->size()) - 1);
+    h.push_back(std::move(hj));
+    first.insert(first.end(), logits.begin(), logits.end());
   }
+  if (chains.empty()) return Status::Ok();
+  std::vector<float> rows;
+  spread(first, static_cast<int64_t>(chains.size()), &rows);
+  const Status s = grow_chains(chains, head_->config().vocab_size, opts_.min_confidence, std::move(rows),
+                               [&](const std::vector<int32_t>& growing, std::vector<float>* out) {
+                                 return feed(chains, states, roots, h, growing, out);
+                               });
+  return s.code() == StatusCode::kOutOfBlocks ? Status::Ok() : s;  // no room: propose what we have
+}
+
+Status EagleDrafter::feed(const std::vector<ChainDraft>& chains, const std::vector<SeqState*>& states,
+                          const std::vector<int64_t>& roots, std::vector<std::vector<float>>& h,
+                          const std::vector<int32_t>& growing, std::vector<float>* logits) {
+  const int64_t H = head_->config().hidden_size;
+  EagleBatch b;
+  b.qo_indptr.push_back(0);
+  std::vector<float> hidden_in;
+  for (int32_t c : growing) {
+    const TokenTree& t = *chains[static_cast<size_t>(c)].tree;
+    SD_RETURN_IF_ERROR(states[static_cast<size_t>(c)]->pages.append(kv_.allocator(), 1));
+    b.token_ids.push_back(t.token.back());
+    // Draft j (depth j) sits at the root's position + j - 1: the root's own entry is at root - 1.
+    b.positions.push_back(static_cast<int32_t>(roots[static_cast<size_t>(c)] + t.depth.back() - 1));
+    b.logit_rows.push_back(static_cast<int32_t>(b.seqs.size()));
+    b.qo_indptr.push_back(static_cast<int32_t>(b.token_ids.size()));
+    b.seqs.push_back(&states[static_cast<size_t>(c)]->pages);
+    hidden_in.insert(hidden_in.end(), h[static_cast<size_t>(c)].begin(), h[static_cast<size_t>(c)].end());
+  }
+  b.hidden = hidden_in.data();
+  std::vector<float> draft_logits(growing.size() * static_cast<size_t>(head_->config().draft_vocab_size));
+  std::vector<float> hidden_out(growing.size() * static_cast<size_t>(H));
+  SD_RETURN_IF_ERROR(head_->forward(b, head_->has_embeddings() ? nullptr : &target_->embedding(), kv_,
+                                    draft_logits.data(), hidden_out.data()));
+  for (size_t r = 0; r < growing.size(); ++r)
+    h[static_cast<size_t>(growing[r])].assign(hidden_out.begin() + static_cast<int64_t>(r) * H,
+                                              hidden_out.begin() + static_cast<int64_t>(r + 1) * H);
+  spread(draft_logits, static_cast<int64_t>(growing.size()), logits);
   return Status::Ok();
 }
 

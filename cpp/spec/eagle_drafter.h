@@ -1,6 +1,8 @@
 // Feature-level drafting (EAGLE-3): a one-layer head reads the target's own hidden states (three
 // layers' outputs, captured in the target's prefill and verification forwards) and drafts a
-// greedy chain from its own hidden states. Entry t of the head pairs the features after token t
+// chain from its own hidden states (spec/chain_drafting.h: argmax, or sampled with q recorded;
+// the head's draft-vocabulary logits are spread over the target's vocabulary, -inf elsewhere).
+// The chains of a batch grow together, one head forward per round. Entry t of the head pairs the features after token t
 // with token t + 1 at RoPE position t; the entry paired with the root predicts the first draft.
 // The head keeps a one-layer paged KV cache per sequence; entries made from real features are
 // kept, the chain's scratch entries are truncated at the next step. A prefix-cache hit skips the
@@ -12,12 +14,14 @@
 
 #include "model/eagle_head.h"
 #include "model/llama.h"
+#include "spec/chain_drafting.h"
 #include "spec/drafter.h"
 
 namespace sd {
 
 struct EagleOptions {
-  int32_t num_tokens = 5;  // chain length
+  int32_t num_tokens = 5;    // chain length
+  float min_confidence = 0;  // stop a chain after a token drawn below it
 };
 
 class EagleDrafter : public Drafter {
@@ -25,12 +29,16 @@ class EagleDrafter : public Drafter {
   // `target` outlives the drafter (its embedding table is the head's input embedding).
   EagleDrafter(std::unique_ptr<Eagle3Head> head, const LlamaModel* target, int32_t page_size, int32_t num_blocks,
                const EagleOptions& o);
-  Status propose(int32_t seq, const DraftRequest& req, TokenTree* tree) override;
+  Status propose(int32_t seq, const DraftRequest& req, TokenTree* tree) override {
+    return propose_batch({DraftJob{seq, req, tree}});
+  }
+  Status propose_batch(const std::vector<DraftJob>& jobs) override;
   void accept(int32_t seq, const TokenTree& tree, const std::vector<int32_t>& accepted) override;
   void release(int32_t seq, const std::vector<int32_t>& context) override;
   int32_t max_nodes() const override { return opts_.num_tokens; }
   bool proposes_chains() const override { return true; }
   int64_t weight_bytes_per_token() const override;
+  bool has_distributions() const override { return true; }
   std::vector<int32_t> feature_layers() const override { return head_->config().aux_layer_ids; }
   void observe_features(int32_t seq, int64_t first, const float* rows, int64_t n) override;
   const Eagle3Head& head() const { return *head_; }
@@ -43,9 +51,16 @@ class EagleDrafter : public Drafter {
     int64_t committed = 0;       // entries made from real features
     std::vector<float> pending;  // features of tokens [first + committed, ...) not yet run
   };
-  // Runs `n` entries for `st` (appended to its pages); logits of the last entry, hidden of all.
-  Status run(SeqState& st, const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions,
-             const float* features, const float* hidden, std::vector<float>* logits, std::vector<float>* hidden_out);
+  // Runs the pending entries of `st` (the root's is the last); its logits and h'. False when the
+  // features do not reach the root's parent (then it does not draft).
+  Status catch_up(SeqState& st, const std::vector<int32_t>& ctx, bool* ready, std::vector<float>* logits,
+                  std::vector<float>* h);
+  // One head forward over one entry per chain: (h' of its last entry, its newest draft token).
+  Status feed(const std::vector<ChainDraft>& chains, const std::vector<SeqState*>& states,
+              const std::vector<int64_t>& roots, std::vector<std::vector<float>>& h,
+              const std::vector<int32_t>& growing, std::vector<float>* logits);
+  // Draft-vocabulary logits rows to target-vocabulary rows (-inf outside the draft vocabulary).
+  void spread(const std::vector<float>& draft_logits, int64_t rows, std::vector<float>* out) const;
 
   std::unique_ptr<Eagle3Head> head_;
   const LlamaModel* target_;

@@ -108,6 +108,7 @@ class LLM:
                 raise ValueError("method 'eagle' needs a head: LLM(target, draft=HEAD_DIR, speculative={'method': 'eagle'})")
             o = _core.EagleOptions()
             o.num_tokens = spec.num_speculative_tokens
+            o.min_confidence = spec.draft_confidence
             self.engine.attach_eagle_head(str(draft), spec.draft_dtype or "auto", o)
             self.engine.set_acceptance(acceptance)
             return

@@ -21,7 +21,7 @@ class SpeculativeConfig:
     """method: "draft" (a smaller model sharing the target's vocabulary, given as LLM(draft=...)),
     "ngram" (prompt lookup: continuations of the longest recent suffix seen before), "eagle" (an
     EAGLE-3 head directory in SpecForge's format, given as LLM(draft=HEAD_DIR): one layer over
-    the target's own hidden states, greedy chains), or
+    the target's own hidden states, chains), or
     self-speculation, where the target drafts for itself over its own weights and KV cache:
     "sparse_kv" (MagicDec: every layer, but attending only the first sink_tokens and the last
       window_tokens of the context, rounded out to whole KV pages: its cost stops growing with
@@ -50,7 +50,7 @@ class SpeculativeConfig:
         speculative sampling targets: cascade_rule "chow" (defer when max q < 1 - alpha), "diff"
         (defer when max p - max q > alpha) or "opt" (defer when
         max q < max p - alpha * D_TV(p, q)), alpha = cascade_alpha.
-    draft_confidence: chains drafted by a model ("draft", "sparse_kv", "layer_skip") stop after
+    draft_confidence: chains drafted by a model ("draft", "sparse_kv", "layer_skip", "eagle") stop after
       a token the draft gave probability below this (0: off); lossless either way.
     typical_epsilon in (0, 1] (Medusa's posterior_threshold, 0.09); typical_delta > 0 (Medusa's
       posterior_alpha, 0.3). cascade_alpha: [0, 1] for chow, [-1, 1] for diff, >= 0 for opt.
@@ -92,13 +92,8 @@ class SpeculativeConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
-        if self.method == "eagle" and c > 0:
-            raise ValueError("draft_confidence is not supported by method 'eagle' yet")
         if self.method == "eagle" and self.tree is not None:
             raise ValueError("method 'eagle' drafts chains for now: it needs tree=None")
-        if self.method == "eagle" and self.acceptance == "cascade":
-            raise ValueError("acceptance 'cascade' needs the draft's distributions q: method 'eagle' drafts "
-                             "argmax chains without them")
         if not self.is_self_draft:
             if self.draft_layers is not None:
                 raise ValueError(f"draft_layers is for method 'layer_skip', not {self.method!r}")
