@@ -1,0 +1,109 @@
+"""Feature-level drafting (EAGLE-3 heads) on the CPU, side by side in one run: autoregressive vs
+an EAGLE-3 head vs n-gram (and the 0.5B draft model when the target is Qwen2.5-Coder-1.5B), plus
+llama.cpp's autoregressive decoding of the same GGUF. Beside each row: mean accepted length and
+the head's draft cost ratio c (one drafted token's time / one autoregressive step's).
+
+    python bench/bench_eagle.py --head HEAD_DIR [--target smollm2|qwen1.5b|PATH] [--k 3]
+                                [--prompts heldout.pt|code] [--tokens 64] [--peers llamacpp]
+
+A head comes from `specdec train-draft --target ... --out HEAD_DIR`; its held-out prompts
+(HEAD_DIR/data.pt) are the default prompts, the prompts it was meant for. Batch 1, T = 0.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fetch_models  # noqa: E402
+from bench_spec import PROMPTS, prompt_ids, run_llamacpp  # noqa: E402
+
+
+def target_path(name: str) -> str:
+    if name == "smollm2":
+        return fetch_models.smollm2_gguf()
+    if name in ("qwen1.5b", "qwen0.5b"):
+        return fetch_models.qwen_coder_gguf(name[4:])
+    return name
+
+
+def load_prompts(head: Path, which: str, llm):
+    if which == "heldout":
+        import torch
+
+        data = torch.load(head / "data.pt", weights_only=False)
+        return [h["ids"][:h["prompt_len"]] for h in data["heldout"]]
+    return [prompt_ids(llm, *PROMPTS[which])]
+
+
+def main() -> int:
+    from specdec_native import LLM, SamplingParams
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--head", required=True)
+    ap.add_argument("--target", default="smollm2")
+    ap.add_argument("--k", type=int, default=3)
+    ap.add_argument("--prompts", default="heldout", help="heldout (the head's data.pt) or one of " + ",".join(PROMPTS))
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--dtype", default="int4")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--peers", default="llamacpp")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "eagle.json"))
+    args = ap.parse_args()
+    target = target_path(args.target)
+    common = dict(dtype=args.dtype, num_threads=args.threads, progress=False, enable_prefix_caching=False)
+    configs = {
+        "autoregressive": {},
+        f"eagle k={args.k}": dict(draft=args.head, speculative={"method": "eagle", "num_speculative_tokens": args.k}),
+        f"ngram k={args.k}": dict(speculative={"method": "ngram", "num_speculative_tokens": args.k}),
+    }
+    if args.target == "qwen1.5b":
+        configs[f"0.5B draft k={args.k}"] = dict(draft=fetch_models.qwen_coder_gguf("0.5b"),
+                                                 speculative={"method": "draft", "num_speculative_tokens": args.k})
+    engines = {name: LLM(target, **common, **extra) for name, extra in configs.items()}
+    prompts = load_prompts(Path(args.head), args.prompts, engines["autoregressive"])
+    params = SamplingParams(max_tokens=args.tokens, temperature=0, ignore_eos=True)
+    for llm in engines.values():  # warm up
+        llm.generate(prompt_token_ids=prompts[:1], sampling_params=SamplingParams(max_tokens=4, temperature=0))
+    seconds = {name: 0.0 for name in engines}
+    tokens = {name: 0 for name in engines}
+    accepted_len = {name: [] for name in engines}
+    draft_s = {name: 0.0 for name in engines}
+    drafted = {name: 0 for name in engines}
+    for p in prompts:  # one request at a time (batch 1), configurations interleaved
+        for name, llm in engines.items():
+            t = time.perf_counter()
+            o = llm.generate(prompt_token_ids=[p], sampling_params=params)[0]
+            seconds[name] += time.perf_counter() - t
+            tokens[name] += len(o.token_ids)
+            accepted_len[name].append(o.metrics.get("mean_accepted_length", 1.0))
+            draft_s[name] += o.metrics.get("draft_seconds", 0.0)
+            drafted[name] += o.metrics.get("drafted", 0)
+    ar_step = seconds["autoregressive"] / tokens["autoregressive"]
+    rows = []
+    for name in engines:
+        tps = tokens[name] / seconds[name]
+        row = {"config": name, "tokens_per_s": tps, "vs_autoregressive": tps * ar_step,
+               "mean_accepted_length": statistics.mean(accepted_len[name]),
+               "draft_cost_ratio": (draft_s[name] / drafted[name]) / ar_step if drafted[name] else 0.0}
+        rows.append(row)
+        print(f"{name:22s} {tps:7.1f} tok/s  {row['vs_autoregressive']:5.2f}x AR  "
+              f"{row['mean_accepted_length']:4.2f} tokens/pass  c = {row['draft_cost_ratio']:.3f}", flush=True)
+    if "llamacpp" in args.peers:
+        gguf = target if target.endswith(".gguf") else None
+        if gguf:
+            tps = run_llamacpp(gguf, args.threads, args.tokens)
+            rows.append({"config": "llama.cpp autoregressive", "tokens_per_s": tps, "vs_autoregressive": tps * ar_step})
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "prompts": len(prompts), "rows": rows}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
