@@ -149,7 +149,7 @@ def run_llamacpp(gguf, threads, tokens):
     import bench_decode
 
     tps = bench_decode.bench_llamacpp(gguf, threads, tokens, repeats=2)["tokens_per_s"]
-    print(f"  llama.cpp autoregressive (Q4_K_M)   {tps:5.2f} tok/s", flush=True)
+    print(f"  llama.cpp autoregressive ({Path(gguf).name})   {tps:5.2f} tok/s", flush=True)
     return tps
 
 
