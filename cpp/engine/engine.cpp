@@ -9,6 +9,19 @@
 
 namespace sd {
 
+namespace {
+
+// The first n tokens at positions 0 .. n - 1, as one request (causal: no mask).
+ForwardBatch causal_batch(const std::vector<int32_t>& tokens, int64_t n) {
+  ForwardBatch fb;
+  fb.token_ids.assign(tokens.begin(), tokens.begin() + n);
+  for (int64_t i = 0; i < n; ++i) fb.positions.push_back(static_cast<int32_t>(i));
+  fb.qo_indptr = {0, static_cast<int32_t>(n)};
+  return fb;
+}
+
+}  // namespace
+
 Engine::~Engine() = default;
 
 Status Engine::create(const ModelConfig& cfg, const std::vector<std::string>& shard_paths,
@@ -161,6 +174,7 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
     }
   }
   std::vector<DraftJob> jobs;
+  std::vector<bool> drafting_now(B, false);
   for (size_t k = 0; k < B; ++k) {
     Sequence& r = *running[k];
     prefix[k] = r.pages.num_tokens();
@@ -175,11 +189,8 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
     j.req.record_q = acceptance_.mode == AcceptanceMode::kCascade;
     j.req.pages = &r.pages;
     if (adapt) j.req.max_nodes = std::min(j.req.max_nodes, k == probe ? probe_k : batch_k);
-    if (j.req.max_nodes > 0) jobs.push_back(j);
+    if (j.req.max_nodes > 0) jobs.push_back(j), drafting_now[k] = true;
   }
-  std::vector<bool> drafting_now(B, false);
-  for (size_t k = 0, j = 0; k < B && j < jobs.size(); ++k)
-    if (jobs[j].tree == &trees[k]) drafting_now[k] = true, ++j;
   if (!jobs.empty()) {
     const double t0 = now_seconds();
     SD_RETURN_IF_ERROR(drafter_->propose_batch(jobs));
@@ -314,41 +325,23 @@ int64_t Engine::capture_features(ForwardBatch* fb) {
 
 Status Engine::prompt_logits(const std::vector<int32_t>& prompt, float* logits) {
   std::lock_guard<std::mutex> lock(mu_);
-  GenerationRequest r;
-  r.prompt = prompt;
-  SD_RETURN_IF_ERROR(validate(r, 0));
+  SD_RETURN_IF_ERROR(validate_prompt(prompt));
   return scratch_forward(prompt, logits);
 }
 
 Status Engine::prompt_hidden_states(const std::vector<int32_t>& prompt, const std::vector<int32_t>& layers, float* out) {
   std::lock_guard<std::mutex> lock(mu_);
-  GenerationRequest r;
-  r.prompt = prompt;
-  SD_RETURN_IF_ERROR(validate(r, 0));
+  SD_RETURN_IF_ERROR(validate_prompt(prompt));
   if (layers.empty()) return InvalidArgument("prompt_hidden_states: name at least one layer");
-  const int64_t n = static_cast<int64_t>(prompt.size());
-  ForwardBatch fb;
-  fb.token_ids = prompt;
-  for (int64_t i = 0; i < n; ++i) fb.positions.push_back(static_cast<int32_t>(i));
-  fb.qo_indptr = {0, static_cast<int32_t>(n)};
+  ForwardBatch fb = causal_batch(prompt, static_cast<int64_t>(prompt.size()));
   fb.capture_layers = layers;
   fb.captured = out;
-  SeqPages seq(opts_.page_size);
-  make_room(seq.blocks_needed(n));
-  Status st = seq.append(kv_->allocator(), n);
-  if (st.ok()) {
-    fb.seqs = {&seq};
-    st = model_->forward(fb, *kv_, nullptr);
-  }
-  seq.release(kv_->allocator());
-  return st;
+  return run_scratch(fb, nullptr);
 }
 
 Status Engine::tree_logits(const std::vector<int32_t>& prompt, const TokenTree& tree, float* logits) {
   std::lock_guard<std::mutex> lock(mu_);
-  GenerationRequest r;
-  r.prompt = prompt;
-  SD_RETURN_IF_ERROR(validate(r, 0));
+  SD_RETURN_IF_ERROR(validate_prompt(prompt));
   SD_RETURN_IF_ERROR(tree.validate(config().vocab_size));
   if (static_cast<int64_t>(prompt.size()) + tree.max_depth() > opts_.max_model_len)
     return InvalidArgument("the prompt plus the tree's depth exceed the context (" + std::to_string(opts_.max_model_len) + " tokens)");
@@ -362,18 +355,13 @@ Status Engine::draft_chain(const std::vector<int32_t>& prompt, int32_t k, std::v
     return InvalidArgument("draft_chain needs a drafter that drafts chains from a model");
   if (!idle()) return InvalidArgument("draft_chain needs an idle engine");
   if (k < 1) return InvalidArgument("draft_chain: k must be >= 1");
-  GenerationRequest r;
-  r.prompt = prompt;
-  SD_RETURN_IF_ERROR(validate(r, 0));
+  SD_RETURN_IF_ERROR(validate_prompt(prompt));
   const int64_t n = static_cast<int64_t>(prompt.size());
   SeqPages seq(opts_.page_size);
   make_room(seq.blocks_needed(n + k));
   Status st = seq.append(kv_->allocator(), n - 1);
   if (st.ok() && n > 1) {
-    ForwardBatch fb;
-    fb.token_ids.assign(prompt.begin(), prompt.end() - 1);
-    for (int64_t i = 0; i < n - 1; ++i) fb.positions.push_back(static_cast<int32_t>(i));
-    fb.qo_indptr = {0, static_cast<int32_t>(n - 1)};
+    ForwardBatch fb = causal_batch(prompt, n - 1);
     fb.seqs = {&seq};
     const int64_t feature_width = capture_features(&fb);
     st = model_->forward(fb, *kv_, nullptr);
@@ -404,10 +392,7 @@ Status Engine::draft_chain(const std::vector<int32_t>& prompt, int32_t k, std::v
 
 Status Engine::scratch_forward(const std::vector<int32_t>& tokens, float* logits, const TokenTree* tree) {
   const int64_t n = static_cast<int64_t>(tokens.size()), S = tree ? tree->size() : 0;
-  ForwardBatch fb;
-  fb.token_ids = tokens;
-  fb.positions.resize(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) fb.positions[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+  ForwardBatch fb = causal_batch(tokens, n);
   for (int64_t i = tree ? n - 1 : 0; i < n + S; ++i) fb.logit_rows.push_back(static_cast<int32_t>(i));
   if (tree) {
     fb.token_ids.insert(fb.token_ids.end(), tree->token.begin(), tree->token.end());
@@ -419,14 +404,26 @@ Status Engine::scratch_forward(const std::vector<int32_t>& tokens, float* logits
     fb.mask_indptr = {0, static_cast<int64_t>(fb.custom_mask.size())};
   }
   fb.qo_indptr = {0, static_cast<int32_t>(n + S)};
+  return run_scratch(fb, logits);
+}
+
+Status Engine::run_scratch(ForwardBatch& fb, float* logits) {
+  const int64_t n = static_cast<int64_t>(fb.token_ids.size());
   SeqPages seq(opts_.page_size);
-  make_room(seq.blocks_needed(n + S));
-  Status st = seq.append(kv_->allocator(), n + S);
-  if (!st.ok()) return st;
-  fb.seqs = {&seq};
-  st = model_->forward(fb, *kv_, logits);
+  make_room(seq.blocks_needed(n));
+  Status st = seq.append(kv_->allocator(), n);
+  if (st.ok()) {
+    fb.seqs = {&seq};
+    st = model_->forward(fb, *kv_, logits);
+  }
   seq.release(kv_->allocator());
   return st;
+}
+
+Status Engine::validate_prompt(const std::vector<int32_t>& prompt) const {
+  GenerationRequest r;
+  r.prompt = prompt;
+  return validate(r, 0);
 }
 
 Status Engine::calibrate_chain_length_policy() {

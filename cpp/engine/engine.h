@@ -193,6 +193,9 @@ class Engine {
   // Decoding (engine/engine.cpp): drafts, one target forward, verification, commits.
   Status decode(std::vector<Sequence*>& seqs, std::vector<RequestUpdate>* updates);
   Status scratch_forward(const std::vector<int32_t>& tokens, float* logits, const TokenTree* tree = nullptr);
+  // Runs fb (one request) on a scratch sequence that holds its tokens, then frees it.
+  Status run_scratch(ForwardBatch& fb, float* logits);
+  Status validate_prompt(const std::vector<int32_t>& prompt) const;  // validate() for a bare prompt
   // Asks fb to capture the drafter's feature layers into features_; returns a row's width (0: none).
   int64_t capture_features(ForwardBatch* fb);
   Status calibrate_chain_length_policy();

@@ -8,14 +8,6 @@
 
 namespace sd {
 
-float softmax_prob(const float* logits, int64_t vocab, int32_t token) {
-  float mx = -INFINITY;
-  for (int64_t i = 0; i < vocab; ++i) mx = std::max(mx, logits[i]);
-  double s = 0;
-  for (int64_t i = 0; i < vocab; ++i) s += std::exp(static_cast<double>(logits[i] - mx));
-  return static_cast<float>(std::exp(static_cast<double>(logits[token] - mx)) / s);
-}
-
 namespace {
 
 // Draws chain c's next token from its logits row; returns the draft's probability of it.
@@ -51,7 +43,7 @@ Status grow_chains(const std::vector<ChainDraft>& chains, int64_t V, float min_c
       const float* row = logits.data() + static_cast<int64_t>(r) * V;
       float confidence = draw(c, row, V);
       if (min_confidence > 0 && c.req->sampling->greedy() && !c.req->record_q)
-        confidence = softmax_prob(row, V, c.tree->token.back());
+        confidence = std::exp(LogSoftmax(row, V).log_prob(c.tree->token.back()));
       if (c.tree->size() < c.budget && confidence >= min_confidence) still.push_back(growing[r]);
     }
     growing.swap(still);

@@ -6,6 +6,8 @@
 // probability (that token is still proposed: its logits are paid for, its verification is cheap).
 // Then `next` runs ONE forward over the newest token of every chain still growing.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <vector>
@@ -27,7 +29,18 @@ using NextLogits = std::function<Status(const std::vector<int32_t>& growing, std
 Status grow_chains(const std::vector<ChainDraft>& chains, int64_t vocab, float min_confidence,
                    std::vector<float> logits, const NextLogits& next);
 
-// The draft's probability of `token` in a logits row at temperature 1 (one softmax normalizer).
-float softmax_prob(const float* logits, int64_t vocab, int32_t token);
+// log-softmax of a logits row, normalizer computed once: log_prob(x) for any entry x.
+struct LogSoftmax {
+  LogSoftmax(const float* l, int64_t n) : logits(l) {
+    for (int64_t i = 0; i < n; ++i) mx = std::max(mx, logits[i]);
+    double s = 0;
+    for (int64_t i = 0; i < n; ++i) s += std::exp(static_cast<double>(logits[i] - mx));
+    log_sum = std::log(s);
+  }
+  float log_prob(int32_t x) const { return static_cast<float>(logits[x] - mx - log_sum); }
+  const float* logits;
+  float mx = -INFINITY;
+  double log_sum = 0;
+};
 
 }  // namespace sd

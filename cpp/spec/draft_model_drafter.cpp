@@ -4,7 +4,6 @@
 #include <cmath>
 #include <numeric>
 
-
 namespace sd {
 
 namespace {
@@ -19,20 +18,6 @@ std::vector<int32_t> top_indices(const float* v, int64_t n, int32_t k) {
   idx.resize(static_cast<size_t>(k));
   return idx;
 }
-
-// log-softmax of a logits row, normalizer computed once: log_prob(x) for any entry x.
-struct LogSoftmax {
-  LogSoftmax(const float* l, int64_t n) : logits(l) {
-    for (int64_t i = 0; i < n; ++i) mx = std::max(mx, logits[i]);
-    double s = 0;
-    for (int64_t i = 0; i < n; ++i) s += std::exp(static_cast<double>(logits[i] - mx));
-    log_sum = std::log(s);
-  }
-  float log_prob(int32_t x) const { return static_cast<float>(logits[x] - mx - log_sum); }
-  const float* logits;
-  float mx = -INFINITY;
-  double log_sum = 0;
-};
 
 }  // namespace
 
