@@ -13,6 +13,7 @@
 
 #include "io/json.h"
 #include "io/safetensors.h"
+#include "model/scratch.h"
 #include "ops/ops.h"
 
 namespace sd {
@@ -21,20 +22,6 @@ namespace {
 
 constexpr const char* kArchitecture = "LlamaForCausalLMEagle3";
 constexpr const char* kEmbed = "embed_tokens.weight";
-
-void grow(std::vector<float>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-}
-
-void add_inplace(float* x, const float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
-}
-
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
 
 std::string list_str(const std::vector<std::string>& names) {
   std::string r = "[";
@@ -192,17 +179,8 @@ Status check_target(Eagle3Config* c, const ModelConfig& target, bool has_embed, 
 
 // A float tensor as f32 (a norm weight).
 void to_f32(const TensorView& t, std::vector<float>* out) {
-  const int64_t n = t.numel();
-  out->resize(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) {
-    if (t.dtype == "F32") {
-      std::memcpy(out->data() + i, t.data + i * 4, 4);
-    } else {
-      uint16_t h;
-      std::memcpy(&h, t.data + i * 2, 2);
-      (*out)[static_cast<size_t>(i)] = t.dtype == "BF16" ? bf16_to_f32(h) : f16_to_f32(h);
-    }
-  }
+  out->resize(static_cast<size_t>(t.numel()));
+  read_f32_row(t, 0, t.numel(), out->data());
 }
 
 Status read_file(const std::string& path, std::string* out) {

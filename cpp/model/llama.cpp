@@ -4,21 +4,10 @@
 #include <cmath>
 #include <string>
 
+#include "model/scratch.h"
 #include "ops/ops.h"
 
 namespace sd {
-
-namespace {
-
-void grow(std::vector<float>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-}
-
-void add_inplace(float* x, const float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
-}
-
-}  // namespace
 
 std::vector<float> rope_inv_freq(const ModelConfig& cfg) {
   const int64_t half = cfg.head_dim / 2;

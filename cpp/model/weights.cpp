@@ -7,18 +7,13 @@
 
 namespace sd {
 
-namespace {
-
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string r = "[";
   for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
   return r + "]";
 }
 
-bool is_float_dtype(const std::string& d) { return d == "F32" || d == "F16" || d == "BF16"; }
-
-// Source row -> f32.
-void read_row(const TensorView& t, int64_t row, int64_t cols, float* dst) {
+void read_f32_row(const TensorView& t, int64_t row, int64_t cols, float* dst) {
   const int64_t off = row * cols;
   if (t.dtype == "F32") {
     std::memcpy(dst, t.data + off * 4, static_cast<size_t>(cols) * 4);
@@ -31,6 +26,10 @@ void read_row(const TensorView& t, int64_t row, int64_t cols, float* dst) {
     }
   }
 }
+
+namespace {
+
+bool is_float_dtype(const std::string& d) { return d == "F32" || d == "F16" || d == "BF16"; }
 
 // Writes n source values in float dtype `target`.
 void write_values(const float* src, int64_t n, DType target, uint8_t* dst) {
@@ -68,7 +67,7 @@ Status load_vector(const Checkpoint& ckpt, const std::string& name, int64_t n, s
   const TensorView* t = nullptr;
   SD_RETURN_IF_ERROR(require(ckpt, name, {n}, &t));
   out->resize(static_cast<size_t>(n));
-  read_row(*t, 0, n, out->data());
+  read_f32_row(*t, 0, n, out->data());
   return Status::Ok();
 }
 
@@ -90,7 +89,7 @@ Status OwnedMatrix::from_tensors(const std::vector<const TensorView*>& parts, in
     parallel_for(p->shape[0], 64, [&](int64_t a, int64_t b) {
       std::vector<float> buf(static_cast<size_t>(cols));
       for (int64_t i = a; i < b; ++i) {
-        read_row(*p, i, cols, buf.data());
+        read_f32_row(*p, i, cols, buf.data());
         const int64_t r = row0 + i;
         if (!packed) {
           write_values(buf.data(), cols, target, base + r * cols * esize);

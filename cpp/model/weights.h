@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "io/safetensors.h"
@@ -43,6 +44,11 @@ struct LlamaWeights {
 
   const Matrix& head() const { return tied ? embed.view() : lm_head.view(); }
 };
+
+// Row `row` of a float tensor (F32, F16 or BF16) with `cols` columns, as f32.
+void read_f32_row(const TensorView& t, int64_t row, int64_t cols, float* dst);
+// "[a, b]": a shape in error messages.
+std::string shape_str(const std::vector<int64_t>& shape);
 
 // "auto" resolves to the checkpoint's own floating dtype (f32, bf16 or f16).
 Status resolve_dtype(const std::string& name, const Checkpoint& ckpt, DType* out);
