@@ -81,37 +81,45 @@ class LLM:
         acceptance.cascade_rule, acceptance.cascade_alpha = spec.cascade_rule, spec.cascade_alpha
         acceptance.validate()
         if spec.method == "ngram":
-            if draft is not None:
-                raise ValueError("method 'ngram' drafts from the context itself; do not pass draft=")
-            o = _core.NgramOptions()
-            o.min_n, o.max_n = spec.prompt_lookup_min, spec.prompt_lookup_max
-            o.num_tokens = spec.num_speculative_tokens
-            o.max_branches = (spec.tree or {}).get("max_branches", 1)
-            self.engine.attach_ngram(o)
-            self.engine.set_acceptance(acceptance)
-            return
-        if spec.is_self_draft:
-            if draft is not None:
-                raise ValueError(f"method {spec.method!r} drafts with the target itself; do not pass draft=")
-            o = _core.SelfDraftOptions()
-            o.num_tokens = spec.num_speculative_tokens
-            o.min_confidence = spec.draft_confidence
-            if spec.method == "layer_skip":
-                o.layers = spec.layer_indices(self.config.num_layers)
-            else:
-                o.sink_tokens, o.window_tokens = spec.sink_tokens, spec.window_tokens
-            self.engine.attach_self_drafter(o)
-            self.engine.set_acceptance(acceptance)
-            return
-        if spec.method == "eagle":
-            if draft is None:
-                raise ValueError("method 'eagle' needs a head: LLM(target, draft=HEAD_DIR, speculative={'method': 'eagle'})")
-            o = _core.EagleOptions()
-            o.num_tokens = spec.num_speculative_tokens
-            o.min_confidence = spec.draft_confidence
-            self.engine.attach_eagle_head(str(draft), spec.draft_dtype or "auto", o)
-            self.engine.set_acceptance(acceptance)
-            return
+            self._attach_ngram(spec, draft)
+        elif spec.is_self_draft:
+            self._attach_self_draft(spec, draft)
+        elif spec.method == "eagle":
+            self._attach_eagle(spec, draft)
+        else:
+            self._attach_draft_model(spec, draft, dtype, progress)
+        self.engine.set_acceptance(acceptance)
+
+    def _attach_ngram(self, spec: SpeculativeConfig, draft: Optional[str]) -> None:
+        if draft is not None:
+            raise ValueError("method 'ngram' drafts from the context itself; do not pass draft=")
+        o = _core.NgramOptions()
+        o.min_n, o.max_n = spec.prompt_lookup_min, spec.prompt_lookup_max
+        o.num_tokens = spec.num_speculative_tokens
+        o.max_branches = (spec.tree or {}).get("max_branches", 1)
+        self.engine.attach_ngram(o)
+
+    def _attach_self_draft(self, spec: SpeculativeConfig, draft: Optional[str]) -> None:
+        if draft is not None:
+            raise ValueError(f"method {spec.method!r} drafts with the target itself; do not pass draft=")
+        o = _core.SelfDraftOptions()
+        o.num_tokens = spec.num_speculative_tokens
+        o.min_confidence = spec.draft_confidence
+        if spec.method == "layer_skip":
+            o.layers = spec.layer_indices(self.config.num_layers)
+        else:
+            o.sink_tokens, o.window_tokens = spec.sink_tokens, spec.window_tokens
+        self.engine.attach_self_drafter(o)
+
+    def _attach_eagle(self, spec: SpeculativeConfig, draft: Optional[str]) -> None:
+        if draft is None:
+            raise ValueError("method 'eagle' needs a head: LLM(target, draft=HEAD_DIR, speculative={'method': 'eagle'})")
+        o = _core.EagleOptions()
+        o.num_tokens = spec.num_speculative_tokens
+        o.min_confidence = spec.draft_confidence
+        self.engine.attach_eagle_head(str(draft), spec.draft_dtype or "auto", o)
+
+    def _attach_draft_model(self, spec: SpeculativeConfig, draft: Optional[str], dtype: str, progress: bool) -> None:
         if draft is None:
             raise ValueError("method 'draft' needs a draft model: LLM(target, draft=PATH, ...)")
         path = ckpt_mod.resolve(draft, progress=progress)
@@ -136,7 +144,6 @@ class LLM:
             o.top_k, o.max_nodes = spec.tree["top_k"], spec.tree["max_nodes"]
         self.engine.attach_draft_model(draft_config, draft_ckpt.shards, spec.draft_dtype or dtype, o,
                                        _progress_bar(f"loading draft {os.path.basename(str(draft))}") if progress else None)
-        self.engine.set_acceptance(acceptance)
 
     # ---- properties -----------------------------------------------------------------------
     @property

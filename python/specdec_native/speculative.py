@@ -8,6 +8,7 @@ from typing import List, Optional, Union
 
 METHODS = ("draft", "ngram", "sparse_kv", "layer_skip", "eagle")
 SELF_METHODS = ("sparse_kv", "layer_skip")  # the target drafts for itself
+CHAIN_ONLY_METHODS = SELF_METHODS + ("eagle",)
 ACCEPTANCE = ("lossless", "typical", "cascade")
 CASCADE_RULES = ("chow", "diff", "opt")
 # cascade_alpha ranges per rule: chow defers when max q < 1 - alpha, diff when
@@ -92,14 +93,12 @@ class SpeculativeConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
-        if self.method == "eagle" and self.tree is not None:
-            raise ValueError("method 'eagle' drafts chains for now: it needs tree=None")
+        if self.method in CHAIN_ONLY_METHODS and self.tree is not None:
+            raise ValueError(f"method {self.method!r} drafts chains only: it needs tree=None")
         if not self.is_self_draft:
             if self.draft_layers is not None:
                 raise ValueError(f"draft_layers is for method 'layer_skip', not {self.method!r}")
             return
-        if self.tree is not None:
-            raise ValueError(f"method {self.method!r} drafts chains only: it needs tree=None")
         if self.method == "sparse_kv":
             if self.draft_layers is not None:
                 raise ValueError("draft_layers is for method 'layer_skip', not 'sparse_kv'")
