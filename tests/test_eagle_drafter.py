@@ -136,5 +136,7 @@ def test_bad_eagle_heads_and_configs(setup, tmp_path):
     edit_config(tmp_path / "deep", eagle_config={"eagle_aux_hidden_state_layer_ids": [0, 1, 9]})
     with pytest.raises(ValueError, match="aux layer"):
         load_llm(setup["target"], draft=str(tmp_path / "deep"), speculative={"method": "eagle"})
+    with pytest.raises(ValueError, match="dtype must be auto, float32"):
+        load_llm(setup["target"], draft=str(setup["head_dir"]), speculative={"method": "eagle", "draft_dtype": "fp8"})
     with pytest.raises(ValueError, match="config.json"):
         load_llm(setup["target"], draft=str(tmp_path / "missing"), speculative={"method": "eagle"})
