@@ -5,6 +5,7 @@ Everything here is deterministic: a checkpoint is a function of its arguments an
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -226,6 +227,40 @@ def edit_tensors(path, fn):
     tensors = load_file(f)
     fn(tensors)
     save_file(tensors, f)
+
+
+def gil_released_during(work):
+    """Runs work(timed, advanced) in a worker thread while this thread counts. timed(name, fn)
+    returns fn() and records in advanced[name] whether the count moved meanwhile, which it
+    cannot if fn held the GIL throughout; work retries until it has seen what it needs (a
+    loaded machine may not schedule this thread during one short call). Returns `advanced`;
+    re-raises the worker's error."""
+    count = 0
+    advanced, errors = {}, []
+    done = threading.Event()
+
+    def timed(name, fn):
+        before = count
+        out = fn()
+        advanced[name] = advanced.get(name, False) or count > before
+        return out
+
+    def worker():
+        try:
+            work(timed, advanced)
+        except BaseException as e:  # pragma: no cover - re-raised below
+            errors.append(e)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    while not done.is_set():
+        count += 1
+    t.join()
+    if errors:
+        raise errors[0]
+    return advanced
 
 
 def relative_error(a: np.ndarray, b: np.ndarray) -> float:

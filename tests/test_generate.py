@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from helpers import (expected_text, greedy_params, load_llm, prompt, set_generation_eos, token_text,
-                     write_checkpoint, write_tokenizer)
+from helpers import (expected_text, gil_released_during, greedy_params, load_llm, prompt, set_generation_eos,
+                     token_text, write_checkpoint, write_tokenizer)
 
 from specdec_native import SamplingParams
 
@@ -240,39 +240,19 @@ def test_generate_in_thread_releases_gil(llm):
     expected = [o.token_ids for o in llm.generate(prompt_token_ids=prompts, sampling_params=params)]
     long_prompt = prompt(200, seed=15)
 
-    count = 0
-    seen = {"outs": [], "generate_advanced": False, "logits_advanced": False}
-    done = threading.Event()
+    outs = []
 
-    def worker():
-        # The worker reads `count` just before and after each call. If a call held the GIL
-        # throughout, the main thread could not advance `count` in between, however often we
-        # try; with the GIL released it advances (a few tries absorb a loaded CI machine that
-        # does not schedule the main thread during one short call).
-        try:
-            for _ in range(20):
-                before = count
-                seen["outs"].append(llm.generate(prompt_token_ids=prompts, sampling_params=params))
-                seen["generate_advanced"] |= count > before
-                before = count
-                llm.prompt_logits(long_prompt)
-                seen["logits_advanced"] |= count > before
-                if seen["generate_advanced"] and seen["logits_advanced"]:
-                    break
-        except BaseException as e:  # pragma: no cover - reported below
-            seen["error"] = e
-        finally:
-            done.set()
+    def work(timed, advanced):
+        for _ in range(20):
+            outs.append(timed("generate", lambda: llm.generate(prompt_token_ids=prompts, sampling_params=params)))
+            timed("prompt_logits", lambda: llm.prompt_logits(long_prompt))
+            if advanced["generate"] and advanced["prompt_logits"]:
+                return
 
-    t = threading.Thread(target=worker)
-    t.start()
-    while not done.is_set():  # the main thread keeps running while the worker generates
-        count += 1
-    t.join()
-    assert "error" not in seen, seen.get("error")
-    assert all([o.token_ids for o in outs] == expected for outs in seen["outs"])
-    assert seen["generate_advanced"], "the main thread never ran during generate()"
-    assert seen["logits_advanced"], "the main thread never ran during prompt_logits()"
+    advanced = gil_released_during(work)
+    assert all([o.token_ids for o in out] == expected for out in outs)
+    assert advanced["generate"], "the main thread never ran during generate()"
+    assert advanced["prompt_logits"], "the main thread never ran during prompt_logits()"
 
 
 def test_concurrent_generate_calls_from_two_threads(llm):

@@ -12,13 +12,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import pytest
 
-from helpers import (assert_no_blocks_held, greedy_params, load_llm, prompt, write_checkpoint, write_noisy_copy,
-                     write_tokenizer)
+from helpers import (assert_no_blocks_held, gil_released_during, greedy_params, load_llm, prompt, write_checkpoint,
+                     write_noisy_copy, write_tokenizer)
 
 from specdec_native import AsyncLLM, SamplingParams, SpeculativeConfig
 from specdec_native.llm import _to_request
@@ -311,34 +310,17 @@ def test_async_llm_concurrent_requests_and_abort(ckpts):
 
 
 def test_step_runs_without_the_gil(ckpts):
-    """The worker reads `count` just before and after one step() that prefills 250 tokens; had
-    step() held the GIL throughout, the main thread could not advance `count` in between."""
-    llm = _llm(ckpts)
-    e = llm.engine
-    count = 0
-    seen = {"advanced": False}
-    done = threading.Event()
+    """One step() that prefills 250 tokens, timed from a worker thread: had step() held the GIL
+    throughout, the main thread could not have advanced its count meanwhile."""
+    e = _llm(ckpts).engine
 
-    def worker():
-        try:
-            for i in range(20):
-                e.add_request(i, _to_request(prompt(250, seed=i), greedy_params(2)))
-                before = count
+    def work(timed, advanced):
+        for i in range(20):
+            e.add_request(i, _to_request(prompt(250, seed=i), greedy_params(2)))
+            timed("step", e.step)
+            while e.has_unfinished:
                 e.step()
-                seen["advanced"] |= count > before
-                while e.has_unfinished:
-                    e.step()
-                if seen["advanced"]:
-                    break
-        except BaseException as err:  # pragma: no cover - reported below
-            seen["error"] = err
-        finally:
-            done.set()
+            if advanced["step"]:
+                return
 
-    t = threading.Thread(target=worker)
-    t.start()
-    while not done.is_set():
-        count += 1
-    t.join()
-    assert "error" not in seen, seen.get("error")
-    assert seen["advanced"], "the main thread never ran during step()"
+    assert gil_released_during(work)["step"], "the main thread never ran during step()"
