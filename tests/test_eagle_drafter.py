@@ -123,8 +123,8 @@ def test_eagle_with_the_confidence_stop_and_cascades(setup, reference):
 def test_bad_eagle_heads_and_configs(setup, tmp_path):
     with pytest.raises(ValueError, match="needs a head"):
         load_llm(setup["target"], speculative={"method": "eagle"})
-    with pytest.raises(ValueError, match="chains"):
-        SpeculativeConfig(method="eagle", tree=[[0], [1]])
+    with pytest.raises(ValueError, match="elder sibling"):
+        SpeculativeConfig(method="eagle", tree=[[0], [2]])
     # a head trained for a target with another vocabulary
     other = random_eagle_head(small_eagle_config(hidden_size=64, intermediate_size=96, vocab_size=300,
                                                  draft_vocab_size=200, aux_layer_ids=AUX))
@@ -140,3 +140,99 @@ def test_bad_eagle_heads_and_configs(setup, tmp_path):
         load_llm(setup["target"], draft=str(setup["head_dir"]), speculative={"method": "eagle", "draft_dtype": "fp8"})
     with pytest.raises(ValueError, match="config.json"):
         load_llm(setup["target"], draft=str(tmp_path / "missing"), speculative={"method": "eagle"})
+
+
+# ---- trees (EAGLE-2) --------------------------------------------------------------------------
+
+@torch.no_grad()
+def _reference_tree(head, model, ids, top_k, depth, max_nodes):
+    """EAGLE-2's dynamic tree, written from the paper's description over the torch head: every
+    node's logits come from running the head along its path from the root (so a node sees its
+    ancestors only); each level expands the top_k best-scoring nodes (score = cumulative
+    log-probability) with their top_k children; the max_nodes best nodes are kept."""
+    hs = model(torch.tensor([ids[:-1]]), output_hidden_states=True).hidden_states
+    aux = torch.cat([hs[layer + 1] for layer in AUX], dim=-1)
+    h, past = head.forward(head.fc(aux), torch.tensor([ids[1:]]))
+    root_h = h[:, -1:]
+
+    def path_logits(path):
+        h, kv = root_h, past
+        for tok in path:
+            h, kv = head.forward(h, torch.tensor([[tok]]), kv)
+        return head.logits(h)[0, -1].double().numpy()
+
+    tokens, parents, scores = [], [], []
+
+    def path(i):
+        out = []
+        while i >= 0:
+            out.append(tokens[i])
+            i = parents[i]
+        return out[::-1]
+
+    def expand(node, logits):
+        lsm = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+        for d in np.argsort(-logits, kind="stable")[:top_k]:
+            tokens.append(int(head.to_target_ids(torch.tensor(int(d)))))
+            parents.append(node)
+            scores.append((scores[node] if node >= 0 else 0.0) + lsm[d])
+
+    expand(-1, path_logits([]))
+    level = list(range(len(tokens)))
+    for _ in range(depth - 1):
+        frontier = sorted(sorted(level, key=lambda i: (-scores[i], i))[:top_k])
+        begin = len(tokens)
+        for f in frontier:
+            expand(f, path_logits(path(f)))
+        level = list(range(begin, len(tokens)))
+    keep = sorted(sorted(range(len(tokens)), key=lambda i: -scores[i])[:max_nodes])
+    index = {}
+    out_tokens, out_parents = [], []
+    for i in keep:
+        if parents[i] >= 0 and parents[i] not in index:
+            continue
+        index[i] = len(out_tokens)
+        out_tokens.append(tokens[i])
+        out_parents.append(-1 if parents[i] < 0 else index[parents[i]])
+    return out_tokens, out_parents
+
+
+@pytest.mark.parametrize("top_k,depth,max_nodes", [(2, 3, 5), (3, 4, 9), (4, 2, 16)])
+def test_first_tree_equals_an_eagle2_reference(setup, top_k, depth, max_nodes):
+    llm = load_llm(setup["target"], draft=str(setup["head_dir"]),
+                   speculative={"method": "eagle", "num_speculative_tokens": depth,
+                                "tree": {"top_k": top_k, "max_nodes": max_nodes}})
+    for ids in PROMPTS:
+        tokens, parents = llm.engine.draft_tree(ids, max_nodes)
+        assert (tokens, parents) == _reference_tree(setup["head"], setup["model"], ids, top_k, depth, max_nodes)
+        assert len(tokens) == min(max_nodes, top_k + top_k * top_k * (depth - 1))
+    with pytest.raises(ValueError, match="draft_tree"):
+        llm.engine.draft_chain(PROMPTS[0], 3)
+    assert_no_blocks_held(llm.engine)
+
+
+@pytest.mark.parametrize("tree", [{"top_k": 3, "max_nodes": 10}, [[0], [1], [0, 0], [0, 1], [1, 0], [0, 0, 0]]])
+def test_greedy_eagle_trees_are_token_identical(setup, reference, tree):
+    llm = load_llm(setup["target"], draft=str(setup["head_dir"]), page_size=4,
+                   speculative={"method": "eagle", "num_speculative_tokens": 4, "tree": tree})
+    for _ in range(2):  # the second pass starts from prefix-cache hits
+        outs = llm.generate(prompt_token_ids=PROMPTS, sampling_params=[greedy_params(n) for n in MAX_TOKENS])
+        assert [o.token_ids for o in outs] == reference
+        assert sum(o.metrics["drafted"] for o in outs) > 0
+    assert sum(o.metrics["cached_prompt_tokens"] for o in outs) > 0
+    small = load_llm(setup["target"], draft=str(setup["head_dir"]), page_size=4, num_blocks=40, max_num_seqs=4,
+                     speculative={"method": "eagle", "num_speculative_tokens": 4, "tree": tree})
+    outs = small.generate(prompt_token_ids=PROMPTS, sampling_params=[greedy_params(n) for n in MAX_TOKENS])
+    assert [o.token_ids for o in outs] == reference
+    assert sum(o.metrics["preemptions"] for o in outs) > 0
+    assert_no_blocks_held(llm.engine)
+    assert_no_blocks_held(small.engine)
+
+
+def test_trees_refuse_chain_only_options():
+    with pytest.raises(ValueError, match="draft_confidence"):
+        SpeculativeConfig(method="eagle", tree={"top_k": 2, "max_nodes": 4}, draft_confidence=0.3)
+    with pytest.raises(ValueError, match="both 'top_k' and 'max_nodes'"):
+        SpeculativeConfig(method="eagle", tree={"top_k": 2})
+    with pytest.raises(ValueError, match="cascade"):
+        SpeculativeConfig(method="eagle", tree={"top_k": 2, "max_nodes": 4}, acceptance="cascade")

@@ -275,7 +275,7 @@ def test_bad_self_speculation_for_this_target(target):
         llm.engine.attach_self_drafter(o)
     with pytest.raises(ValueError, match="skip layers or attend a KV window"):
         llm.engine.attach_self_drafter(_core.SelfDraftOptions())
-    with pytest.raises(ValueError, match="needs a drafter that drafts chains"):
+    with pytest.raises(ValueError, match="needs a drafter that runs a model"):
         llm.engine.draft_chain([1, 2, 3], 2)
     # the engine still works after every refusal
     assert len(llm.generate(prompt_token_ids=[PROMPTS[0]], sampling_params=[greedy_params(5)])[0].token_ids) == 5

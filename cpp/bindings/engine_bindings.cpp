@@ -138,18 +138,15 @@ void register_engine(py::module_& m) {
       .def_readonly("accepted", &sd::EngineStats::accepted)
       .def_readonly("preemptions", &sd::EngineStats::preemptions);
 
-  py::class_<sd::DraftModelOptions>(m, "DraftModelOptions")
+  py::class_<sd::DraftShape>(m, "DraftShape")
       .def(py::init<>())
-      .def_readwrite("num_tokens", &sd::DraftModelOptions::num_tokens)
-      .def_readwrite("tree_choices", &sd::DraftModelOptions::tree_choices)
-      .def_readwrite("top_k", &sd::DraftModelOptions::top_k)
-      .def_readwrite("max_nodes", &sd::DraftModelOptions::max_nodes)
-      .def_readwrite("min_confidence", &sd::DraftModelOptions::min_confidence);
-
-  py::class_<sd::EagleOptions>(m, "EagleOptions")
-      .def(py::init<>())
-      .def_readwrite("num_tokens", &sd::EagleOptions::num_tokens)
-      .def_readwrite("min_confidence", &sd::EagleOptions::min_confidence);
+      .def_readwrite("num_tokens", &sd::DraftShape::num_tokens)
+      .def_readwrite("tree_choices", &sd::DraftShape::tree_choices)
+      .def_readwrite("top_k", &sd::DraftShape::top_k)
+      .def_readwrite("max_nodes", &sd::DraftShape::max_nodes)
+      .def_readwrite("min_confidence", &sd::DraftShape::min_confidence);
+  py::class_<sd::DraftModelOptions, sd::DraftShape>(m, "DraftModelOptions").def(py::init<>());
+  py::class_<sd::EagleOptions, sd::DraftShape>(m, "EagleOptions").def(py::init<>());
 
   py::class_<sd::SelfDraftOptions>(m, "SelfDraftOptions")
       .def(py::init<>())
@@ -290,22 +287,38 @@ void register_engine(py::module_& m) {
       .def(
           "draft_chain",
           [](sd::Engine& e, const std::vector<int32_t>& prompt, int32_t k) {
-            std::vector<int32_t> tokens;
-            std::vector<float> q;
+            if (e.drafter() && !e.drafter()->proposes_chains())
+              throw py::value_error("draft_chain: the drafter proposes trees; use draft_tree");
+            sd::TokenTree tree;
             sd::Status st;
             {
               py::gil_scoped_release nogil;
-              st = e.draft_chain(prompt, k, &tokens, &q);
+              st = e.draft(prompt, k, &tree);
             }
             throw_if_error(st);
             const py::ssize_t V = e.config().vocab_size;
-            py::array_t<float> qa({static_cast<py::ssize_t>(q.size()) / V, V});
-            std::copy(q.begin(), q.end(), qa.mutable_data());
-            return py::make_tuple(tokens, qa);
+            py::array_t<float> qa({static_cast<py::ssize_t>(tree.q.size()) / V, V});
+            std::copy(tree.q.begin(), tree.q.end(), qa.mutable_data());
+            return py::make_tuple(tree.token, qa);
           },
           py::arg("prompt"), py::arg("k"),
           "(tokens, q): the drafter's greedy chain after the prompt and the draft's temperature-1 "
           "distribution of each step ([k, vocab]).")
+      .def(
+          "draft_tree",
+          [](sd::Engine& e, const std::vector<int32_t>& prompt, int32_t max_nodes) {
+            sd::TokenTree tree;
+            sd::Status st;
+            {
+              py::gil_scoped_release nogil;
+              st = e.draft(prompt, max_nodes, &tree);
+            }
+            throw_if_error(st);
+            return py::make_tuple(tree.token, tree.parent);
+          },
+          py::arg("prompt"), py::arg("max_nodes"),
+          "(tokens, parents): the drafter's greedy proposal after the prompt, at most max_nodes nodes "
+          "(parents[i] = -1 for a child of the root, else an earlier node).")
       .def(
           "prompt_hidden_states",
           [](sd::Engine& e, const std::vector<int32_t>& prompt, const std::vector<int32_t>& layers) {

@@ -80,10 +80,7 @@ Status Engine::attach_draft_model(const ModelConfig& cfg, const std::vector<std:
   if (cfg.vocab_size != config().vocab_size)
     return InvalidArgument("the draft model's vocabulary (" + std::to_string(cfg.vocab_size) +
                            " tokens) differs from the target's (" + std::to_string(config().vocab_size) + ")");
-  if (opts.num_tokens < 1) return InvalidArgument("num_speculative_tokens must be >= 1");
-  if (!opts.tree_choices.empty()) SD_RETURN_IF_ERROR(validate_tree_choices(opts.tree_choices, 256));
-  if (opts.top_k > 0 && (opts.max_nodes < 1 || opts.max_nodes > 256))
-    return InvalidArgument("dynamic tree: max_nodes must be in [1, 256]");
+  SD_RETURN_IF_ERROR(validate_draft_shape(opts));
   std::unique_ptr<Checkpoint> ckpt;
   SD_RETURN_IF_ERROR(Checkpoint::open(shard_paths, &ckpt));
   DType dt;
@@ -119,7 +116,7 @@ Status Engine::attach_self_drafter(const SelfDraftOptions& opts) {
 Status Engine::attach_eagle_head(const std::string& dir, const std::string& dtype, const EagleOptions& opts) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!idle()) return InvalidArgument("a drafter can only be attached to an idle engine");
-  if (opts.num_tokens < 1) return InvalidArgument("num_speculative_tokens must be >= 1");
+  SD_RETURN_IF_ERROR(validate_draft_shape(opts));
   DType dt = model_->dtype();
   if (dtype != "auto" && !parse_dtype_name(dtype, &dt))
     return InvalidArgument("dtype must be auto, float32, bfloat16, float16, int8 or int4; got '" + dtype + "'");
@@ -348,13 +345,12 @@ Status Engine::tree_logits(const std::vector<int32_t>& prompt, const TokenTree& 
   return scratch_forward(prompt, logits, &tree);
 }
 
-Status Engine::draft_chain(const std::vector<int32_t>& prompt, int32_t k, std::vector<int32_t>* tokens,
-                           std::vector<float>* q) {
+Status Engine::draft(const std::vector<int32_t>& prompt, int32_t k, TokenTree* tree) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (!drafter_ || drafter_->weight_bytes_per_token() == 0 || !drafter_->proposes_chains())
-    return InvalidArgument("draft_chain needs a drafter that drafts chains from a model");
-  if (!idle()) return InvalidArgument("draft_chain needs an idle engine");
-  if (k < 1) return InvalidArgument("draft_chain: k must be >= 1");
+  if (!drafter_ || drafter_->weight_bytes_per_token() == 0)
+    return InvalidArgument("drafting a proposal needs a drafter that runs a model");
+  if (!idle()) return InvalidArgument("drafting a proposal needs an idle engine");
+  if (k < 1) return InvalidArgument("draft: k (the node budget) must be >= 1");
   SD_RETURN_IF_ERROR(validate_prompt(prompt));
   const int64_t n = static_cast<int64_t>(prompt.size());
   SeqPages seq(opts_.page_size);
@@ -367,14 +363,13 @@ Status Engine::draft_chain(const std::vector<int32_t>& prompt, int32_t k, std::v
     st = model_->forward(fb, *kv_, nullptr);
     if (st.ok() && feature_width > 0) drafter_->observe_features(-1, 0, features_.data(), n - 1);
   }
-  TokenTree tree;
   SamplingConfig greedy;
   greedy.temperature = 0;
   const int32_t scratch_slot = -1;  // never a running sequence's (observe_features above uses it too)
   if (st.ok()) {
     DraftJob j;
     j.seq = scratch_slot;
-    j.tree = &tree;
+    j.tree = tree;
     j.req.context = &prompt;
     j.req.sampling = &greedy;
     j.req.max_nodes = static_cast<int32_t>(std::min<int64_t>(k, opts_.max_model_len - n));
@@ -384,10 +379,7 @@ Status Engine::draft_chain(const std::vector<int32_t>& prompt, int32_t k, std::v
     drafter_->release(scratch_slot, {});
   }
   seq.release(kv_->allocator());
-  SD_RETURN_IF_ERROR(st);
-  *tokens = tree.token;
-  *q = tree.q;
-  return Status::Ok();
+  return st;
 }
 
 Status Engine::scratch_forward(const std::vector<int32_t>& tokens, float* logits, const TokenTree* tree) {

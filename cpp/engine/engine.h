@@ -148,13 +148,12 @@ class Engine {
   // ([1 + tree.size() x vocab] floats).
   Status tree_logits(const std::vector<int32_t>& prompt, const TokenTree& tree, float* logits);
 
-  // The attached drafter's greedy chain of k tokens after `prompt` (its last token the root,
-  // everything before it prefilled by the target on a scratch sequence), with the draft's
-  // distribution at temperature 1 for each ([k x vocab] floats in *q; empty for drafters without
-  // distributions, EAGLE heads): what a model-based drafter proposes, for tests and
-  // diagnostics. Fewer than k when the context ends.
-  Status draft_chain(const std::vector<int32_t>& prompt, int32_t k, std::vector<int32_t>* tokens,
-                     std::vector<float>* q);
+  // What the attached model-based drafter proposes greedily after `prompt` (its last token the
+  // root, everything before it prefilled by the target on a scratch sequence), at most k nodes:
+  // a chain with the draft's temperature-1 distribution of each step in tree->q, or a tree
+  // (deterministic top-ranked children, no q). For tests and diagnostics. Fewer nodes when the
+  // context ends.
+  Status draft(const std::vector<int32_t>& prompt, int32_t k, TokenTree* tree);
 
   const ModelConfig& config() const { return model_->config(); }
   const EngineOptions& options() const { return opts_; }

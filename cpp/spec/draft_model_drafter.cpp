@@ -6,31 +6,10 @@
 
 namespace sd {
 
-namespace {
-
-// Indexes of the k largest values (ties: lower index first), best first.
-std::vector<int32_t> top_indices(const float* v, int64_t n, int32_t k) {
-  std::vector<int32_t> idx(static_cast<size_t>(n));
-  std::iota(idx.begin(), idx.end(), 0);
-  k = static_cast<int32_t>(std::min<int64_t>(k, n));
-  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
-                    [&](int32_t a, int32_t b) { return v[a] > v[b] || (v[a] == v[b] && a < b); });
-  idx.resize(static_cast<size_t>(k));
-  return idx;
-}
-
-}  // namespace
-
 DraftModelDrafter::DraftModelDrafter(std::unique_ptr<LlamaModel> model, const KVCacheConfig& kv,
                                      const DraftModelOptions& o)
     : model_(std::move(model)), kv_(kv), opts_(o) {
   if (o.prefix_caching) prefix_.reset(new RadixCache(kv.page_size, &kv_.allocator()));
-}
-
-int32_t DraftModelDrafter::max_nodes() const {
-  if (!opts_.tree_choices.empty()) return static_cast<int32_t>(opts_.tree_choices.size());
-  if (opts_.top_k > 0) return opts_.max_nodes;
-  return opts_.num_tokens;
 }
 
 Status DraftModelDrafter::feed(SeqState& st, const std::vector<int32_t>& tokens,
@@ -100,7 +79,7 @@ Status DraftModelDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
     }
     std::vector<float> root_logits;
     s = catch_up(st, *j.req.context, &root_logits);
-    if (s.ok() && !proposes_chains()) s = grow_tree(st, j.req, budget, root_logits, j.tree);
+    if (s.ok() && !proposes_chains()) s = grow_tree(st, budget, root_logits, j.tree);
     if (!s.ok()) break;
     if (proposes_chains()) {
       chains.push_back(ChainDraft{&j.req, j.tree, budget});
@@ -148,101 +127,20 @@ Status DraftModelDrafter::feed_chains(const std::vector<ChainDraft>& chains, con
   return model_->forward(fb, kv_, logits->data());
 }
 
-Status DraftModelDrafter::grow_tree(SeqState& st, const DraftRequest& req, int32_t budget,
-                                    const std::vector<float>& root_logits, TokenTree* tree) {
-  const int64_t V = model_->config().vocab_size;
-  const bool dynamic = opts_.tree_choices.empty();
-  const int32_t k = dynamic ? opts_.top_k : 0;
-  // Candidate tree (all expansions); a dynamic tree keeps the best `budget` of them at the end.
-  TokenTree cand;
-  std::vector<float> score;                  // cumulative draft log-probability
-  std::vector<std::vector<int32_t>> path;    // child ranks from the root (static trees)
-  std::vector<int32_t> slot;                 // slot after `committed`, -1 if not fed
-  auto wanted_children = [&](int32_t node) -> int32_t {  // static: how many children this node has
-    std::vector<int32_t> p = node < 0 ? std::vector<int32_t>{} : path[static_cast<size_t>(node)];
-    int32_t n = 0;
-    for (const auto& c : opts_.tree_choices)
-      if (c.size() == p.size() + 1 && std::equal(p.begin(), p.end(), c.begin())) ++n;
-    return n;
-  };
-  auto expand = [&](int32_t node, const float* logits) {
-    const int32_t want = dynamic ? k : wanted_children(node);
-    if (want <= 0) return;
-    const float base = node < 0 ? 0.f : score[static_cast<size_t>(node)];
-    const std::vector<int32_t> top = top_indices(logits, V, want);
-    const LogSoftmax log_softmax(logits, V);  // once per expanded node, not per child
-    for (int32_t r = 0; r < static_cast<int32_t>(top.size()); ++r) {
-      cand.add(top[static_cast<size_t>(r)], node);
-      score.push_back(base + log_softmax.log_prob(top[static_cast<size_t>(r)]));
-      std::vector<int32_t> p = node < 0 ? std::vector<int32_t>{} : path[static_cast<size_t>(node)];
-      p.push_back(r);
-      path.push_back(p);
-      slot.push_back(-1);
-    }
-  };
-  expand(-1, root_logits.data());
-  const int32_t max_depth = dynamic ? opts_.num_tokens : [&] {
-    int32_t d = 0;
-    for (const auto& c : opts_.tree_choices) d = std::max<int32_t>(d, static_cast<int32_t>(c.size()));
-    return d;
-  }();
-  int32_t level_begin = 0;
-  int64_t fed = 0;
-  for (int32_t depth = 1; depth < max_depth; ++depth) {
-    const int32_t level_end = cand.size();
-    std::vector<int32_t> frontier;
-    for (int32_t i = level_begin; i < level_end; ++i)
-      if (!dynamic ? wanted_children(i) > 0 : true) frontier.push_back(i);
-    if (dynamic) {  // the top_k most probable nodes of this level
-      std::sort(frontier.begin(), frontier.end(), [&](int32_t a, int32_t b) { return score[a] > score[b] || (score[a] == score[b] && a < b); });
-      if (static_cast<int32_t>(frontier.size()) > k) frontier.resize(static_cast<size_t>(k));
-      std::sort(frontier.begin(), frontier.end());
-    }
-    if (frontier.empty()) break;
-    // Feed the frontier nodes (in index order) and read their logits; each sees the context,
-    // its fed ancestors and itself.
-    TokenTree sub;  // the fed nodes so far, re-indexed by slot, to build the mask
-    std::vector<int32_t> slot_node;
-    for (int32_t i = 0; i < cand.size(); ++i)
-      if (slot[static_cast<size_t>(i)] >= 0) slot_node.push_back(i);
-    for (int32_t f : frontier) slot_node.push_back(f);
-    std::vector<int32_t> slot_of(static_cast<size_t>(cand.size()), -1);
-    for (size_t s = 0; s < slot_node.size(); ++s) slot_of[static_cast<size_t>(slot_node[s])] = static_cast<int32_t>(s);
-    for (int32_t node : slot_node) {
-      const int32_t p = cand.parent[static_cast<size_t>(node)];
-      sub.add(cand.token[static_cast<size_t>(node)], p < 0 ? -1 : slot_of[static_cast<size_t>(p)]);
-    }
+Status DraftModelDrafter::grow_tree(SeqState& st, int32_t budget, const std::vector<float>& root_logits,
+                                    TokenTree* tree) {
+  auto run_round = [&](const TreeRound& r, std::vector<float>* logits) {
     std::vector<uint8_t> mask;
-    sub.append_node_mask(st.committed, static_cast<int32_t>(fed), sub.size(), &mask);
+    r.run.append_node_mask(st.committed, r.first, r.run.size(), &mask);
     std::vector<int32_t> toks, pos, rows;
-    for (size_t j = 0; j < frontier.size(); ++j) {
-      toks.push_back(cand.token[static_cast<size_t>(frontier[j])]);
-      pos.push_back(static_cast<int32_t>(st.committed - 1 + cand.depth[static_cast<size_t>(frontier[j])]));
-      rows.push_back(static_cast<int32_t>(j));
+    for (int32_t s = r.first; s < r.run.size(); ++s) {
+      toks.push_back(r.run.token[static_cast<size_t>(s)]);
+      pos.push_back(static_cast<int32_t>(st.committed - 1 + r.run.depth[static_cast<size_t>(s)]));
+      rows.push_back(s - r.first);
     }
-    std::vector<float> logits;
-    SD_RETURN_IF_ERROR(feed(st, toks, pos, &mask, rows, &logits));
-    for (size_t j = 0; j < frontier.size(); ++j) slot[static_cast<size_t>(frontier[j])] = static_cast<int32_t>(fed + j);
-    fed += static_cast<int64_t>(frontier.size());
-    for (size_t j = 0; j < frontier.size(); ++j) expand(frontier[j], logits.data() + j * V);
-    level_begin = level_end;
-  }
-  // Keep the best `budget` nodes (ancestor-closed: a child never scores above its parent).
-  std::vector<int32_t> keep(static_cast<size_t>(cand.size()));
-  std::iota(keep.begin(), keep.end(), 0);
-  if (static_cast<int32_t>(keep.size()) > budget) {
-    std::stable_sort(keep.begin(), keep.end(), [&](int32_t a, int32_t b) { return score[a] > score[b]; });
-    keep.resize(static_cast<size_t>(budget));
-    std::sort(keep.begin(), keep.end());
-  }
-  std::vector<int32_t> new_index(static_cast<size_t>(cand.size()), -1);
-  for (int32_t node : keep) {
-    const int32_t p = cand.parent[static_cast<size_t>(node)];
-    if (p >= 0 && new_index[static_cast<size_t>(p)] < 0) continue;  // parent dropped (rounding ties)
-    new_index[static_cast<size_t>(node)] = tree->add(cand.token[static_cast<size_t>(node)], p < 0 ? -1 : new_index[static_cast<size_t>(p)]);
-    st.node_slot.push_back(slot[static_cast<size_t>(node)]);
-  }
-  return Status::Ok();
+    return feed(st, toks, pos, &mask, rows, logits);
+  };
+  return sd::grow_tree(opts_, budget, model_->config().vocab_size, root_logits.data(), run_round, tree, &st.node_slot);
 }
 
 void DraftModelDrafter::accept(int32_t seq, const TokenTree& tree, const std::vector<int32_t>& accepted) {

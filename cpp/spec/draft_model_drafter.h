@@ -14,15 +14,11 @@
 #include "model/llama.h"
 #include "spec/chain_drafting.h"
 #include "spec/drafter.h"
+#include "spec/tree_drafting.h"
 
 namespace sd {
 
-struct DraftModelOptions {
-  int32_t num_tokens = 5;                          // chain length; tree depth
-  std::vector<std::vector<int32_t>> tree_choices;  // static tree (non-empty: used)
-  int32_t top_k = 0;                               // dynamic tree when > 0
-  int32_t max_nodes = 0;                           // dynamic tree size
-  float min_confidence = 0;                        // chains: stop after a token drawn below it
+struct DraftModelOptions : DraftShape {
   int32_t prefill_chunk = 512;
   bool prefix_caching = true;  // keep finished sequences' pages in the draft's own prefix cache
 };
@@ -34,8 +30,8 @@ class DraftModelDrafter : public Drafter {
   Status propose_batch(const std::vector<DraftJob>& jobs) override;
   void accept(int32_t seq, const TokenTree& tree, const std::vector<int32_t>& accepted) override;
   void release(int32_t seq, const std::vector<int32_t>& context) override;
-  int32_t max_nodes() const override;
-  bool proposes_chains() const override { return opts_.tree_choices.empty() && opts_.top_k <= 0; }
+  int32_t max_nodes() const override { return opts_.size(); }
+  bool proposes_chains() const override { return opts_.chains(); }
   int64_t weight_bytes_per_token() const override { return model_->weight_bytes_per_token(); }
   bool has_distributions() const override { return true; }
   const LlamaModel& model() const { return *model_; }
@@ -59,7 +55,8 @@ class DraftModelDrafter : public Drafter {
   // One draft forward over the newest token of each growing chain.
   Status feed_chains(const std::vector<ChainDraft>& chains, const std::vector<SeqState*>& states,
                      const std::vector<int32_t>& growing, std::vector<float>* logits);
-  Status grow_tree(SeqState& st, const DraftRequest& req, int32_t budget, const std::vector<float>& root_logits, TokenTree* tree);
+  // A static or dynamic tree (spec/tree_drafting.h), one draft forward per level.
+  Status grow_tree(SeqState& st, int32_t budget, const std::vector<float>& root_logits, TokenTree* tree);
 
   std::unique_ptr<LlamaModel> model_;
   KVCache kv_;

@@ -88,6 +88,15 @@ Status EagleDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
     }
     SD_RETURN_IF_ERROR(s);
     if (!ready) continue;
+    if (!proposes_chains()) {
+      const Status t = grow_tree(it->second, static_cast<int64_t>(j.req.context->size()) - 1, hj, budget, logits, j.tree);
+      if (t.code() == StatusCode::kOutOfBlocks) {  // no room in the head's cache: no draft this step
+        it->second.pages.truncate(kv_.allocator(), it->second.committed);
+        continue;
+      }
+      SD_RETURN_IF_ERROR(t);
+      continue;
+    }
     chains.push_back(ChainDraft{&j.req, j.tree, budget});
     states.push_back(&it->second);
     roots.push_back(static_cast<int64_t>(j.req.context->size()) - 1);
@@ -131,6 +140,42 @@ Status EagleDrafter::feed(const std::vector<ChainDraft>& chains, const std::vect
     h[static_cast<size_t>(growing[r])].assign(hidden_out.begin() + static_cast<int64_t>(r) * H,
                                               hidden_out.begin() + static_cast<int64_t>(r + 1) * H);
   spread(draft_logits, static_cast<int64_t>(growing.size()), logits);
+  return Status::Ok();
+}
+
+Status EagleDrafter::grow_tree(SeqState& st, int64_t root, const std::vector<float>& root_h, int32_t budget,
+                               const std::vector<float>& root_logits, TokenTree* tree) {
+  const int64_t H = head_->config().hidden_size, Vd = head_->config().draft_vocab_size;
+  const std::vector<int32_t>& d2t = head_->draft_to_target();
+  std::vector<float> slot_h;  // h' of each run slot
+  auto run_round = [&](const TreeRound& r, std::vector<float>* logits) -> Status {
+    const int32_t n = r.run.size() - r.first;
+    SD_RETURN_IF_ERROR(st.pages.append(kv_.allocator(), n));
+    EagleBatch b;
+    std::vector<float> hidden_in;
+    for (int32_t s = r.first; s < r.run.size(); ++s) {
+      b.token_ids.push_back(d2t[static_cast<size_t>(r.run.token[static_cast<size_t>(s)])]);
+      b.positions.push_back(static_cast<int32_t>(root + r.run.depth[static_cast<size_t>(s)] - 1));
+      b.logit_rows.push_back(s - r.first);
+      const int32_t p = r.run.parent[static_cast<size_t>(s)];
+      const float* hp = p < 0 ? root_h.data() : slot_h.data() + static_cast<int64_t>(p) * H;
+      hidden_in.insert(hidden_in.end(), hp, hp + H);
+    }
+    b.qo_indptr = {0, n};
+    b.seqs = {&st.pages};
+    r.run.append_node_mask(st.committed, r.first, r.run.size(), &b.custom_mask);
+    b.mask_indptr = {0, static_cast<int64_t>(b.custom_mask.size())};
+    b.hidden = hidden_in.data();
+    logits->resize(static_cast<size_t>(n * Vd));
+    slot_h.resize(static_cast<size_t>(r.run.size() * H));
+    return head_->forward(b, head_->has_embeddings() ? nullptr : &target_->embedding(), kv_, logits->data(),
+                          slot_h.data() + static_cast<int64_t>(r.first) * H);
+  };
+  std::vector<int32_t> slots;
+  TokenTree draft_ids;
+  SD_RETURN_IF_ERROR(sd::grow_tree(opts_, budget, Vd, root_logits.data(), run_round, &draft_ids, &slots));
+  for (int32_t i = 0; i < draft_ids.size(); ++i)
+    tree->add(d2t[static_cast<size_t>(draft_ids.token[static_cast<size_t>(i)])], draft_ids.parent[static_cast<size_t>(i)]);
   return Status::Ok();
 }
 

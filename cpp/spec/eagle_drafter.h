@@ -2,7 +2,8 @@
 // layers' outputs, captured in the target's prefill and verification forwards) and drafts a
 // chain from its own hidden states (spec/chain_drafting.h: argmax, or sampled with q recorded;
 // the head's draft-vocabulary logits are spread over the target's vocabulary, -inf elsewhere).
-// The chains of a batch grow together, one head forward per round. Entry t of the head pairs the features after token t
+// The chains of a batch grow together, one head forward per round. Trees (EAGLE-2) grow per
+// sequence, one head forward per level, under a tree mask over the head's KV. Entry t of the head pairs the features after token t
 // with token t + 1 at RoPE position t; the entry paired with the root predicts the first draft.
 // The head keeps a one-layer paged KV cache per sequence; entries made from real features are
 // kept, the chain's scratch entries are truncated at the next step. A prefix-cache hit skips the
@@ -16,13 +17,13 @@
 #include "model/llama.h"
 #include "spec/chain_drafting.h"
 #include "spec/drafter.h"
+#include "spec/tree_drafting.h"
 
 namespace sd {
 
-struct EagleOptions {
-  int32_t num_tokens = 5;    // chain length
-  float min_confidence = 0;  // stop a chain after a token drawn below it
-};
+// A chain (default), a static tree or a dynamic EAGLE-2 tree grown from the head's draft-vocabulary
+// logits (spec/tree_drafting.h).
+struct EagleOptions : DraftShape {};
 
 class EagleDrafter : public Drafter {
  public:
@@ -35,8 +36,8 @@ class EagleDrafter : public Drafter {
   Status propose_batch(const std::vector<DraftJob>& jobs) override;
   void accept(int32_t seq, const TokenTree& tree, const std::vector<int32_t>& accepted) override;
   void release(int32_t seq, const std::vector<int32_t>& context) override;
-  int32_t max_nodes() const override { return opts_.num_tokens; }
-  bool proposes_chains() const override { return true; }
+  int32_t max_nodes() const override { return opts_.size(); }
+  bool proposes_chains() const override { return opts_.chains(); }
   int64_t weight_bytes_per_token() const override;
   bool has_distributions() const override { return true; }
   std::vector<int32_t> feature_layers() const override { return head_->config().aux_layer_ids; }
@@ -59,6 +60,10 @@ class EagleDrafter : public Drafter {
   Status feed(const std::vector<ChainDraft>& chains, const std::vector<SeqState*>& states,
               const std::vector<int64_t>& roots, std::vector<std::vector<float>>& h,
               const std::vector<int32_t>& growing, std::vector<float>* logits);
+  // A tree for one sequence, one head forward per level. Nodes run over draft-vocabulary ids
+  // (mapped to target ids when embedded, and in *tree).
+  Status grow_tree(SeqState& st, int64_t root, const std::vector<float>& root_h, int32_t budget,
+                   const std::vector<float>& root_logits, TokenTree* tree);
   // Draft-vocabulary logits rows to target-vocabulary rows (-inf outside the draft vocabulary).
   void spread(const std::vector<float>& draft_logits, int64_t rows, std::vector<float>* out) const;
 

@@ -114,10 +114,7 @@ class LLM:
     def _attach_eagle(self, spec: SpeculativeConfig, draft: Optional[str]) -> None:
         if draft is None:
             raise ValueError("method 'eagle' needs a head: LLM(target, draft=HEAD_DIR, speculative={'method': 'eagle'})")
-        o = _core.EagleOptions()
-        o.num_tokens = spec.num_speculative_tokens
-        o.min_confidence = spec.draft_confidence
-        self.engine.attach_eagle_head(str(draft), spec.draft_dtype or "auto", o)
+        self.engine.attach_eagle_head(str(draft), spec.draft_dtype or "auto", _draft_shape(_core.EagleOptions(), spec))
 
     def _attach_draft_model(self, spec: SpeculativeConfig, draft: Optional[str], dtype: str, progress: bool) -> None:
         if draft is None:
@@ -135,13 +132,7 @@ class LLM:
             if Tokenizer(path).token_table() != self.tokenizer.token_table():
                 raise ValueError("the draft's tokenizer maps tokens to different ids than the target's: "
                                  "a draft must share the target's vocabulary")
-        o = _core.DraftModelOptions()
-        o.num_tokens = spec.num_speculative_tokens
-        o.min_confidence = spec.draft_confidence
-        if isinstance(spec.tree, list):
-            o.tree_choices = spec.tree
-        elif isinstance(spec.tree, dict):
-            o.top_k, o.max_nodes = spec.tree["top_k"], spec.tree["max_nodes"]
+        o = _draft_shape(_core.DraftModelOptions(), spec)
         self.engine.attach_draft_model(draft_config, draft_ckpt.shards, spec.draft_dtype or dtype, o,
                                        _progress_bar(f"loading draft {os.path.basename(str(draft))}") if progress else None)
 
@@ -302,3 +293,15 @@ def _progress_bar(desc: str):
             bar.close()
 
     return update
+
+
+def _draft_shape(o, spec: SpeculativeConfig):
+    """Fills a C++ DraftShape (DraftModelOptions, EagleOptions) from the config: chain, static
+    tree choices or a dynamic tree."""
+    o.num_tokens = spec.num_speculative_tokens
+    o.min_confidence = spec.draft_confidence
+    if isinstance(spec.tree, list):
+        o.tree_choices = spec.tree
+    elif isinstance(spec.tree, dict):
+        o.top_k, o.max_nodes = spec.tree["top_k"], spec.tree["max_nodes"]
+    return o

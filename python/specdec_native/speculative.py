@@ -8,7 +8,7 @@ from typing import List, Optional, Union
 
 METHODS = ("draft", "ngram", "sparse_kv", "layer_skip", "eagle")
 SELF_METHODS = ("sparse_kv", "layer_skip")  # the target drafts for itself
-CHAIN_ONLY_METHODS = SELF_METHODS + ("eagle",)
+CHAIN_ONLY_METHODS = SELF_METHODS
 ACCEPTANCE = ("lossless", "typical", "cascade")
 CASCADE_RULES = ("chow", "diff", "opt")
 # cascade_alpha ranges per rule: chow defers when max q < 1 - alpha, diff when
@@ -22,7 +22,8 @@ class SpeculativeConfig:
     """method: "draft" (a smaller model sharing the target's vocabulary, given as LLM(draft=...)),
     "ngram" (prompt lookup: continuations of the longest recent suffix seen before), "eagle" (an
     EAGLE-3 head directory in SpecForge's format, given as LLM(draft=HEAD_DIR): one layer over
-    the target's own hidden states, chains), or
+    the target's own hidden states; chains or trees, EAGLE-2's dynamic tree with tree={"top_k",
+    "max_nodes"}), or
     self-speculation, where the target drafts for itself over its own weights and KV cache:
     "sparse_kv" (MagicDec: every layer, but attending only the first sink_tokens and the last
       window_tokens of the context, rounded out to whole KV pages: its cost stops growing with
@@ -30,9 +31,11 @@ class SpeculativeConfig:
       the first L, or a list of layer indices; then the final norm and LM head). Chains only.
 
     num_speculative_tokens: chain length, or tree depth.
-    tree: None (a chain); a list of choices (Medusa/EAGLE static tree: each a path of child ranks
+    tree: None (a chain); a list of choices ("draft", "eagle") (Medusa/EAGLE static tree: each a path of child ranks
       from the root, e.g. [[0], [1], [0, 0]]); or {"top_k": 4, "max_nodes": 32} (a dynamic tree,
-      EAGLE-2 style). For "ngram", {"max_branches": B} keeps up to B distinct continuations.
+      EAGLE-2 style: num_speculative_tokens levels, each expanding the top_k nodes of highest
+      cumulative draft probability with their top_k children; the max_nodes best nodes are kept).
+      Tree children are the draft's top-ranked tokens, verified losslessly. For "ngram", {"max_branches": B} keeps up to B distinct continuations.
     prompt_lookup_min / prompt_lookup_max: n-gram sizes tried, longest first ("ngram").
     draft_dtype: the draft model's dtype (default: the target's).
     adaptive: chains only: each step drafts the k <= num_speculative_tokens that the cost model
@@ -89,6 +92,8 @@ class SpeculativeConfig:
             raise ValueError(f"draft_confidence must be a number in [0, 1), got {c!r}")
         if c > 0 and self.method == "ngram":
             raise ValueError("draft_confidence needs a drafting model's probabilities: n-gram drafts have none")
+        if c > 0 and self.tree is not None:
+            raise ValueError("draft_confidence stops chains: it needs tree=None")
         for name in ("sink_tokens", "window_tokens"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -188,7 +193,7 @@ class SpeculativeConfig:
             for key, value in tree.items():
                 if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_NODES:
                     raise ValueError(f"tree[{key!r}] must be an integer in [1, {MAX_NODES}], got {value!r}")
-            if self.method == "draft" and set(tree) != {"top_k", "max_nodes"}:
+            if self.method != "ngram" and set(tree) != {"top_k", "max_nodes"}:
                 raise ValueError("a dynamic tree needs both 'top_k' and 'max_nodes'")
             return
         if self.method == "ngram":
