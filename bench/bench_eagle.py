@@ -4,7 +4,10 @@ llama.cpp's autoregressive decoding of the same GGUF. Beside each row: mean acce
 the head's draft cost ratio c (one drafted token's time / one autoregressive step's).
 
     python bench/bench_eagle.py --head HEAD_DIR [--target smollm2|qwen1.5b|PATH] [--k 3]
-                                [--prompts heldout.pt|code] [--tokens 64] [--peers llamacpp]
+                                [--trees 4:8:4,4:16:5] [--prompts heldout|code] [--tokens 64]
+                                [--peers llamacpp]
+
+--trees adds EAGLE-2 dynamic trees from the same head, each top_k:max_nodes:depth.
 
 A head comes from `specdec train-draft --target ... --out HEAD_DIR`; its held-out prompts
 (HEAD_DIR/data.pt) are the default prompts, the prompts it was meant for. Batch 1, T = 0.
@@ -47,6 +50,7 @@ def main() -> int:
     ap.add_argument("--head", required=True)
     ap.add_argument("--target", default="smollm2")
     ap.add_argument("--k", type=int, default=3)
+    ap.add_argument("--trees", default="4:8:4,4:16:5", help="EAGLE-2 trees top_k:max_nodes:depth, comma-separated ('' for none)")
     ap.add_argument("--prompts", default="heldout", help="heldout (the head's data.pt) or one of " + ",".join(PROMPTS))
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--dtype", default="int4")
@@ -59,6 +63,10 @@ def main() -> int:
     configs = {
         "autoregressive": {},
         f"eagle k={args.k}": dict(draft=args.head, speculative={"method": "eagle", "num_speculative_tokens": args.k}),
+        **{f"eagle tree {t}": dict(draft=args.head, speculative={
+            "method": "eagle", "num_speculative_tokens": int(t.split(":")[2]),
+            "tree": {"top_k": int(t.split(":")[0]), "max_nodes": int(t.split(":")[1])}})
+           for t in filter(None, args.trees.split(","))},
         f"ngram k={args.k}": dict(speculative={"method": "ngram", "num_speculative_tokens": args.k}),
     }
     if args.target == "qwen1.5b":
@@ -89,10 +97,12 @@ def main() -> int:
         tps = tokens[name] / seconds[name]
         row = {"config": name, "tokens_per_s": tps, "vs_autoregressive": tps * ar_step,
                "mean_accepted_length": statistics.mean(accepted_len[name]),
-               "draft_cost_ratio": (draft_s[name] / drafted[name]) / ar_step if drafted[name] else 0.0}
+               "draft_cost_ratio": (draft_s[name] / drafted[name]) / ar_step if drafted[name] else 0.0,
+               "draft_share": draft_s[name] / seconds[name]}
         rows.append(row)
         print(f"{name:22s} {tps:7.1f} tok/s  {row['vs_autoregressive']:5.2f}x AR  "
-              f"{row['mean_accepted_length']:4.2f} tokens/pass  c = {row['draft_cost_ratio']:.3f}", flush=True)
+              f"{row['mean_accepted_length']:4.2f} tokens/pass  c = {row['draft_cost_ratio']:.3f} per drafted token  "
+              f"drafting {row['draft_share']:.0%} of the time", flush=True)
     if "llamacpp" in args.peers:
         gguf = target if target.endswith(".gguf") else None
         if gguf:
