@@ -1,14 +1,17 @@
-// RMSNorm on the GPU: the first CUDA op, same signature and semantics as sd::ops::rmsnorm.
-// It proves the CUDA build path; the full CUDA backend plugs into ops/dispatch.cpp.
+// RMSNorm on the GPU, same semantics as sd::ops::rmsnorm: y = x / sqrt(mean(x^2) + eps) * w,
+// one block per row, the sum of squares in f32 (a fixed reduction tree, like the CPU's f32 dot).
 #include <cuda_runtime.h>
 
+#include "cuda/cuda_check.h"
 #include "cuda/cuda_ops.h"
 
 namespace sd::cuda {
 
 namespace {
 
-__global__ void rmsnorm_kernel(const float* x, const float* w, float eps, int64_t D, float* y) {
+constexpr int kThreads = 256;
+
+__global__ void __launch_bounds__(kThreads) rmsnorm_kernel(const float* x, const float* w, float eps, int64_t D, float* y) {
   const int64_t row = blockIdx.x;
   const float* xr = x + row * D;
   float* yr = y + row * D;
@@ -20,18 +23,14 @@ __global__ void rmsnorm_kernel(const float* x, const float* w, float eps, int64_
   if (lane == 0) partial[warp] = s;
   __syncthreads();
   if (warp == 0) {
-    s = lane < (blockDim.x + 31) / 32 ? partial[lane] : 0.f;
+    s = lane < static_cast<int>((blockDim.x + 31) / 32) ? partial[lane] : 0.f;
     for (int off = 16; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off);
     if (lane == 0) partial[0] = rsqrtf(s / static_cast<float>(D) + eps);
   }
   __syncthreads();
   const float inv = partial[0];
+  // x and y may alias: every read of row `row` happened before the barrier above.
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x) yr[i] = (xr[i] * inv) * w[i];
-}
-
-Status check(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return Status::Ok();
-  return Status(StatusCode::kInternal, std::string(what) + ": " + cudaGetErrorString(e));
 }
 
 }  // namespace
@@ -42,23 +41,23 @@ int device_count() {
   return n;
 }
 
+Status rmsnorm(const float* x, const float* w, float eps, int64_t M, int64_t D, float* y, cudaStream_t stream) {
+  if (M < 0 || D <= 0) return InvalidArgument("rmsnorm: expected M >= 0 and D > 0");
+  if (M == 0) return Status::Ok();
+  if (M > 0x7fffffff) return InvalidArgument("rmsnorm: more than 2^31 - 1 rows");
+  rmsnorm_kernel<<<static_cast<unsigned>(M), kThreads, 0, stream>>>(x, w, eps, D, y);
+  return check_launch("rmsnorm_kernel");
+}
+
 Status rmsnorm_host(const float* x, const float* w, float eps, int64_t M, int64_t D, float* y) {
-  float *dx = nullptr, *dw = nullptr, *dy = nullptr;
-  const size_t xb = static_cast<size_t>(M * D) * sizeof(float), wb = static_cast<size_t>(D) * sizeof(float);
-  Status st = check(cudaMalloc(&dx, xb), "cudaMalloc");
-  if (st.ok()) st = check(cudaMalloc(&dw, wb), "cudaMalloc");
-  if (st.ok()) st = check(cudaMalloc(&dy, xb), "cudaMalloc");
-  if (st.ok()) st = check(cudaMemcpy(dx, x, xb, cudaMemcpyHostToDevice), "cudaMemcpy");
-  if (st.ok()) st = check(cudaMemcpy(dw, w, wb, cudaMemcpyHostToDevice), "cudaMemcpy");
-  if (st.ok() && M > 0) {
-    rmsnorm_kernel<<<static_cast<unsigned>(M), 256>>>(dx, dw, eps, D, dy);
-    st = check(cudaGetLastError(), "rmsnorm launch");
-  }
-  if (st.ok()) st = check(cudaMemcpy(y, dy, xb, cudaMemcpyDeviceToHost), "cudaMemcpy");
-  cudaFree(dx);
-  cudaFree(dw);
-  cudaFree(dy);
-  return st;
+  const size_t n = static_cast<size_t>(M * D);
+  DeviceBuffer<float> dx, dw, dy;
+  SD_RETURN_IF_ERROR(dx.upload(x, n));
+  SD_RETURN_IF_ERROR(dw.upload(w, static_cast<size_t>(D)));
+  SD_RETURN_IF_ERROR(dy.alloc(n));
+  SD_RETURN_IF_ERROR(rmsnorm(dx.get(), dw.get(), eps, M, D, dy.get(), nullptr));
+  SD_RETURN_IF_ERROR(sync(nullptr, "rmsnorm"));
+  return dy.download(y, n);
 }
 
 }  // namespace sd::cuda

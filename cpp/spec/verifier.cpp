@@ -16,9 +16,6 @@ bool renormalize(float* p, int64_t vocab) {
   return true;
 }
 
-uint64_t accept_stream(uint64_t seed) { return seed ^ 0x5bd1e9955bd1e995ull; }
-uint64_t draft_stream(uint64_t seed) { return seed ^ 0x9e3779b97f4a7c15ull; }
-
 VerifyOutcome verify_greedy(const TokenTree& tree, const int32_t* row_argmax) {
   VerifyOutcome out;
   int32_t cur = -1;

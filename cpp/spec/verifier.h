@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "sampling/rng_streams.h"
 #include "spec/token_tree.h"
 
 namespace sd {
@@ -37,9 +38,5 @@ VerifyOutcome verify_sampling(const TokenTree& tree, const float* probs, int64_t
 // Scales p[vocab] to sum to 1 (the residual after a rejection); false, leaving p as is, when
 // nothing is left — which only rounding causes, when the target was fully covered by q.
 bool renormalize(float* p, int64_t vocab);
-
-// Random-number keys, shared with the drafters so every stream is distinct.
-uint64_t accept_stream(uint64_t seed);
-uint64_t draft_stream(uint64_t seed);
 
 }  // namespace sd

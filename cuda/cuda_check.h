@@ -1,0 +1,108 @@
+// CUDA error -> sd::Status, and a tiny RAII device buffer used by the host wrappers.
+// Host C++ only (includes cuda_runtime.h; compiles with g++ or nvcc). Nothing here throws.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+
+namespace sd::cuda {
+
+// Ok when e == cudaSuccess; otherwise kInternal with "what: <cuda error string>".
+inline Status check(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return Status::Ok();
+  return Status(StatusCode::kInternal, std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+// Checks the last launch (cudaGetLastError) under the kernel's name.
+inline Status check_launch(const char* kernel) { return check(cudaGetLastError(), kernel); }
+
+// Owns `n` elements of T in device memory (cudaMalloc / cudaFree). Move-only.
+// Usage:  DeviceBuffer<float> d;  SD_RETURN_IF_ERROR(d.upload(host_ptr, n));  ... d.get() ...
+template <class T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  ~DeviceBuffer() { reset(); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), size_(o.size_) {
+    o.ptr_ = nullptr;
+    o.size_ = 0;
+  }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      ptr_ = o.ptr_;
+      size_ = o.size_;
+      o.ptr_ = nullptr;
+      o.size_ = 0;
+    }
+    return *this;
+  }
+
+  // Allocates n elements (contents undefined); frees what was held. n == 0 holds nothing.
+  Status alloc(size_t n) {
+    reset();
+    if (n == 0) return Status::Ok();
+    void* p = nullptr;
+    Status st = check(cudaMalloc(&p, n * sizeof(T)), "cudaMalloc");
+    if (!st.ok()) return st;
+    ptr_ = static_cast<T*>(p);
+    size_ = n;
+    return Status::Ok();
+  }
+  // Allocates n elements set to zero bytes.
+  Status alloc_zeroed(size_t n) {
+    SD_RETURN_IF_ERROR(alloc(n));
+    if (n == 0) return Status::Ok();
+    return check(cudaMemset(ptr_, 0, n * sizeof(T)), "cudaMemset");
+  }
+  // Allocates n elements and copies them from host memory.
+  Status upload(const T* host, size_t n) {
+    SD_RETURN_IF_ERROR(alloc(n));
+    if (n == 0) return Status::Ok();
+    return check(cudaMemcpy(ptr_, host, n * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy H2D");
+  }
+  Status upload(const std::vector<T>& host) { return upload(host.data(), host.size()); }
+  // Copies the first n elements back to host memory (n <= size()).
+  Status download(T* host, size_t n) const {
+    if (n > size_) return InvalidArgument("DeviceBuffer::download: more elements than held");
+    if (n == 0) return Status::Ok();
+    return check(cudaMemcpy(host, ptr_, n * sizeof(T), cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
+  }
+  Status download(std::vector<T>* host) const {
+    host->resize(size_);
+    return download(host->data(), size_);
+  }
+
+  void reset() {
+    if (ptr_ != nullptr) cudaFree(ptr_);
+    ptr_ = nullptr;
+    size_ = 0;
+  }
+  T* get() const { return ptr_; }
+  size_t size() const { return size_; }
+  size_t bytes() const { return size_ * sizeof(T); }
+
+ private:
+  T* ptr_ = nullptr;
+  size_t size_ = 0;
+};
+
+// Blocks for a grid-stride loop over n elements: enough to fill the GPU, capped (the loop covers
+// the rest). n <= 0 gives 0 (callers skip the launch).
+inline unsigned grid_blocks(int64_t n, int threads) {
+  if (n <= 0) return 0;
+  const int64_t b = (n + threads - 1) / threads;
+  return static_cast<unsigned>(b < 65536 ? b : 65536);
+}
+
+// Waits for the stream and reports any asynchronous error under `what`.
+inline Status sync(cudaStream_t stream, const char* what) { return check(cudaStreamSynchronize(stream), what); }
+
+}  // namespace sd::cuda
