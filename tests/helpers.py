@@ -324,3 +324,31 @@ MALFORMED_EAGLE_HEADS = [
     (lambda p: edit_tensors(p, lambda t: t.update({"norm.weight": torch.zeros(32, dtype=torch.int32)})),
      r"norm.weight (has dtype I32|must be floating point)"),
 ]
+
+
+# ---- verify_tree's bad inputs (the CPU op and the CUDA op refuse the same ones) ----------------
+BAD_VERIFY_TREE_CASES = ["length_mismatch", "parent_self", "parent_later", "parent_below_minus_one", "p_rows_short",
+                         "p_rows_long", "q_rows", "q_vocab", "token_out_of_range", "negative_token", "p_1d"]
+
+
+def bad_verify_tree_args(case: str, V: int) -> dict:
+    """verify_tree keyword arguments for a two-node chain over V tokens, broken as `case` says."""
+    p = np.full((3, V), 1.0 / V, np.float32)
+    q = np.full((2, V), 1.0 / V, np.float32)
+    args = dict(tokens=[1, 2], parents=[-1, 0], target_probs=p, draft_probs=q)
+    broken = {
+        "length_mismatch": ("parents", [-1]),
+        "parent_self": ("parents", [-1, 1]),
+        "parent_later": ("parents", [1, -1]),
+        "parent_below_minus_one": ("parents", [-1, -2]),
+        "p_rows_short": ("target_probs", p[:2]),
+        "p_rows_long": ("target_probs", np.full((4, V), 1.0 / V, np.float32)),
+        "q_rows": ("draft_probs", q[:1]),
+        "q_vocab": ("draft_probs", np.full((2, V + 1), 1.0 / (V + 1), np.float32)),
+        "token_out_of_range": ("tokens", [1, V]),
+        "negative_token": ("tokens", [-1, 2]),
+        "p_1d": ("target_probs", p[0]),
+    }
+    key, value = broken[case]
+    args[key] = value
+    return args

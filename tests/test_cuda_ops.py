@@ -36,6 +36,7 @@ import pytest
 from specdec_native import cuda, ops
 from test_sampling import CONFIGS, DIST_CONFIGS, chi2_critical, chi2_stat, draw_logits, reference_probs
 from test_verifier import N as VN, POS, V as VV, _problem, _sample_rows, check_matches, f32, top_k_top_p
+from helpers import BAD_VERIFY_TREE_CASES, bad_verify_tree_args
 
 needs_gpu = pytest.mark.skipif(cuda.gpu_count() == 0, reason="no CUDA GPU on this machine")
 pytestmark = needs_gpu
@@ -498,36 +499,9 @@ def test_iid_tree_output_follows_target(ext, m):
     check_matches(first, p[0], q[0], f"gpu iid tree m={m}")
 
 
-@pytest.mark.parametrize("case", [
-    "length_mismatch", "parent_self", "parent_later", "parent_below_minus_one", "p_rows_short",
-    "p_rows_long", "q_rows", "q_vocab", "token_out_of_range", "negative_token", "p_1d",
-])
+@pytest.mark.parametrize("case", BAD_VERIFY_TREE_CASES)
 def test_verify_tree_bad_input(ext, case):
-    p = f32(np.full((3, VV), 1.0 / VV))
-    q = f32(np.full((2, VV), 1.0 / VV))
-    args = dict(tokens=[1, 2], parents=[-1, 0], target_probs=p, draft_probs=q)
-    if case == "length_mismatch":
-        args["parents"] = [-1]
-    elif case == "parent_self":
-        args["parents"] = [-1, 1]
-    elif case == "parent_later":
-        args["parents"] = [1, -1]
-    elif case == "parent_below_minus_one":
-        args["parents"] = [-1, -2]
-    elif case == "p_rows_short":
-        args["target_probs"] = p[:2]
-    elif case == "p_rows_long":
-        args["target_probs"] = f32(np.full((4, VV), 1.0 / VV))
-    elif case == "q_rows":
-        args["draft_probs"] = q[:1]
-    elif case == "q_vocab":
-        args["draft_probs"] = f32(np.full((2, VV + 1), 1.0 / (VV + 1)))
-    elif case == "token_out_of_range":
-        args["tokens"] = [1, VV]
-    elif case == "negative_token":
-        args["tokens"] = [-1, 2]
-    elif case == "p_1d":
-        args["target_probs"] = p[0]
+    args = bad_verify_tree_args(case, VV)
     with pytest.raises(ValueError):
         ops.verify_tree(**args)
     with pytest.raises(ValueError):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from specdec_native import ops
+from helpers import BAD_VERIFY_TREE_CASES, bad_verify_tree_args
 
 V = 12
 POS = 7          # output position the root row decides (keys the random numbers)
@@ -385,35 +386,8 @@ def test_seeded_determinism():
 
 # ---- bad input -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("case", [
-    "length_mismatch", "parent_self", "parent_later", "parent_below_minus_one", "p_rows_short",
-    "p_rows_long", "q_rows", "q_vocab", "token_out_of_range", "negative_token", "p_1d",
-])
+@pytest.mark.parametrize("case", BAD_VERIFY_TREE_CASES)
 def test_bad_input(case):
-    p = f32(np.full((3, V), 1.0 / V))
-    q = f32(np.full((2, V), 1.0 / V))
-    args = dict(tokens=[1, 2], parents=[-1, 0], target_probs=p, draft_probs=q)
-    if case == "length_mismatch":
-        args["parents"] = [-1]
-    elif case == "parent_self":
-        args["parents"] = [-1, 1]
-    elif case == "parent_later":
-        args["parents"] = [1, -1]
-    elif case == "parent_below_minus_one":
-        args["parents"] = [-1, -2]
-    elif case == "p_rows_short":
-        args["target_probs"] = p[:2]
-    elif case == "p_rows_long":
-        args["target_probs"] = f32(np.full((4, V), 1.0 / V))
-    elif case == "q_rows":
-        args["draft_probs"] = q[:1]
-    elif case == "q_vocab":
-        args["draft_probs"] = f32(np.full((2, V + 1), 1.0 / (V + 1)))
-    elif case == "token_out_of_range":
-        args["tokens"] = [1, V]
-    elif case == "negative_token":
-        args["tokens"] = [-1, 2]
-    elif case == "p_1d":
-        args["target_probs"] = p[0]
+    args = bad_verify_tree_args(case, V)
     with pytest.raises(ValueError):
         ops.verify_tree(**args)
