@@ -62,7 +62,8 @@ def main() -> int:
     common = dict(dtype=args.dtype, num_threads=args.threads, progress=False, enable_prefix_caching=False)
     configs = {
         "autoregressive": {},
-        f"eagle k={args.k}": dict(draft=args.head, speculative={"method": "eagle", "num_speculative_tokens": args.k}),
+        f"eagle chain k={args.k}": dict(draft=args.head, speculative={"method": "eagle", "num_speculative_tokens": args.k,
+                                                                     "tree": "chain"}),
         **{f"eagle tree {t}": dict(draft=args.head, speculative={
             "method": "eagle", "num_speculative_tokens": int(t.split(":")[2]),
             "tree": {"top_k": int(t.split(":")[0]), "max_nodes": int(t.split(":")[1])}})

@@ -50,7 +50,7 @@ def reference(setup):
 
 def _eagle(setup, k=4, **kw):
     return load_llm(setup["target"], draft=str(setup["head_dir"]),
-                    speculative={"method": "eagle", "num_speculative_tokens": k}, **kw)
+                    speculative={"method": "eagle", "num_speculative_tokens": k, "tree": "chain"}, **kw)
 
 
 def test_first_chain_equals_the_torch_head_on_transformers_features(setup):
@@ -107,7 +107,7 @@ def test_eagle_with_the_confidence_stop_and_cascades(setup, reference):
     (chow, alpha = 0) keeps the target's output: both need the head's distributions."""
     def run(**spec):
         llm = load_llm(setup["target"], draft=str(setup["head_dir"]),
-                       speculative=dict({"method": "eagle", "num_speculative_tokens": 6}, **spec))
+                       speculative=dict({"method": "eagle", "num_speculative_tokens": 6, "tree": "chain"}, **spec))
         return llm.generate(prompt_token_ids=PROMPTS, sampling_params=[greedy_params(n) for n in MAX_TOKENS])
 
     def drafted_per_step(outs):
@@ -236,3 +236,41 @@ def test_trees_refuse_chain_only_options():
         SpeculativeConfig(method="eagle", tree={"top_k": 2})
     with pytest.raises(ValueError, match="cascade"):
         SpeculativeConfig(method="eagle", tree={"top_k": 2, "max_nodes": 4}, acceptance="cascade")
+
+
+def test_eagle_defaults_to_a_dynamic_tree_unless_chains_are_asked_for():
+    from specdec_native.speculative import EAGLE_DEFAULT_TREE
+
+    assert SpeculativeConfig(method="eagle").tree == EAGLE_DEFAULT_TREE
+    assert SpeculativeConfig(method="eagle", tree="chain").tree is None
+    for chains_only in ({"adaptive": True}, {"draft_confidence": 0.3}, {"acceptance": "cascade"}):
+        assert SpeculativeConfig(method="eagle", **chains_only).tree is None
+    assert SpeculativeConfig(method="draft").tree is None  # other methods default to chains
+    with pytest.raises(ValueError, match="'chain'"):
+        SpeculativeConfig(method="eagle", tree="bush")
+
+
+def test_default_eagle_drafts_trees_and_stays_identical(setup, reference):
+    llm = load_llm(setup["target"], draft=str(setup["head_dir"]), speculative={"method": "eagle"})
+    outs = llm.generate(prompt_token_ids=PROMPTS, sampling_params=[greedy_params(n) for n in MAX_TOKENS])
+    assert [o.token_ids for o in outs] == reference
+    with pytest.raises(ValueError, match="draft_tree"):
+        llm.engine.draft_chain(PROMPTS[0], 3)
+    assert len(llm.engine.draft_tree(PROMPTS[0], 8)[0]) == 8
+
+
+def test_cli_eagle_trees_and_chains_equal_plain_generation(setup, capsys):
+    import json
+
+    from specdec_native import cli
+
+    def run(*extra):
+        assert cli.main(["generate", "--model", str(setup["target"]), "--max-tokens", "12", "--ignore-eos", "--json",
+                         "--threads", "2", *extra, "w3 w4 w5"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    plain = run()
+    tree = run("--method", "eagle", "--draft", str(setup["head_dir"]))
+    chain = run("--method", "eagle", "--draft", str(setup["head_dir"]), "--tree", "chain", "--num-speculative-tokens", "3")
+    assert tree["token_ids"] == plain["token_ids"] == chain["token_ids"]
+    assert tree["metrics"]["drafted"] > chain["metrics"]["drafted"] > 0

@@ -450,14 +450,14 @@ def test_sampled_tokens_follow_the_target_distribution(small, case):
         draft, spec = None, {"method": "sparse_kv", "sink_tokens": 0, "window_tokens": 3, "num_speculative_tokens": 3}
         kw = {"page_size": 1}
     elif case == "eagle":  # a random EAGLE-3 head over the target's features, drafting 12 of the 16 tokens
-        draft, spec = str(small["eagle"]), {"method": "eagle", "num_speculative_tokens": 3}
+        draft, spec = str(small["eagle"]), {"method": "eagle", "num_speculative_tokens": 3, "tree": "chain"}
     elif case == "eagle_tree":  # ... or a dynamic tree from it (deterministic children, one-hot q)
         draft, spec = str(small["eagle"]), {"method": "eagle", "num_speculative_tokens": 2,
                                             "tree": {"top_k": 4, "max_nodes": 6}}
     llm = load_llm(small["target"], draft=draft, speculative=spec, max_num_seqs=64, **kw)
     # the draft's own distribution: its greedy chain's first q (trees carry none)
     chain_llm = llm if case != "eagle_tree" else load_llm(
-        small["target"], draft=draft, speculative={"method": "eagle", "num_speculative_tokens": 1})
+        small["target"], draft=draft, speculative={"method": "eagle", "num_speculative_tokens": 1, "tree": "chain"})
     params = [SamplingParams(max_tokens=3, temperature=T, top_k=top_k, top_p=top_p, seed=s, ignore_eos=True)
               for s in range(RUNS)]
     outs = llm.generate(prompt_token_ids=[STAT_PROMPT] * RUNS, sampling_params=params)

@@ -99,7 +99,8 @@ def _add_speculation_args(p: argparse.ArgumentParser) -> None:
                    help="speculative drafts (default: draft if --draft); sparse_kv and layer_skip: the target "
                         "drafts for itself")
     p.add_argument("--num-speculative-tokens", type=int, default=5)
-    p.add_argument("--tree", help='draft tree as JSON: [[0],[1],[0,0]] or {"top_k": 4, "max_nodes": 32}')
+    p.add_argument("--tree", help='draft tree as JSON: [[0],[1],[0,0]] or {"top_k": 4, "max_nodes": 32}; "chain" for a chain '
+                                      '(the default, except for --method eagle: a dynamic tree)')
     p.add_argument("--adaptive", action="store_true",
                    help="choose each step's chain length (<= --num-speculative-tokens) from the measured costs")
     p.add_argument("--draft-layers", help="layer_skip: the first L layers (an int) or a JSON list of layer indices")
@@ -113,7 +114,7 @@ def _speculative_from_args(args) -> Optional[dict]:
     if not (args.method or args.draft):
         return None
     spec = {"method": args.method or "draft", "num_speculative_tokens": args.num_speculative_tokens,
-            "tree": json.loads(args.tree) if args.tree else None, "adaptive": args.adaptive,
+            "tree": None if not args.tree else "chain" if args.tree == "chain" else json.loads(args.tree), "adaptive": args.adaptive,
             "draft_confidence": args.draft_confidence}
     if spec["method"] == "sparse_kv":
         spec.update(sink_tokens=args.sink_tokens, window_tokens=args.window_tokens)
