@@ -202,10 +202,13 @@ def test_first_tree_equals_an_eagle2_reference(setup, top_k, depth, max_nodes):
     llm = load_llm(setup["target"], draft=str(setup["head_dir"]),
                    speculative={"method": "eagle", "num_speculative_tokens": depth,
                                 "tree": {"top_k": top_k, "max_nodes": max_nodes}})
-    for ids in PROMPTS:
+    expected = [_reference_tree(setup["head"], setup["model"], ids, top_k, depth, max_nodes) for ids in PROMPTS]
+    for ids, ref in zip(PROMPTS, expected):
         tokens, parents = llm.engine.draft_tree(ids, max_nodes)
-        assert (tokens, parents) == _reference_tree(setup["head"], setup["model"], ids, top_k, depth, max_nodes)
+        assert (tokens, parents) == ref
         assert len(tokens) == min(max_nodes, top_k + top_k * top_k * (depth - 1))
+    # a batch's trees grow together, one head forward per level: the same trees
+    assert [tuple(t) for t in llm.engine.draft_trees(PROMPTS, max_nodes)] == [tuple(r) for r in expected]
     with pytest.raises(ValueError, match="draft_tree"):
         llm.engine.draft_chain(PROMPTS[0], 3)
     assert_no_blocks_held(llm.engine)

@@ -194,6 +194,11 @@ def test_greedy_draft_tree_is_token_identical(ckpts, reference, draft, tree):
     _check_blocks_free(llm)
     rate, mean_len = _totals(outs)
     depth = 3 if tree == "static" else 4
+    if draft == "noisy":  # a batch's trees grow in shared draft forwards: the same trees as alone
+        budget = 12 if tree == "dynamic" else len(STATIC_TREE)
+        together = llm.engine.draft_trees(PROMPTS, budget)
+        assert [tuple(t) for t in together] == [tuple(llm.engine.draft_tree(p, budget)) for p in PROMPTS]
+        assert all(len(t[0]) == budget for t in together)
     if draft == "self":
         # The top-ranked child is the target's argmax, always accepted.
         if tree == "static":

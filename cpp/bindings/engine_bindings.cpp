@@ -289,13 +289,14 @@ void register_engine(py::module_& m) {
           [](sd::Engine& e, const std::vector<int32_t>& prompt, int32_t k) {
             if (e.drafter() && !e.drafter()->proposes_chains())
               throw py::value_error("draft_chain: the drafter proposes trees; use draft_tree");
-            sd::TokenTree tree;
+            std::vector<sd::TokenTree> trees;
             sd::Status st;
             {
               py::gil_scoped_release nogil;
-              st = e.draft(prompt, k, &tree);
+              st = e.draft({prompt}, k, &trees);
             }
             throw_if_error(st);
+            const sd::TokenTree& tree = trees[0];
             const py::ssize_t V = e.config().vocab_size;
             py::array_t<float> qa({static_cast<py::ssize_t>(tree.q.size()) / V, V});
             std::copy(tree.q.begin(), tree.q.end(), qa.mutable_data());
@@ -307,18 +308,35 @@ void register_engine(py::module_& m) {
       .def(
           "draft_tree",
           [](sd::Engine& e, const std::vector<int32_t>& prompt, int32_t max_nodes) {
-            sd::TokenTree tree;
+            std::vector<sd::TokenTree> trees;
             sd::Status st;
             {
               py::gil_scoped_release nogil;
-              st = e.draft(prompt, max_nodes, &tree);
+              st = e.draft({prompt}, max_nodes, &trees);
             }
             throw_if_error(st);
-            return py::make_tuple(tree.token, tree.parent);
+            return py::make_tuple(trees[0].token, trees[0].parent);
           },
           py::arg("prompt"), py::arg("max_nodes"),
           "(tokens, parents): the drafter's greedy proposal after the prompt, at most max_nodes nodes "
           "(parents[i] = -1 for a child of the root, else an earlier node).")
+      .def(
+          "draft_trees",
+          [](sd::Engine& e, const std::vector<std::vector<int32_t>>& prompts, int32_t max_nodes) {
+            std::vector<sd::TokenTree> trees;
+            sd::Status st;
+            {
+              py::gil_scoped_release nogil;
+              st = e.draft(prompts, max_nodes, &trees);
+            }
+            throw_if_error(st);
+            py::list out;
+            for (const sd::TokenTree& t : trees) out.append(py::make_tuple(t.token, t.parent));
+            return out;
+          },
+          py::arg("prompts"), py::arg("max_nodes"),
+          "[(tokens, parents)] per prompt: the drafter's greedy proposals after several prompts, made "
+          "in one batched proposal (as a decode step makes them).")
       .def(
           "prompt_hidden_states",
           [](sd::Engine& e, const std::vector<int32_t>& prompt, const std::vector<int32_t>& layers) {

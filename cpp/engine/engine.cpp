@@ -345,40 +345,52 @@ Status Engine::tree_logits(const std::vector<int32_t>& prompt, const TokenTree& 
   return scratch_forward(prompt, logits, &tree);
 }
 
-Status Engine::draft(const std::vector<int32_t>& prompt, int32_t k, TokenTree* tree) {
+Status Engine::draft(const std::vector<std::vector<int32_t>>& prompts, int32_t k, std::vector<TokenTree>* trees) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!drafter_ || drafter_->weight_bytes_per_token() == 0)
     return InvalidArgument("drafting a proposal needs a drafter that runs a model");
   if (!idle()) return InvalidArgument("drafting a proposal needs an idle engine");
   if (k < 1) return InvalidArgument("draft: k (the node budget) must be >= 1");
-  SD_RETURN_IF_ERROR(validate_prompt(prompt));
-  const int64_t n = static_cast<int64_t>(prompt.size());
-  SeqPages seq(opts_.page_size);
-  make_room(seq.blocks_needed(n + k));
-  Status st = seq.append(kv_->allocator(), n - 1);
-  if (st.ok() && n > 1) {
-    ForwardBatch fb = causal_batch(prompt, n - 1);
-    fb.seqs = {&seq};
-    const int64_t feature_width = capture_features(&fb);
-    st = model_->forward(fb, *kv_, nullptr);
-    if (st.ok() && feature_width > 0) drafter_->observe_features(-1, 0, features_.data(), n - 1);
+  int64_t blocks = 0;
+  for (const auto& prompt : prompts) {
+    SD_RETURN_IF_ERROR(validate_prompt(prompt));
+    blocks += SeqPages(opts_.page_size).blocks_needed(static_cast<int64_t>(prompt.size()) + k);
   }
+  make_room(blocks);
+  const size_t B = prompts.size();
+  std::vector<SeqPages> seqs(B, SeqPages(opts_.page_size));
+  trees->assign(B, TokenTree());
   SamplingConfig greedy;
   greedy.temperature = 0;
-  const int32_t scratch_slot = -1;  // never a running sequence's (observe_features above uses it too)
-  if (st.ok()) {
-    DraftJob j;
-    j.seq = scratch_slot;
-    j.tree = tree;
+  // Scratch sequence ids are negative: never a running sequence's.
+  auto scratch_slot = [](size_t i) { return -1 - static_cast<int32_t>(i); };
+  std::vector<DraftJob> jobs(B);
+  Status st;
+  for (size_t i = 0; i < B && st.ok(); ++i) {  // prefill all but the root, capturing features
+    const std::vector<int32_t>& prompt = prompts[i];
+    const int64_t n = static_cast<int64_t>(prompt.size());
+    st = seqs[i].append(kv_->allocator(), n - 1);
+    if (st.ok() && n > 1) {
+      ForwardBatch fb = causal_batch(prompt, n - 1);
+      fb.seqs = {&seqs[i]};
+      const int64_t feature_width = capture_features(&fb);
+      st = model_->forward(fb, *kv_, nullptr);
+      if (st.ok() && feature_width > 0) drafter_->observe_features(scratch_slot(i), 0, features_.data(), n - 1);
+    }
+    DraftJob& j = jobs[i];
+    j.seq = scratch_slot(i);
+    j.tree = &(*trees)[i];
     j.req.context = &prompt;
     j.req.sampling = &greedy;
     j.req.max_nodes = static_cast<int32_t>(std::min<int64_t>(k, opts_.max_model_len - n));
     j.req.record_q = true;
-    j.req.pages = &seq;
-    st = drafter_->propose_batch({j});
-    drafter_->release(scratch_slot, {});
+    j.req.pages = &seqs[i];
   }
-  seq.release(kv_->allocator());
+  if (st.ok()) st = drafter_->propose_batch(jobs);  // one batched proposal, as a decode step makes
+  for (size_t i = 0; i < B; ++i) {
+    drafter_->release(scratch_slot(i), {});
+    seqs[i].release(kv_->allocator());
+  }
   return st;
 }
 

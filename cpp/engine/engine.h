@@ -148,12 +148,12 @@ class Engine {
   // ([1 + tree.size() x vocab] floats).
   Status tree_logits(const std::vector<int32_t>& prompt, const TokenTree& tree, float* logits);
 
-  // What the attached model-based drafter proposes greedily after `prompt` (its last token the
-  // root, everything before it prefilled by the target on a scratch sequence), at most k nodes:
-  // a chain with the draft's temperature-1 distribution of each step in tree->q, or a tree
-  // (deterministic top-ranked children, no q). For tests and diagnostics. Fewer nodes when the
-  // context ends.
-  Status draft(const std::vector<int32_t>& prompt, int32_t k, TokenTree* tree);
+  // What the attached model-based drafter proposes greedily after each prompt (its last token
+  // the root, everything before it prefilled by the target on a scratch sequence), at most k
+  // nodes each, all in ONE batched proposal as a decode step makes it: a chain with the draft's
+  // temperature-1 distribution of each step in tree.q, or a tree (deterministic top-ranked
+  // children, no q). For tests and diagnostics. Fewer nodes when the context ends.
+  Status draft(const std::vector<std::vector<int32_t>>& prompts, int32_t k, std::vector<TokenTree>* trees);
 
   const ModelConfig& config() const { return model_->config(); }
   const EngineOptions& options() const { return opts_; }

@@ -64,8 +64,11 @@ Status DraftModelDrafter::propose(int32_t seq, const DraftRequest& req, TokenTre
 Status DraftModelDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
   const int64_t V = model_->config().vocab_size;
   std::vector<ChainDraft> chains;
-  std::vector<SeqState*> states;
+  std::vector<SeqState*> states;  // of the chains, or of the trees
   std::vector<float> first_logits;
+  std::vector<TreeJob> trees;
+  std::vector<std::vector<float>> tree_roots;
+  tree_roots.reserve(jobs.size());
   Status s;
   for (const DraftJob& j : jobs) {
     SeqState& st = start(j.seq, *j.req.context);
@@ -79,13 +82,22 @@ Status DraftModelDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
     }
     std::vector<float> root_logits;
     s = catch_up(st, *j.req.context, &root_logits);
-    if (s.ok() && !proposes_chains()) s = grow_tree(st, budget, root_logits, j.tree);
     if (!s.ok()) break;
-    if (proposes_chains()) {
+    if (!proposes_chains()) {
+      tree_roots.push_back(std::move(root_logits));
+      trees.push_back(TreeJob{budget, tree_roots.back().data(), j.tree, &st.node_slot});
+      states.push_back(&st);
+    } else {
       chains.push_back(ChainDraft{&j.req, j.tree, budget});
       states.push_back(&st);
       first_logits.insert(first_logits.end(), root_logits.begin(), root_logits.end());
     }
+  }
+  if (s.ok() && !trees.empty()) {
+    s = grow_trees(opts_, V, trees, [&](const std::vector<int32_t>& active, const std::vector<TreeRound>& rounds,
+                                        std::vector<float>* logits) {
+      return feed_tree_rounds(states, active, rounds, logits);
+    });
   }
   if (s.ok() && !chains.empty()) {
     s = grow_chains(chains, V, opts_.min_confidence, std::move(first_logits),
@@ -127,20 +139,29 @@ Status DraftModelDrafter::feed_chains(const std::vector<ChainDraft>& chains, con
   return model_->forward(fb, kv_, logits->data());
 }
 
-Status DraftModelDrafter::grow_tree(SeqState& st, int32_t budget, const std::vector<float>& root_logits,
-                                    TokenTree* tree) {
-  auto run_round = [&](const TreeRound& r, std::vector<float>* logits) {
-    std::vector<uint8_t> mask;
-    r.run.append_node_mask(st.committed, r.first, r.run.size(), &mask);
-    std::vector<int32_t> toks, pos, rows;
-    for (int32_t s = r.first; s < r.run.size(); ++s) {
-      toks.push_back(r.run.token[static_cast<size_t>(s)]);
-      pos.push_back(static_cast<int32_t>(st.committed - 1 + r.run.depth[static_cast<size_t>(s)]));
-      rows.push_back(s - r.first);
+Status DraftModelDrafter::feed_tree_rounds(const std::vector<SeqState*>& states, const std::vector<int32_t>& active,
+                                           const std::vector<TreeRound>& rounds, std::vector<float>* logits) {
+  ForwardBatch fb;
+  fb.qo_indptr.push_back(0);
+  fb.mask_indptr.push_back(0);
+  for (size_t a = 0; a < active.size(); ++a) {
+    SeqState& st = *states[static_cast<size_t>(active[a])];
+    const TreeRound& r = rounds[a];
+    const int32_t n = r.run->size() - r.first;
+    if (prefix_) prefix_->ensure_free(st.pages.blocks_needed(n));
+    SD_RETURN_IF_ERROR(st.pages.append(kv_.allocator(), n));
+    for (int32_t slot = r.first; slot < r.run->size(); ++slot) {
+      fb.token_ids.push_back(r.run->token[static_cast<size_t>(slot)]);
+      fb.positions.push_back(static_cast<int32_t>(st.committed - 1 + r.run->depth[static_cast<size_t>(slot)]));
+      fb.logit_rows.push_back(static_cast<int32_t>(fb.logit_rows.size()));
     }
-    return feed(st, toks, pos, &mask, rows, logits);
-  };
-  return sd::grow_tree(opts_, budget, model_->config().vocab_size, root_logits.data(), run_round, tree, &st.node_slot);
+    r.run->append_node_mask(st.committed, r.first, r.run->size(), &fb.custom_mask);
+    fb.mask_indptr.push_back(static_cast<int64_t>(fb.custom_mask.size()));
+    fb.qo_indptr.push_back(static_cast<int32_t>(fb.token_ids.size()));
+    fb.seqs.push_back(&st.pages);
+  }
+  logits->resize(fb.logit_rows.size() * static_cast<size_t>(model_->config().vocab_size));
+  return model_->forward(fb, kv_, logits->data());
 }
 
 void DraftModelDrafter::accept(int32_t seq, const TokenTree& tree, const std::vector<int32_t>& accepted) {

@@ -1,6 +1,7 @@
 // Drafts from a second, smaller model with its own paged KV cache. Shapes: a chain of up to
-// num_tokens (spec/chain_drafting.h; the chains of a batch grow in one draft forward per
-// round), a static tree from tree choices, or a dynamic tree (EAGLE-2:
+// num_tokens (spec/chain_drafting.h), a static tree from tree choices, or a dynamic tree
+// (spec/tree_drafting.h; the chains or trees of a batch grow in one draft forward per round;
+// EAGLE-2:
 // expand the top_k children of the top_k most probable nodes per level, keep the max_nodes
 // nodes of highest cumulative draft probability). Tree children are the draft's top-ranked
 // tokens, deterministic, so trees are verified with one-hot q. Finished sequences leave their
@@ -55,8 +56,9 @@ class DraftModelDrafter : public Drafter {
   // One draft forward over the newest token of each growing chain.
   Status feed_chains(const std::vector<ChainDraft>& chains, const std::vector<SeqState*>& states,
                      const std::vector<int32_t>& growing, std::vector<float>* logits);
-  // A static or dynamic tree (spec/tree_drafting.h), one draft forward per level.
-  Status grow_tree(SeqState& st, int32_t budget, const std::vector<float>& root_logits, TokenTree* tree);
+  // One draft forward over a round of several sequences' trees (spec/tree_drafting.h).
+  Status feed_tree_rounds(const std::vector<SeqState*>& states, const std::vector<int32_t>& active,
+                          const std::vector<TreeRound>& rounds, std::vector<float>* logits);
 
   std::unique_ptr<LlamaModel> model_;
   KVCache kv_;

@@ -74,6 +74,10 @@ Status EagleDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
   std::vector<int64_t> roots;
   std::vector<std::vector<float>> h;
   std::vector<float> first;  // draft-vocabulary logits of each chain's root entry
+  std::vector<std::vector<float>> tree_roots;  // ... of each tree's
+  std::vector<TreeJob> trees;
+  std::vector<std::vector<int32_t>> tree_slots(jobs.size());
+  tree_roots.reserve(jobs.size());
   for (const DraftJob& j : jobs) {
     auto it = seqs_.find(j.seq);
     const int32_t budget = std::min(j.req.max_nodes, max_nodes());
@@ -88,20 +92,22 @@ Status EagleDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
     }
     SD_RETURN_IF_ERROR(s);
     if (!ready) continue;
-    if (!proposes_chains()) {
-      const Status t = grow_tree(it->second, static_cast<int64_t>(j.req.context->size()) - 1, hj, budget, logits, j.tree);
-      if (t.code() == StatusCode::kOutOfBlocks) {  // no room in the head's cache: no draft this step
-        it->second.pages.truncate(kv_.allocator(), it->second.committed);
-        continue;
-      }
-      SD_RETURN_IF_ERROR(t);
-      continue;
-    }
-    chains.push_back(ChainDraft{&j.req, j.tree, budget});
     states.push_back(&it->second);
     roots.push_back(static_cast<int64_t>(j.req.context->size()) - 1);
     h.push_back(std::move(hj));
+    if (!proposes_chains()) {
+      tree_roots.push_back(std::move(logits));
+      trees.push_back(TreeJob{budget, tree_roots.back().data(), j.tree, &tree_slots[trees.size()]});
+      continue;
+    }
+    chains.push_back(ChainDraft{&j.req, j.tree, budget});
     first.insert(first.end(), logits.begin(), logits.end());
+  }
+  if (!trees.empty()) {
+    const Status s = grow_trees(states, roots, h, trees);
+    if (s.code() != StatusCode::kOutOfBlocks) return s;
+    for (SeqState* st : states) st->pages.truncate(kv_.allocator(), st->committed);  // no room: no drafts this step
+    return Status::Ok();
   }
   if (chains.empty()) return Status::Ok();
   std::vector<float> rows;
@@ -143,39 +149,58 @@ Status EagleDrafter::feed(const std::vector<ChainDraft>& chains, const std::vect
   return Status::Ok();
 }
 
-Status EagleDrafter::grow_tree(SeqState& st, int64_t root, const std::vector<float>& root_h, int32_t budget,
-                               const std::vector<float>& root_logits, TokenTree* tree) {
+Status EagleDrafter::grow_trees(const std::vector<SeqState*>& states, const std::vector<int64_t>& roots,
+                                const std::vector<std::vector<float>>& root_h, const std::vector<TreeJob>& trees) {
   const int64_t H = head_->config().hidden_size, Vd = head_->config().draft_vocab_size;
   const std::vector<int32_t>& d2t = head_->draft_to_target();
-  std::vector<float> slot_h;  // h' of each run slot
-  auto run_round = [&](const TreeRound& r, std::vector<float>* logits) -> Status {
-    const int32_t n = r.run.size() - r.first;
-    SD_RETURN_IF_ERROR(st.pages.append(kv_.allocator(), n));
+  std::vector<std::vector<float>> slot_h(trees.size());  // per tree: h' of each run slot
+  std::vector<TokenTree> draft_ids(trees.size());        // per tree: nodes as draft-vocabulary ids
+  std::vector<TreeJob> jobs = trees;
+  for (size_t i = 0; i < jobs.size(); ++i) jobs[i].out = &draft_ids[i];
+  auto run = [&](const std::vector<int32_t>& active, const std::vector<TreeRound>& rounds,
+                 std::vector<float>* logits) -> Status {
     EagleBatch b;
+    b.qo_indptr.push_back(0);
+    b.mask_indptr.push_back(0);
     std::vector<float> hidden_in;
-    for (int32_t s = r.first; s < r.run.size(); ++s) {
-      b.token_ids.push_back(d2t[static_cast<size_t>(r.run.token[static_cast<size_t>(s)])]);
-      b.positions.push_back(static_cast<int32_t>(root + r.run.depth[static_cast<size_t>(s)] - 1));
-      b.logit_rows.push_back(s - r.first);
-      const int32_t p = r.run.parent[static_cast<size_t>(s)];
-      const float* hp = p < 0 ? root_h.data() : slot_h.data() + static_cast<int64_t>(p) * H;
-      hidden_in.insert(hidden_in.end(), hp, hp + H);
+    for (size_t a = 0; a < active.size(); ++a) {
+      const size_t i = static_cast<size_t>(active[a]);
+      const TreeRound& r = rounds[a];
+      SeqState& st = *states[i];
+      SD_RETURN_IF_ERROR(st.pages.append(kv_.allocator(), r.run->size() - r.first));
+      for (int32_t s = r.first; s < r.run->size(); ++s) {
+        b.token_ids.push_back(d2t[static_cast<size_t>(r.run->token[static_cast<size_t>(s)])]);
+        b.positions.push_back(static_cast<int32_t>(roots[i] + r.run->depth[static_cast<size_t>(s)] - 1));
+        b.logit_rows.push_back(static_cast<int32_t>(b.logit_rows.size()));
+        const int32_t p = r.run->parent[static_cast<size_t>(s)];
+        const float* hp = p < 0 ? root_h[i].data() : slot_h[i].data() + static_cast<int64_t>(p) * H;
+        hidden_in.insert(hidden_in.end(), hp, hp + H);
+      }
+      r.run->append_node_mask(st.committed, r.first, r.run->size(), &b.custom_mask);
+      b.mask_indptr.push_back(static_cast<int64_t>(b.custom_mask.size()));
+      b.qo_indptr.push_back(static_cast<int32_t>(b.token_ids.size()));
+      b.seqs.push_back(&st.pages);
     }
-    b.qo_indptr = {0, n};
-    b.seqs = {&st.pages};
-    r.run.append_node_mask(st.committed, r.first, r.run.size(), &b.custom_mask);
-    b.mask_indptr = {0, static_cast<int64_t>(b.custom_mask.size())};
     b.hidden = hidden_in.data();
-    logits->resize(static_cast<size_t>(n * Vd));
-    slot_h.resize(static_cast<size_t>(r.run.size() * H));
-    return head_->forward(b, head_->has_embeddings() ? nullptr : &target_->embedding(), kv_, logits->data(),
-                          slot_h.data() + static_cast<int64_t>(r.first) * H);
+    const size_t rows = b.token_ids.size();
+    logits->resize(rows * static_cast<size_t>(Vd));
+    std::vector<float> hidden_out(rows * static_cast<size_t>(H));
+    SD_RETURN_IF_ERROR(head_->forward(b, head_->has_embeddings() ? nullptr : &target_->embedding(), kv_,
+                                      logits->data(), hidden_out.data()));
+    const float* out = hidden_out.data();
+    for (size_t a = 0; a < active.size(); ++a) {  // append each tree's new h' rows, in slot order
+      std::vector<float>& sh = slot_h[static_cast<size_t>(active[a])];
+      const int64_t n = (rounds[a].run->size() - rounds[a].first) * H;
+      sh.insert(sh.end(), out, out + n);
+      out += n;
+    }
+    return Status::Ok();
   };
-  std::vector<int32_t> slots;
-  TokenTree draft_ids;
-  SD_RETURN_IF_ERROR(sd::grow_tree(opts_, budget, Vd, root_logits.data(), run_round, &draft_ids, &slots));
-  for (int32_t i = 0; i < draft_ids.size(); ++i)
-    tree->add(d2t[static_cast<size_t>(draft_ids.token[static_cast<size_t>(i)])], draft_ids.parent[static_cast<size_t>(i)]);
+  SD_RETURN_IF_ERROR(sd::grow_trees(opts_, Vd, jobs, run));
+  for (size_t i = 0; i < trees.size(); ++i)
+    for (int32_t n = 0; n < draft_ids[i].size(); ++n)
+      trees[i].out->add(d2t[static_cast<size_t>(draft_ids[i].token[static_cast<size_t>(n)])],
+                        draft_ids[i].parent[static_cast<size_t>(n)]);
   return Status::Ok();
 }
 

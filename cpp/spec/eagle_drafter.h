@@ -2,8 +2,8 @@
 // layers' outputs, captured in the target's prefill and verification forwards) and drafts a
 // chain from its own hidden states (spec/chain_drafting.h: argmax, or sampled with q recorded;
 // the head's draft-vocabulary logits are spread over the target's vocabulary, -inf elsewhere).
-// The chains of a batch grow together, one head forward per round. Trees (EAGLE-2) grow per
-// sequence, one head forward per level, under a tree mask over the head's KV. Entry t of the head pairs the features after token t
+// The chains of a batch grow together, one head forward per round; trees (EAGLE-2) likewise,
+// one head forward per level for the whole batch, under tree masks over the head's KV. Entry t of the head pairs the features after token t
 // with token t + 1 at RoPE position t; the entry paired with the root predicts the first draft.
 // The head keeps a one-layer paged KV cache per sequence; entries made from real features are
 // kept, the chain's scratch entries are truncated at the next step. A prefix-cache hit skips the
@@ -60,10 +60,11 @@ class EagleDrafter : public Drafter {
   Status feed(const std::vector<ChainDraft>& chains, const std::vector<SeqState*>& states,
               const std::vector<int64_t>& roots, std::vector<std::vector<float>>& h,
               const std::vector<int32_t>& growing, std::vector<float>* logits);
-  // A tree for one sequence, one head forward per level. Nodes run over draft-vocabulary ids
-  // (mapped to target ids when embedded, and in *tree).
-  Status grow_tree(SeqState& st, int64_t root, const std::vector<float>& root_h, int32_t budget,
-                   const std::vector<float>& root_logits, TokenTree* tree);
+  // The trees of a batch, one head forward per level for all of them (spec/tree_drafting.h).
+  // Nodes grow over draft-vocabulary ids (mapped to target ids when embedded, and in the jobs'
+  // outputs); a node's input h is its parent's h' (the root's: root_h).
+  Status grow_trees(const std::vector<SeqState*>& states, const std::vector<int64_t>& roots,
+                    const std::vector<std::vector<float>>& root_h, const std::vector<TreeJob>& trees);
   // Draft-vocabulary logits rows to target-vocabulary rows (-inf outside the draft vocabulary).
   void spread(const std::vector<float>& draft_logits, int64_t rows, std::vector<float>* out) const;
 

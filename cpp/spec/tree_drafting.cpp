@@ -119,29 +119,40 @@ Status validate_draft_shape(const DraftShape& shape) {
   return Status::Ok();
 }
 
-Status grow_tree(const DraftShape& shape, int32_t budget, int64_t vocab, const float* root_logits,
-                 const RunRound& run_round, TokenTree* out, std::vector<int32_t>* slots) {
-  Candidates cand(shape, vocab);
-  cand.expand(-1, root_logits);
+Status grow_trees(const DraftShape& shape, int64_t vocab, const std::vector<TreeJob>& jobs, const RunRounds& run) {
   int32_t max_depth = shape.num_tokens;
   if (shape.is_static()) {
     max_depth = 0;
     for (const auto& c : shape.tree_choices) max_depth = std::max<int32_t>(max_depth, static_cast<int32_t>(c.size()));
   }
-  TokenTree run;
-  int32_t level_begin = 0;
+  const size_t n = jobs.size();
+  std::vector<Candidates> cand(n, Candidates(shape, vocab));
+  std::vector<TokenTree> runs(n);
+  std::vector<int32_t> level_begin(n, 0);
+  for (size_t i = 0; i < n; ++i) cand[i].expand(-1, jobs[i].root_logits);
   std::vector<float> logits;
   for (int32_t depth = 1; depth < max_depth; ++depth) {
-    const int32_t level_end = cand.size();
-    const std::vector<int32_t> frontier = cand.frontier(level_begin, level_end);
-    if (frontier.empty()) break;
-    const int32_t first = run.size();
-    cand.mark_run(frontier, &run);
-    SD_RETURN_IF_ERROR(run_round(TreeRound{run, first}, &logits));
-    for (size_t j = 0; j < frontier.size(); ++j) cand.expand(frontier[j], logits.data() + static_cast<int64_t>(j) * vocab);
-    level_begin = level_end;
+    std::vector<int32_t> active;
+    std::vector<TreeRound> rounds;
+    std::vector<std::vector<int32_t>> frontiers;
+    for (size_t i = 0; i < n; ++i) {
+      const int32_t level_end = cand[i].size();
+      std::vector<int32_t> f = cand[i].frontier(level_begin[i], level_end);
+      level_begin[i] = level_end;
+      if (f.empty()) continue;
+      const int32_t first = runs[i].size();
+      cand[i].mark_run(f, &runs[i]);
+      active.push_back(static_cast<int32_t>(i));
+      rounds.push_back(TreeRound{&runs[i], first});
+      frontiers.push_back(std::move(f));
+    }
+    if (active.empty()) break;
+    SD_RETURN_IF_ERROR(run(active, rounds, &logits));
+    int64_t row = 0;
+    for (size_t a = 0; a < active.size(); ++a)
+      for (int32_t node : frontiers[a]) cand[static_cast<size_t>(active[a])].expand(node, logits.data() + row++ * vocab);
   }
-  cand.keep(budget, out, slots);
+  for (size_t i = 0; i < n; ++i) cand[i].keep(jobs[i].budget, jobs[i].out, jobs[i].slots);
   return Status::Ok();
 }
 

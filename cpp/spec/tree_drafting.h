@@ -35,19 +35,30 @@ struct DraftShape {
 // num_tokens >= 1, tree choices well formed, a dynamic tree's max_nodes in [1, 256].
 Status validate_draft_shape(const DraftShape& shape);
 
-// The nodes run so far, in run order (node s of `run` sits in run slot s; parents are slots, -1
-// the root). One round runs slots [first, run.size()): each sees the context, the root, its
-// run ancestors and itself (TokenTree::append_node_mask gives that mask).
+// The nodes of one tree run so far, in run order (node s of `run` sits in run slot s; parents
+// are slots, -1 the root). A round runs slots [first, run->size()): each sees the context, the
+// root, its run ancestors and itself (TokenTree::append_node_mask gives that mask).
 struct TreeRound {
-  const TokenTree& run;
-  int32_t first;
+  const TokenTree* run = nullptr;
+  int32_t first = 0;
 };
-// Fills *logits with one row (vocab floats) per slot in [first, run.size()), in order.
-using RunRound = std::function<Status(const TreeRound& round, std::vector<float>* logits)>;
 
-// Grows a tree of at most `budget` nodes from the root's logits. *out receives the tree,
-// *slots each kept node's run slot (-1 for a leaf that was never run).
-Status grow_tree(const DraftShape& shape, int32_t budget, int64_t vocab, const float* root_logits,
-                 const RunRound& run_round, TokenTree* out, std::vector<int32_t>* slots);
+// One sequence's tree: its node budget and root logits (vocab floats); receives the kept tree
+// in *out and each kept node's run slot in *slots (-1 for a leaf that was never run).
+struct TreeJob {
+  int32_t budget = 0;
+  const float* root_logits = nullptr;
+  TokenTree* out = nullptr;
+  std::vector<int32_t>* slots = nullptr;
+};
+
+// Runs one round of several trees in ONE forward: active[i] indexes the jobs, rounds[i] is its
+// round. Fills *logits with one row (vocab floats) per run node, tree after tree, in slot order.
+using RunRounds = std::function<Status(const std::vector<int32_t>& active, const std::vector<TreeRound>& rounds,
+                                       std::vector<float>* logits)>;
+
+// Grows the trees of a batch together, level by level. On an error nothing is written to the
+// jobs' outputs.
+Status grow_trees(const DraftShape& shape, int64_t vocab, const std::vector<TreeJob>& jobs, const RunRounds& run);
 
 }  // namespace sd
