@@ -189,14 +189,18 @@ def check_compatible(head_config: Any, target_config: Any) -> Tuple[int, ...]:
 
 
 def config_from_target(target_config: Any, draft_vocab_size: int,
-                       aux_layer_ids: Optional[Sequence[int]] = None) -> Eagle3Config:
-    """A head shaped like one decoder layer of the target (what SpecForge's configs do)."""
+                       aux_layer_ids: Optional[Sequence[int]] = None,
+                       intermediate_size: Optional[int] = None) -> Eagle3Config:
+    """A head shaped like one decoder layer of the target (what SpecForge's configs do), with an
+    MLP of `intermediate_size` when given (default: the target's)."""
+    if intermediate_size is not None and intermediate_size < 1:
+        raise ValueError(f"the head's intermediate_size must be >= 1, got {intermediate_size}")
     layers = _get(target_config, "num_hidden_layers")
     hidden = _get(target_config, "hidden_size")
     heads = _get(target_config, "num_attention_heads")
     cfg = Eagle3Config(
         hidden_size=hidden,
-        intermediate_size=_get(target_config, "intermediate_size"),
+        intermediate_size=intermediate_size or _get(target_config, "intermediate_size"),
         num_attention_heads=heads,
         num_key_value_heads=_get(target_config, "num_key_value_heads") or heads,
         head_dim=_get(target_config, "head_dim") or hidden // heads,

@@ -2,7 +2,11 @@
 own docstrings and code, or a JSONL file), the target's greedy responses, the draft vocabulary
 (the most frequent response tokens, as SpecForge builds it) and the target's features.
 
-A sequence is a dict {"ids": [int], "prompt_len": int}."""
+A sequence is a dict {"ids": [int], "prompt_len": int}.
+
+Two backends produce the responses and features: transformers (`generate_responses`,
+`target_features`: the target in float32 torch) and the C++ engine (`engine_responses`,
+`engine_features`: specdec_native.LLM, by default on int4 weights, which is what serves the head)."""
 from __future__ import annotations
 
 import ast
@@ -179,6 +183,12 @@ def vocab_map(sequences: Iterable[Dict], vocab_size: int, draft_vocab_size: int,
 
 
 # --- the target's features -----------------------------------------------------------------
+def _check_plain_lm_head(lm_head, final: torch.Tensor, logits: torch.Tensor) -> None:
+    ref = torch.nn.functional.linear(final, lm_head.weight, lm_head.bias)
+    if not torch.allclose(ref.float(), logits.float(), rtol=1e-3, atol=1e-3):
+        raise ValueError("the target transforms its logits after lm_head (scaling / soft-capping); not supported")
+
+
 @torch.no_grad()
 def target_features(model, sequences: List[Dict], aux_layer_ids: Sequence[int], batch_size: int = 4,
                     device="cpu", progress: bool = True) -> List[Dict]:
@@ -187,7 +197,15 @@ def target_features(model, sequences: List[Dict], aux_layer_ids: Sequence[int], 
     and argmax [T] (the target's greedy token after each position, over the full vocabulary)."""
     lm_head = model.get_output_embeddings()
     captured = []
-    hook = lm_head.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+    hooks = [lm_head.register_forward_pre_hook(lambda m, args: captured.append(args[0]))]
+    # hidden_states[N] is the last layer's output after the final norm (transformers ties it to
+    # last_hidden_state); an aux layer N - 1 must give the raw residual stream, as for the others
+    # and as the engine captures it
+    n_layers = model.config.num_hidden_layers
+    last_raw = []
+    if n_layers - 1 in aux_layer_ids:
+        hooks.append(model.base_model.layers[n_layers - 1].register_forward_hook(
+            lambda m, args, out: last_raw.append(out[0] if isinstance(out, tuple) else out)))
     out_list: List[Optional[Dict]] = [None] * len(sequences)
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]["ids"]))
     checked = False
@@ -202,16 +220,16 @@ def target_features(model, sequences: List[Dict], aux_layer_ids: Sequence[int], 
                 ids[r, :len(s)] = torch.tensor(s)
                 att[r, :len(s)] = 1
             captured.clear()
+            last_raw.clear()
             out = model(input_ids=ids.to(device), attention_mask=att.to(device), output_hidden_states=True,
                         use_cache=False)
             final = captured[-1]
             if not checked:  # the soft labels recompute logits as final @ W^T (+ b): make sure that is the target's
-                ref = torch.nn.functional.linear(final, lm_head.weight, lm_head.bias)
-                if not torch.allclose(ref.float(), out.logits.float(), rtol=1e-3, atol=1e-3):
-                    raise ValueError("the target transforms its logits after lm_head (scaling / soft-capping); "
-                                     "not supported")
+                _check_plain_lm_head(lm_head, final, out.logits)
                 checked = True
-            hs = out.hidden_states
+            hs = list(out.hidden_states)
+            if last_raw:
+                hs[n_layers] = last_raw[-1]
             aux = torch.cat([hs[i + 1] for i in aux_layer_ids], dim=-1)
             argmax = out.logits.argmax(-1)
             for r, i in enumerate(batch):
@@ -220,5 +238,73 @@ def target_features(model, sequences: List[Dict], aux_layer_ids: Sequence[int], 
                                "argmax": argmax[r, :T].cpu()}
             del out, hs, aux
     finally:
-        hook.remove()
+        for h in hooks:
+            h.remove()
     return out_list
+
+
+# --- the same with the C++ engine ------------------------------------------------------------
+def engine_responses(llm, prompts: List[List[int]], max_new_tokens: int, eos: Sequence[int],
+                     chunk: int = 64, progress: bool = True) -> List[Dict]:
+    """The target's greedy continuation of each prompt from a specdec_native.LLM, cut after the
+    first of `eos` (kept), as generate_responses does. The engine batches each chunk of prompts
+    (continuous batching over its max_num_seqs). One difference: generate_responses forbids EOS
+    as the first token (min_new_tokens=1); here a response may be that EOS alone."""
+    from ..sampling_params import SamplingParams
+
+    eos = sorted(set(int(e) for e in eos))
+    # the engine's own EOS list may differ from the transformers config's: stop on exactly `eos`
+    params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, seed=0, stop_token_ids=eos,
+                            ignore_eos=True)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: Dict[int, Dict] = {}
+    bar = tqdm(total=len(prompts), desc="target responses (engine)", disable=not progress)
+    try:
+        for start in range(0, len(order), chunk):
+            batch = order[start:start + chunk]
+            outs = llm.generate(prompt_token_ids=[prompts[i] for i in batch], sampling_params=params)
+            for i, o in zip(batch, outs):
+                resp = list(o.token_ids)
+                for j, t in enumerate(resp):
+                    if t in eos:
+                        resp = resp[:j + 1]
+                        break
+                if resp:
+                    results[i] = {"ids": prompts[i] + resp, "prompt_len": len(prompts[i])}
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    return [results[i] for i in range(len(prompts)) if i in results]
+
+
+@torch.no_grad()
+def engine_features(llm, model, sequences: List[Dict], aux_layer_ids: Sequence[int],
+                    progress: bool = True) -> List[Dict]:
+    """target_features from the engine: Engine.prompt_hidden_states gives the raw outputs of
+    the aux layers and of the last layer (the residual stream, before the final norm); final =
+    the transformers model's final norm of the last one (the input of its lm_head), argmax =
+    argmax(final @ lm_head^T + b) with the transformers lm_head. Same keys, shapes and dtypes
+    as target_features (float32 CPU tensors)."""
+    n_layers = model.config.num_hidden_layers
+    layers = sorted(set(int(i) for i in aux_layer_ids) | {n_layers - 1})
+    col = {layer: j for j, layer in enumerate(layers)}
+    norm = model.base_model.norm
+    lm_head = model.get_output_embeddings()
+    dev = lm_head.weight.device
+    if sequences:  # the soft labels recompute logits as final @ W^T (+ b): make sure that is the target's
+        ids = torch.tensor([sequences[0]["ids"][:32]], device=dev)
+        captured = []
+        hook = lm_head.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+        try:
+            logits = model(input_ids=ids, use_cache=False).logits
+        finally:
+            hook.remove()
+        _check_plain_lm_head(lm_head, captured[-1], logits)
+    out: List[Dict] = []
+    for s in tqdm(sequences, desc="target features (engine)", disable=not progress):
+        hs = torch.from_numpy(llm.engine.prompt_hidden_states(list(s["ids"]), layers))  # [T, len(layers), H]
+        aux = torch.cat([hs[:, col[i]] for i in aux_layer_ids], dim=-1)
+        final = norm(hs[:, col[n_layers - 1]].to(dev, norm.weight.dtype))
+        argmax = torch.nn.functional.linear(final, lm_head.weight, lm_head.bias).argmax(-1)
+        out.append({"aux": aux.float().contiguous(), "final": final.float().cpu(), "argmax": argmax.cpu()})
+    return out

@@ -1,0 +1,165 @@
+"""The EAGLE-3 trainer's engine data backend (`--data-backend engine`): the C++ engine's greedy
+responses and features (Engine.prompt_hidden_states + the final norm + lm_head) against the
+transformers backend's on a float32 random-weight Llama, a tiny training run on the engine
+backend, and the data-cache / unsupported-target errors."""
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+from helpers import greedy_params, load_llm, prompt, write_checkpoint  # noqa: E402
+
+from specdec_native.eagle import data as D  # noqa: E402
+from specdec_native.eagle import train as T  # noqa: E402
+from specdec_native.eagle.checkpoint import load_head  # noqa: E402
+
+torch.set_num_threads(1)
+
+N_LAYERS = 4
+# float32 on both sides: the engine's CPU kernels and torch sum in different orders
+FEATURE_ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    """A float32 random-weight Llama (random final/layer norms, so a missing norm shows) and
+    prompts of random ids."""
+    path = tmp_path_factory.mktemp("eagle_engine_target")
+    model = write_checkpoint(path, "llama", seed=3, num_hidden_layers=N_LAYERS)
+    prompts = [prompt(4 + (i * 5) % 9, seed=40 + i) for i in range(12)]
+    return path, model, prompts
+
+
+@pytest.fixture(scope="module")
+def llm(target):
+    return load_llm(target[0], dtype="float32")
+
+
+def _sequences(prompts, n_extra=9):
+    return [{"ids": p + prompt(n_extra, seed=90 + i), "prompt_len": len(p)} for i, p in enumerate(prompts)]
+
+
+def test_prompt_hidden_states_of_the_last_layer_is_before_the_final_norm(target, llm):
+    """What engine_features relies on: layer l's row is transformers' hidden_states[l + 1] for
+    l < N - 1, but for the last layer it is the raw residual stream, while transformers'
+    hidden_states[N] is last_hidden_state, with the final norm applied."""
+    _, model, prompts = target
+    ids = prompts[0] + prompts[1]
+    raw = []
+    hook = model.model.layers[N_LAYERS - 1].register_forward_hook(
+        lambda m, a, out: raw.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        with torch.no_grad():
+            hs = model(torch.tensor([ids]), output_hidden_states=True).hidden_states
+    finally:
+        hook.remove()
+    got = torch.from_numpy(llm.engine.prompt_hidden_states(ids, [0, N_LAYERS - 1]))
+    assert len(hs) == N_LAYERS + 1
+    torch.testing.assert_close(got[:, 0], hs[1][0], rtol=0, atol=FEATURE_ATOL)
+    torch.testing.assert_close(got[:, 1], raw[0][0], rtol=0, atol=FEATURE_ATOL)
+    with torch.no_grad():
+        torch.testing.assert_close(model.model.norm(got[:, 1]), hs[N_LAYERS][0], rtol=0, atol=FEATURE_ATOL)
+    assert (got[:, 1] - hs[N_LAYERS][0]).abs().max() > 0.1  # hidden_states[N] is not the raw output
+
+
+@pytest.mark.parametrize("aux_ids", [(1, 1, 0), (1, 2, N_LAYERS - 1)])
+def test_engine_features_equal_transformers_features(target, llm, aux_ids):
+    _, model, prompts = target
+    seqs = _sequences(prompts[:6])
+    ref = D.target_features(model, seqs, aux_ids, batch_size=3, progress=False)
+    got = D.engine_features(llm, model, seqs, aux_ids, progress=False)
+    H = model.config.hidden_size
+    for s, r, g in zip(seqs, ref, got):
+        T_ = len(s["ids"])
+        assert g["aux"].shape == r["aux"].shape == (T_, 3 * H) and g["final"].shape == r["final"].shape == (T_, H)
+        assert g["aux"].dtype == g["final"].dtype == torch.float32 and g["argmax"].dtype == r["argmax"].dtype
+        assert g["argmax"].shape == (T_,) and g["aux"].device.type == "cpu"
+        torch.testing.assert_close(g["aux"], r["aux"], rtol=0, atol=FEATURE_ATOL)
+        torch.testing.assert_close(g["final"], r["final"], rtol=0, atol=FEATURE_ATOL)
+        assert torch.equal(g["argmax"], r["argmax"])
+
+
+def test_engine_responses_equal_transformers_responses(target, llm):
+    """Greedy, float32 on both sides. EOS is set (on the torch model only) to a token the target
+    emits mid-response, so the cut after EOS (EOS kept) is exercised and the engine must stop on
+    the trainer's EOS list, not on its checkpoint's."""
+    _, model, prompts = target
+    free = D.engine_responses(llm, prompts, 12, eos=[], progress=False)
+    firsts = {s["ids"][s["prompt_len"]] for s in free}
+    later = [t for s in free for t in s["ids"][s["prompt_len"] + 1:] if t not in firsts and t != 2]
+    assert later, "the target emits no token usable as EOS"
+    eos = max(set(later), key=later.count)
+    old = model.config.eos_token_id, model.generation_config.eos_token_id
+    model.config.eos_token_id = model.generation_config.eos_token_id = eos
+    try:
+        assert D.eos_ids(model) == [eos]
+        ref = D.generate_responses(model, prompts, 12, batch_size=4, progress=False)
+        got = D.engine_responses(llm, prompts, 12, D.eos_ids(model), chunk=5, progress=False)
+    finally:
+        model.config.eos_token_id, model.generation_config.eos_token_id = old
+    assert got == ref
+    cut = [s for s in got if len(s["ids"]) - s["prompt_len"] < 12]
+    assert cut and all(s["ids"][-1] == eos for s in cut)
+
+
+RUN = dict(max_prompts=8, eval_prompts=2, max_new_tokens=12, ttt_steps=2, draft_vocab_size=128, batch_size=2,
+           eval_k=2, progress=False, log=lambda *a: None, threads=2)
+
+
+@pytest.mark.parametrize("backend, label", [("engine", "engine (int4)"), ("transformers", "transformers")])
+def test_tiny_training_prepares_then_trains_a_loadable_head(target, tmp_path, backend, label):
+    path, model, prompts = target
+    out = tmp_path / "head"
+    run = dict(RUN, data_backend=backend)
+    prep = T.train_draft(path, out, steps=4, prompts=prompts, prepare_only=True, **run)
+    assert prep["data_backend"] == label and prep["train_sequences"] + prep["heldout_sequences"] == 10
+    assert (out / "data.pt").is_file() and not (out / "checkpoint.pt").exists()
+    m = T.train_draft(path, out, steps=4, prompts=None, **run)  # reuses data.pt
+    assert m["steps"] == 4 and m["data_backend"] == label and m["heldout"]["anchors"] > 0
+    head = load_head(out, target_embeddings=model.get_input_embeddings().weight, target_config=model.config)
+    assert head.config.draft_vocab_size == 128 and int(head.t2d.sum()) == 128
+
+
+def test_a_cache_from_the_other_backend_is_refused(target, tmp_path):
+    path, _, prompts = target
+    out = tmp_path / "head"
+    T.train_draft(path, out, prompts=prompts, prepare_only=True, **dict(RUN, data_backend="transformers"))
+    with pytest.raises(ValueError,
+                       match=r"made with the transformers data backend, not the engine \(int4\).*another --out"):
+        T.train_draft(path, out, steps=1, **RUN)
+    with pytest.raises(ValueError, match=r"transformers data backend, not the engine \(float32\)"):
+        T.train_draft(path, out, steps=1, **dict(RUN, engine_dtype="float32"))
+    assert T.main(["--target", str(path), "--out", str(out), "--steps", "1", "--no-progress"]) == 2
+
+
+def test_a_target_the_engine_cannot_load_says_to_use_transformers(tmp_path):
+    cfg = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                                 bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(ValueError, match="use --data-backend transformers"):
+        T.train_draft(tmp_path / "gpt2", tmp_path / "out", steps=1, prompts=[[5, 6, 7]] * 4,
+                      **dict(RUN, max_prompts=3, eval_prompts=1, draft_vocab_size=32))
+    with pytest.raises(ValueError, match="data_backend must be one of"):
+        T.train_draft(tmp_path / "gpt2", tmp_path / "out", data_backend="vllm")
+
+
+def test_features_are_cached_and_the_head_may_be_narrower(target, tmp_path):
+    """A resumed run reuses OUT/features.pt (the target's features take longest to make) as long
+    as they were made for the same sequences; --head-intermediate-size gives a narrower head that
+    both loaders accept."""
+    path, model, prompts = target
+    out, logs = tmp_path / "head", []
+    run = dict(RUN, log=logs.append, head_intermediate_size=24)
+    first = T.train_draft(path, out, steps=2, prompts=prompts, **run)
+    assert (out / "features.pt").is_file() and not any("reusing" in m and "features" in m for m in logs)
+    logs.clear()
+    second = T.train_draft(path, out, steps=4, **run)
+    assert any("features.pt" in m for m in logs) and second["start_step"] == 2 == first["steps"]
+    head = load_head(out, target_embeddings=model.get_input_embeddings().weight, target_config=model.config)
+    assert head.config.intermediate_size == 24
+    llm = load_llm(path, draft=str(out), speculative={"method": "eagle", "num_speculative_tokens": 2})
+    assert llm.generate(prompt_token_ids=[[5, 6, 7, 8]], sampling_params=[greedy_params(5)])[0].token_ids
+    with pytest.raises(ValueError, match="intermediate_size must be >= 1"):
+        T.train_draft(path, tmp_path / "bad", steps=1, prompts=prompts, **dict(run, head_intermediate_size=0))
