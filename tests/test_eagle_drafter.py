@@ -241,25 +241,11 @@ def test_trees_refuse_chain_only_options():
         SpeculativeConfig(method="eagle", tree={"top_k": 2, "max_nodes": 4}, acceptance="cascade")
 
 
-def test_eagle_defaults_to_a_dynamic_tree_unless_chains_are_asked_for():
-    from specdec_native.speculative import EAGLE_DEFAULT_TREE
-
-    assert SpeculativeConfig(method="eagle").tree == EAGLE_DEFAULT_TREE
+def test_tree_chain_means_a_chain():
     assert SpeculativeConfig(method="eagle", tree="chain").tree is None
-    for chains_only in ({"adaptive": True}, {"draft_confidence": 0.3}, {"acceptance": "cascade"}):
-        assert SpeculativeConfig(method="eagle", **chains_only).tree is None
-    assert SpeculativeConfig(method="draft").tree is None  # other methods default to chains
+    assert SpeculativeConfig(method="eagle").tree is None  # the default: a chain
     with pytest.raises(ValueError, match="'chain'"):
         SpeculativeConfig(method="eagle", tree="bush")
-
-
-def test_default_eagle_drafts_trees_and_stays_identical(setup, reference):
-    llm = load_llm(setup["target"], draft=str(setup["head_dir"]), speculative={"method": "eagle"})
-    outs = llm.generate(prompt_token_ids=PROMPTS, sampling_params=[greedy_params(n) for n in MAX_TOKENS])
-    assert [o.token_ids for o in outs] == reference
-    with pytest.raises(ValueError, match="draft_tree"):
-        llm.engine.draft_chain(PROMPTS[0], 3)
-    assert len(llm.engine.draft_tree(PROMPTS[0], 8)[0]) == 8
 
 
 def test_cli_eagle_trees_and_chains_equal_plain_generation(setup, capsys):
@@ -273,7 +259,7 @@ def test_cli_eagle_trees_and_chains_equal_plain_generation(setup, capsys):
         return json.loads(capsys.readouterr().out)
 
     plain = run()
-    tree = run("--method", "eagle", "--draft", str(setup["head_dir"]))
+    tree = run("--method", "eagle", "--draft", str(setup["head_dir"]), "--tree", '{"top_k": 3, "max_nodes": 8}')
     chain = run("--method", "eagle", "--draft", str(setup["head_dir"]), "--tree", "chain", "--num-speculative-tokens", "3")
     assert tree["token_ids"] == plain["token_ids"] == chain["token_ids"]
     assert tree["metrics"]["drafted"] > chain["metrics"]["drafted"] > 0

@@ -99,8 +99,8 @@ def _add_speculation_args(p: argparse.ArgumentParser) -> None:
                    help="speculative drafts (default: draft if --draft); sparse_kv and layer_skip: the target "
                         "drafts for itself")
     p.add_argument("--num-speculative-tokens", type=int, default=5)
-    p.add_argument("--tree", help='draft tree as JSON: [[0],[1],[0,0]] or {"top_k": 4, "max_nodes": 32}; "chain" for a chain '
-                                      '(the default, except for --method eagle: a dynamic tree)')
+    p.add_argument("--tree", help='draft tree as JSON: [[0],[1],[0,0]] or {"top_k": 4, "max_nodes": 32}; "chain" (the '
+                                      'default) for a chain')
     p.add_argument("--adaptive", action="store_true",
                    help="choose each step's chain length (<= --num-speculative-tokens) from the measured costs")
     p.add_argument("--draft-layers", help="layer_skip: the first L layers (an int) or a JSON list of layer indices")

@@ -15,9 +15,6 @@ CASCADE_RULES = ("chow", "diff", "opt")
 # max p - max q > alpha, opt when max q < max p - alpha * D_TV(p, q).
 CASCADE_ALPHA_RANGE = {"chow": (0.0, 1.0), "diff": (-1.0, 1.0), "opt": (0.0, math.inf)}
 MAX_NODES = 256
-# EAGLE heads draft EAGLE-2 dynamic trees unless told otherwise; sized for CPU verification (a
-# wider tree costs more per target pass there than on a GPU): see docs/eagle.md.
-EAGLE_DEFAULT_TREE = {"top_k": 4, "max_nodes": 8}
 
 
 @dataclass
@@ -34,9 +31,8 @@ class SpeculativeConfig:
       the first L, or a list of layer indices; then the final norm and LM head). Chains only.
 
     num_speculative_tokens: chain length, or tree depth.
-    tree: None (the method's default: a chain, except for "eagle", whose default is the dynamic tree
-      EAGLE_DEFAULT_TREE unless adaptive, draft_confidence or cascade acceptance ask for chains);
-      "chain" (a chain, explicitly); a list of choices ("draft", "eagle") (Medusa/EAGLE static tree: each a path of child ranks
+    tree: None or "chain" (a chain: the default; on this CPU a tree's wider verification costs more
+      than its extra accepted tokens win, see docs/eagle.md); a list of choices ("draft", "eagle") (Medusa/EAGLE static tree: each a path of child ranks
       from the root, e.g. [[0], [1], [0, 0]]); or {"top_k": 4, "max_nodes": 32} (a dynamic tree,
       EAGLE-2 style: num_speculative_tokens levels, each expanding the top_k nodes of highest
       cumulative draft probability with their top_k children; the max_nodes best nodes are kept).
@@ -93,10 +89,6 @@ class SpeculativeConfig:
             if self.tree != "chain":
                 raise ValueError(f"tree must be None, 'chain', a list of choices or a dict; got {self.tree!r}")
             return None
-        wants_chains = self.adaptive is True or self.acceptance == "cascade" or (
-            isinstance(self.draft_confidence, (int, float)) and self.draft_confidence > 0)
-        if self.tree is None and self.method == "eagle" and not wants_chains:
-            return dict(EAGLE_DEFAULT_TREE)
         return self.tree
 
     @property
