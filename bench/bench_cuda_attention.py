@@ -30,6 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
+from specdec_native.ops import tree_mask
+
+
+def random_parents(rng, n):
+    return [-1] + [int(rng.integers(0, i)) for i in range(1, n)]
+
 
 def ints(s: str):
     return [int(x) for x in s.split(",") if x]
@@ -55,22 +61,6 @@ def device_info():
     clock_khz, bus_bits = attr(36), attr(37)
     return {"name": name.value.decode(), "sms": attr(16), "memory_clock_khz": clock_khz,
             "bus_width_bits": bus_bits, "peak_bytes_per_s": 2.0 * clock_khz * 1e3 * bus_bits / 8}
-
-
-def tree_parents(rng, n):
-    return [-1] + [int(rng.integers(0, i)) for i in range(1, n)]
-
-
-def tree_mask(prefix, parents):
-    n = len(parents)
-    m = np.zeros((n, prefix + n), bool)
-    m[:, :prefix] = True
-    for i in range(n):
-        j = i
-        while j >= 0:
-            m[i, prefix + j] = True
-            j = parents[j]
-    return m
 
 
 class Pool:
@@ -193,7 +183,7 @@ def main():
                 masks = None
                 extra = {}
                 if mode == "tree":
-                    masks = [tree_mask(ctx, tree_parents(rng, qo_len)) for _ in range(batch)]
+                    masks = [tree_mask(ctx, random_parents(rng, qo_len)) for _ in range(batch)]
                     flat = np.concatenate([m.ravel() for m in masks])
                     extra = dict(custom_mask=flat,
                                  mask_indptr=(np.arange(batch + 1) * masks[0].size).astype(np.int64))

@@ -352,3 +352,9 @@ def bad_verify_tree_args(case: str, V: int) -> dict:
     key, value = broken[case]
     args[key] = value
     return args
+
+
+# ---- draft trees -------------------------------------------------------------------------------
+def random_parents(rng, n: int):
+    """A random parent-first tree of n nodes (node 0 hangs off the prefix)."""
+    return [-1] + [int(rng.integers(0, i)) for i in range(1, n)]

@@ -16,7 +16,9 @@ import zlib
 import numpy as np
 import pytest
 
+from helpers import random_parents
 from specdec_native import cuda, ops
+from specdec_native.ops import tree_mask
 
 needs_gpu = pytest.mark.skipif(cuda.gpu_count() == 0, reason="no CUDA GPU on this machine")
 
@@ -70,23 +72,6 @@ def dense_kv(args, b):
 
 def causal_mask(qo_len, kv_len):
     return np.arange(kv_len)[None, :] <= kv_len - qo_len + np.arange(qo_len)[:, None]
-
-
-def tree_mask(prefix, parents):
-    """Node i (parents[i] < i, -1 = hangs off the prefix) sees the prefix, its ancestors, itself."""
-    n = len(parents)
-    m = np.zeros((n, prefix + n), bool)
-    m[:, :prefix] = True
-    for i in range(n):
-        j = i
-        while j >= 0:
-            m[i, prefix + j] = True
-            j = parents[j]
-    return m
-
-
-def random_parents(rng, n):
-    return [-1] + [int(rng.integers(0, i)) for i in range(1, n)]
 
 
 def reference(args, masks, scale):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from specdec_native import ops
+from specdec_native.ops import tree_mask
 
 # ---------------------------------------------------------------------------------------------
 # references: weight rounding done in numpy, independently of the C++ packers
@@ -483,20 +484,6 @@ def test_paged_attention_sm_scale(kernel_set):
     out = ops.paged_attention(**args, sm_scale=0.3)
     ref = reference(args, dense, [causal_mask(qo, kv) for kv, qo in requests], 0.3)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=2e-5)
-
-
-def tree_mask(prefix, parents):
-    """Mask for draft-tree nodes (parents[i] < i, -1 = root hangs off the prefix) appended after
-    `prefix` committed tokens: node i sees the prefix, its ancestors and itself."""
-    n = len(parents)
-    m = np.zeros((n, prefix + n), bool)
-    m[:, :prefix] = True
-    for i in range(n):
-        j = i
-        while j >= 0:
-            m[i, prefix + j] = True
-            j = parents[j]
-    return m
 
 
 @pytest.mark.parametrize("hkv,group", [(1, 4), (2, 2)])

@@ -41,3 +41,18 @@ def rope(x: np.ndarray, positions: np.ndarray, theta: float = 10000.0, inv_freq=
             raise ValueError("x: expected a 3-d float32 array [tokens, heads, head_dim]")
         inv_freq = rope_inv_freq(x.shape[-1], theta)
     return _ops.rope(x, positions, inv_freq)
+
+
+def tree_mask(prefix: int, parents) -> np.ndarray:
+    """The custom_mask rows of draft-tree nodes appended after `prefix` committed tokens
+    (parents[i] < i; -1 hangs off the prefix): node i sees the prefix, its ancestors and itself.
+    Shape [len(parents), prefix + len(parents)], bool."""
+    n = len(parents)
+    m = np.zeros((n, prefix + n), bool)
+    m[:, :prefix] = True
+    for i in range(n):
+        j = i
+        while j >= 0:
+            m[i, prefix + j] = True
+            j = parents[j]
+    return m
