@@ -126,6 +126,14 @@ def eos_ids(model) -> List[int]:
     return sorted(set(ids))
 
 
+def _cut_after_eos(resp: List[int], eos: Sequence[int]) -> List[int]:
+    """The response up to and including its first EOS token (all of it when there is none)."""
+    for j, t in enumerate(resp):
+        if t in eos:
+            return resp[:j + 1]
+    return resp
+
+
 @torch.no_grad()
 def generate_responses(model, prompts: List[List[int]], max_new_tokens: int, batch_size: int = 8,
                        device="cpu", progress: bool = True) -> List[Dict]:
@@ -147,11 +155,7 @@ def generate_responses(model, prompts: List[List[int]], max_new_tokens: int, bat
                              max_new_tokens=max_new_tokens, min_new_tokens=1, pad_token_id=pad,
                              eos_token_id=eos or None, temperature=None, top_p=None, top_k=None)
         for r, i in enumerate(batch):
-            resp = out[r, L:].tolist()
-            for j, t in enumerate(resp):
-                if t in eos:
-                    resp = resp[:j + 1]
-                    break
+            resp = _cut_after_eos(out[r, L:].tolist(), eos)
             if resp:
                 results[i] = {"ids": prompts[i] + resp, "prompt_len": len(prompts[i])}
     return [results[i] for i in range(len(prompts)) if i in results]
@@ -264,11 +268,7 @@ def engine_responses(llm, prompts: List[List[int]], max_new_tokens: int, eos: Se
             batch = order[start:start + chunk]
             outs = llm.generate(prompt_token_ids=[prompts[i] for i in batch], sampling_params=params)
             for i, o in zip(batch, outs):
-                resp = list(o.token_ids)
-                for j, t in enumerate(resp):
-                    if t in eos:
-                        resp = resp[:j + 1]
-                        break
+                resp = _cut_after_eos(list(o.token_ids), eos)
                 if resp:
                     results[i] = {"ids": prompts[i] + resp, "prompt_len": len(prompts[i])}
             bar.update(len(batch))
