@@ -187,19 +187,7 @@ Status time_paged_attention_host(const HostAttentionInputs& in, int iters, Atten
   timing->ms = 0;
   if (d.out_elems == 0) return Status::Ok();
   for (int i = 0; i < 3; ++i) SD_RETURN_IF_ERROR(d.run(nullptr));
-  cudaEvent_t e0 = nullptr, e1 = nullptr;
-  Status st = check(cudaEventCreate(&e0), "cudaEventCreate");
-  if (st.ok()) st = check(cudaEventCreate(&e1), "cudaEventCreate");
-  if (st.ok()) st = check(cudaEventRecord(e0, nullptr), "cudaEventRecord");
-  for (int i = 0; st.ok() && i < iters; ++i) st = d.run(nullptr);
-  if (st.ok()) st = check(cudaEventRecord(e1, nullptr), "cudaEventRecord");
-  if (st.ok()) st = check(cudaEventSynchronize(e1), "cudaEventSynchronize");
-  float ms = 0.f;
-  if (st.ok()) st = check(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime");
-  if (e0) cudaEventDestroy(e0);
-  if (e1) cudaEventDestroy(e1);
-  SD_RETURN_IF_ERROR(st);
-  timing->ms = static_cast<double>(ms) / iters;
+  SD_RETURN_IF_ERROR(time_iterations(iters, [&] { return d.run(nullptr); }, &timing->ms));
   return sync(nullptr, "paged_attention (CUDA) timing");
 }
 

@@ -105,4 +105,24 @@ inline unsigned grid_blocks(int64_t n, int threads) {
 // Waits for the stream and reports any asynchronous error under `what`.
 inline Status sync(cudaStream_t stream, const char* what) { return check(cudaStreamSynchronize(stream), what); }
 
+// Mean milliseconds of `iters` back-to-back calls of run() on the default stream, timed with
+// CUDA events (the caller warms up first). run: () -> Status.
+template <class Run>
+Status time_iterations(int iters, Run&& run, double* ms_per_iter) {
+  cudaEvent_t e0 = nullptr, e1 = nullptr;
+  Status st = check(cudaEventCreate(&e0), "cudaEventCreate");
+  if (st.ok()) st = check(cudaEventCreate(&e1), "cudaEventCreate");
+  if (st.ok()) st = check(cudaEventRecord(e0, nullptr), "cudaEventRecord");
+  for (int i = 0; st.ok() && i < iters; ++i) st = run();
+  if (st.ok()) st = check(cudaEventRecord(e1, nullptr), "cudaEventRecord");
+  if (st.ok()) st = check(cudaEventSynchronize(e1), "cudaEventSynchronize");
+  float ms = 0.f;
+  if (st.ok()) st = check(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime");
+  if (e0) cudaEventDestroy(e0);
+  if (e1) cudaEventDestroy(e1);
+  SD_RETURN_IF_ERROR(st);
+  *ms_per_iter = static_cast<double>(ms) / iters;
+  return Status::Ok();
+}
+
 }  // namespace sd::cuda

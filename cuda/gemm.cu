@@ -319,19 +319,7 @@ Status gemm_host(const float* X, int64_t M, const float* W, int64_t N, int64_t K
   SD_RETURN_IF_ERROR(dy.download(Y, yn));
   if (iters > 0 && timing) {
     for (int i = 0; i < 3; ++i) SD_RETURN_IF_ERROR(run());
-    cudaEvent_t e0 = nullptr, e1 = nullptr;
-    Status st = check(cudaEventCreate(&e0), "cudaEventCreate");
-    if (st.ok()) st = check(cudaEventCreate(&e1), "cudaEventCreate");
-    if (st.ok()) st = check(cudaEventRecord(e0, nullptr), "cudaEventRecord");
-    for (int i = 0; st.ok() && i < iters; ++i) st = run();
-    if (st.ok()) st = check(cudaEventRecord(e1, nullptr), "cudaEventRecord");
-    if (st.ok()) st = check(cudaEventSynchronize(e1), "cudaEventSynchronize");
-    float ms = 0.f;
-    if (st.ok()) st = check(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime");
-    if (e0) cudaEventDestroy(e0);
-    if (e1) cudaEventDestroy(e1);
-    SD_RETURN_IF_ERROR(st);
-    timing->ms = static_cast<double>(ms) / iters;
+    SD_RETURN_IF_ERROR(time_iterations(iters, run, &timing->ms));
   }
   return Status::Ok();
 }
