@@ -85,7 +85,7 @@ def reference_weight(w, dtype):
     }[dtype](w)
 
 
-ALL_ISAS = ["portable", "avx2", "avx512"]
+ALL_ISAS = ["portable", "avx2", "avx512", "amx"]
 
 
 @pytest.fixture(params=ALL_ISAS)
@@ -130,6 +130,8 @@ MATMUL_SHAPES = [  # (M, K, N)
     (100, 32, 130),
     (17, 576, 1),
     (1, 576, 130),
+    (16, 160, 33),    # AMX: one full 16-token tile, a half superblock, a partial 16-row tile
+    (33, 1024, 48),   # AMX: three 11-token tiles
 ]
 ODD_K_SHAPES = [(3, 36, 5), (17, 4, 64), (2, 100, 130), (64, 12, 7)]  # K % 8 != 0
 

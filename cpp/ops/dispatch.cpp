@@ -41,6 +41,9 @@ const std::vector<CpuIsa>& isas() {
 #if defined(SPECDEC_HAVE_AVX512)
     v.push_back({"avx512", &cpu::avx512_kernels, &cpu_has_avx512});
 #endif
+#if defined(SPECDEC_HAVE_AMX)
+    v.push_back({"amx", &cpu::amx_kernels, &cpu::amx_usable});
+#endif
     std::vector<CpuIsa> ok;
     for (const CpuIsa& i : v)
       if (i.supported()) ok.push_back(i);

@@ -48,6 +48,10 @@ const KernelTable& avx2_kernels();
 #if defined(SPECDEC_HAVE_AVX512)
 const KernelTable& avx512_kernels();
 #endif
+#if defined(SPECDEC_HAVE_AMX)
+const KernelTable& amx_kernels();  // the AVX-512 table with the quantized matmul on AMX tiles
+bool amx_usable();                 // the CPU has AMX-INT8 and the OS grants this process its tiles
+#endif
 
 // Per-thread scratch floats (grown on demand, never shrunk); lives in a portable translation unit.
 float* thread_scratch(int64_t n);
