@@ -20,6 +20,9 @@ torch.set_num_threads(2)
 # A threads hint for the engine too: CI has 2 cores.
 NUM_THREADS = 2
 
+# Every CPU kernel set the core can be built with, worst to best; tests skip the ones this CPU lacks.
+CPU_ISAS = ["portable", "avx2", "avx512", "amx"]
+
 _ARCHS = {
     "llama": ("LlamaConfig", "LlamaForCausalLM"),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),

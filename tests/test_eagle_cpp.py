@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
-from helpers import MALFORMED_EAGLE_HEADS, edit_config, edit_tensors, random_eagle_head, small_eagle_config  # noqa: E402
+from helpers import CPU_ISAS, MALFORMED_EAGLE_HEADS, edit_config, edit_tensors, random_eagle_head, small_eagle_config  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from specdec_native import _core  # noqa: E402
@@ -94,7 +94,7 @@ def test_full_forward_matches_torch(saved):
     np.testing.assert_allclose(hidden, ref_hidden, **TOL)
 
 
-@pytest.mark.parametrize("isa", ["portable", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", CPU_ISAS)
 def test_every_cpu_kernel_set(tmp_path, isa):
     if isa not in _core.ops.available_cpu_isas():
         pytest.skip(f"{isa} kernels are not available on this machine")

@@ -1,5 +1,5 @@
-"""The CPU ops against float64 numpy references written here, on both kernel sets (AVX2 where the
-CPU has it, and the portable C++ one), plus one test per kind of bad input."""
+"""The CPU ops against float64 numpy references written here, on every kernel set this CPU has
+(portable C++, AVX2, AVX-512 VNNI, AMX tiles), plus one test per kind of bad input."""
 import zlib
 
 import numpy as np
@@ -7,6 +7,8 @@ import pytest
 
 from specdec_native import ops
 from specdec_native.ops import tree_mask
+
+from helpers import CPU_ISAS
 
 # ---------------------------------------------------------------------------------------------
 # references: weight rounding done in numpy, independently of the C++ packers
@@ -85,7 +87,7 @@ def reference_weight(w, dtype):
     }[dtype](w)
 
 
-ALL_ISAS = ["portable", "avx2", "avx512", "amx"]
+ALL_ISAS = CPU_ISAS
 
 
 @pytest.fixture(params=ALL_ISAS)
