@@ -7,7 +7,12 @@ tokens/s <= read bandwidth / weight bytes per token.
     python bench/bench_decode.py [--models smollm2,qwen1.5b] [--threads 2] [--tokens 64]
 
 Prints a table and writes JSON (default bench/results/decode.json). Needs the [bench] extra;
-llama-cpp-python is optional (`pip install llama-cpp-python`, built from source).
+llama-cpp-python is optional (`pip install llama-cpp-python`, built from source). On a CPU
+with AMX, its default native build (0.3.36, seen 2026-12-04) crashes in ggml's AMX matmul on
+the first token of these GGUF files; build it without AMX to measure it:
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+      -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF \
+      -DGGML_AMX_INT8=OFF" pip install --force-reinstall --no-deps llama-cpp-python
 """
 from __future__ import annotations
 
