@@ -204,3 +204,13 @@ def test_specdec_train_draft_command_forwards_to_the_trainer(tmp_path, capsys):
     assert cli.main(["train-draft", "--target", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
                      "--no-progress"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_stdlib_prompts_grow_by_rounds_over_files():
+    """A larger limit extends the list a smaller one gives, and the standard library yields well
+    over the 550 prompts one definition pair per file gave."""
+    from specdec_native.eagle.data import stdlib_prompts
+
+    small, large = stdlib_prompts(40), stdlib_prompts(1200)
+    assert len(small) == 40 and large[:40] == small
+    assert len(large) == 1200 and len(set(large)) > 1180  # a few definitions repeat across modules

@@ -163,3 +163,37 @@ def test_features_are_cached_and_the_head_may_be_narrower(target, tmp_path):
     assert llm.generate(prompt_token_ids=[[5, 6, 7, 8]], sampling_params=[greedy_params(5)])[0].token_ids
     with pytest.raises(ValueError, match="intermediate_size must be >= 1"):
         T.train_draft(path, tmp_path / "bad", steps=1, prompts=prompts, **dict(run, head_intermediate_size=0))
+
+
+def test_extend_data_adds_sequences_and_computes_only_their_features(target, tmp_path):
+    """--extend-data: the held-out sequences stay, new prompts only are answered, the features of
+    the old sequences come from features.pt (also from a format-1 file, found by order), and a
+    directory with a training checkpoint refuses (its head knows the old draft vocabulary)."""
+    path, model, prompts = target
+    out, logs = tmp_path / "head", []
+    run = dict(RUN, log=logs.append, max_prompts=4, eval_prompts=2)
+    T.train_draft(path, out, steps=0, prompts=prompts[:6], **run)  # features of 6 sequences, no checkpoint...
+    (out / "checkpoint.pt").unlink()  # ...steps=0 still saves one: this directory starts over
+    old = torch.load(out / "data.pt", weights_only=False)
+    # the features file as runs before format 2 wrote it: a list in train + heldout order
+    stored = torch.load(out / "features.pt", weights_only=False)
+    seqs = old["train"] + old["heldout"]
+    T.S.save_atomic({"key": {"backend": "engine (int4)", "aux_layers": stored["aux_layers"],
+                             "lengths": [len(s["ids"]) for s in seqs]},
+                     "feats": [stored["feats"][T.S.sequence_key(s)] for s in seqs]}, out / "features.pt")
+    logs.clear()
+    m = T.train_draft(path, out, steps=2, prompts=prompts, extend_data=True, **dict(run, max_prompts=8))
+    new = torch.load(out / "data.pt", weights_only=False)
+    assert new["heldout"] == old["heldout"] and new["train"][:4] == old["train"] and len(new["train"]) == 8
+    assert {tuple(s["ids"][:s["prompt_len"]]) for s in new["train"][4:]}.isdisjoint(
+        tuple(s["ids"][:s["prompt_len"]]) for s in seqs)
+    assert any("reusing" in x and "of 6 sequences" in x for x in logs), logs
+    assert any("target features of 4 sequences" in x for x in logs), logs
+    assert m["train_sequences"] == 8 and m["heldout_sequences"] == 2
+    feats = torch.load(out / "features.pt", weights_only=False)
+    assert feats["format"] == T.S.FEATURES_FORMAT and len(feats["feats"]) == 10
+    with pytest.raises(ValueError, match="training checkpoint.*new --out"):
+        T.train_draft(path, out, steps=2, prompts=prompts, extend_data=True, **dict(run, max_prompts=10))
+    with pytest.raises(ValueError, match="no prompts beyond the 10"):
+        (out / "checkpoint.pt").unlink()
+        T.train_draft(path, out, steps=2, prompts=prompts[:6], extend_data=True, **dict(run, max_prompts=10))

@@ -35,39 +35,46 @@ def _stdlib_files(root: Path) -> List[Path]:
     return out
 
 
+def _documented_definitions(path: Path) -> List[Tuple[str, str, str, str]]:
+    """(kind, name, docstring, source) of the public functions and classes in a file whose
+    docstring is 40-600 characters and whose source is at most 1200, in ast.walk order."""
+    try:
+        src = path.read_text(encoding="utf-8")
+        tree = ast.parse(src)
+    except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
+        return []
+    out = []
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.ClassDef)) or node.name.startswith("_"):
+            continue
+        doc = ast.get_docstring(node)
+        code = ast.get_source_segment(src, node)
+        if doc and code and 40 <= len(doc) <= 600 and len(code) <= 1200:
+            out.append(("class" if isinstance(node, ast.ClassDef) else "function", node.name, doc, code))
+    return out
+
+
 def stdlib_prompts(limit: int, seed: int = 0, per_file: int = 2) -> List[str]:
     """Up to `limit` prompts built from functions and classes (with docstrings) of the standard
-    library's source: "explain this code" and "write this from its docstring", alternating."""
+    library's source: "explain this code" and "write this from its docstring", alternating.
+    Files are visited in a seeded order, `per_file` definitions from each per round, in as many
+    rounds as it takes (about 3,000 definitions qualify), so a larger limit extends the list a
+    smaller one gives."""
     root = Path(sysconfig.get_paths()["stdlib"])
     files = _stdlib_files(root)
     random.Random(seed).shuffle(files)
+    defs = [(".".join(f.relative_to(root).with_suffix("").parts), _documented_definitions(f)) for f in files]
     prompts: List[str] = []
-    for f in files:
-        if len(prompts) >= limit:
-            break
-        try:
-            src = f.read_text(encoding="utf-8")
-            tree = ast.parse(src)
-        except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
-            continue
-        module = ".".join(f.relative_to(root).with_suffix("").parts)
-        taken = 0
-        for node in ast.walk(tree):
-            if taken >= per_file or len(prompts) >= limit:
-                break
-            if not isinstance(node, (ast.FunctionDef, ast.ClassDef)) or node.name.startswith("_"):
-                continue
-            doc = ast.get_docstring(node)
-            code = ast.get_source_segment(src, node)
-            if not doc or not code or not 40 <= len(doc) <= 600 or len(code) > 1200:
-                continue
-            if len(prompts) % 2 == 0:
-                prompts.append(f"Explain what this code from the Python `{module}` module does:\n\n"
-                               f"```python\n{code}\n```")
-            else:
-                kind = "class" if isinstance(node, ast.ClassDef) else "function"
-                prompts.append(f"Write a Python {kind} `{node.name}` that does the following:\n\n{doc}")
-            taken += 1
+    for start in range(0, max((len(d) for _, d in defs), default=0), per_file):
+        for module, found in defs:
+            for kind, name, doc, code in found[start:start + per_file]:
+                if len(prompts) >= limit:
+                    return prompts
+                if len(prompts) % 2 == 0:
+                    prompts.append(f"Explain what this code from the Python `{module}` module does:\n\n"
+                                   f"```python\n{code}\n```")
+                else:
+                    prompts.append(f"Write a Python {kind} `{name}` that does the following:\n\n{doc}")
     return prompts
 
 

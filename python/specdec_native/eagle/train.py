@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import data as D
+from . import store as S
 from .checkpoint import save_head
 from .config import config_from_target
 from .head import Eagle3Head
@@ -165,7 +165,7 @@ def accepted_lengths(head: Eagle3Head, seqs: Sequence[Dict], feats: Sequence[Dic
         first, last = max(P - 1, 0), T - 2 - k  # anchor t drafts x_{t+2} .. x_{t+1+k}
         if last < first:
             continue
-        hs = head.unroll(f["aux"][None].to(device), ids, k, first_row=first)
+        hs = head.unroll(f["aux"][None].to(device).float(), ids, k, first_row=first)
         anchors = torch.arange(first, last + 1, device=device)
         match = torch.stack([head.to_target_ids(head.logits(hs[j][0, anchors - first]).argmax(-1))
                              == ids[0, anchors + 2 + j]
@@ -187,39 +187,74 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 # --- the run -------------------------------------------------------------------------------
-def _features_key(data: Dict, aux_ids: Sequence[int]) -> Dict:
-    return {"backend": data.get("data_backend"), "aux_layers": list(aux_ids),
-            "lengths": [len(s["ids"]) for s in data["train"] + data["heldout"]]}
-
-
-def _cached_features(out: Path, data: Dict, aux_ids: Sequence[int]) -> Optional[List[Dict]]:
-    """The target features a previous run of this directory computed (OUT/features.pt, stored
-    as float16), when they were made for the same sequences, backend and aux layers."""
-    path = out / "features.pt"
-    if not path.exists():
-        return None
-    cached = torch.load(path, weights_only=False)
-    if cached.get("key") != _features_key(data, aux_ids):
-        return None
-    return [{"aux": f["aux"].float(), "final": f["final"].float(), "argmax": f["argmax"]} for f in cached["feats"]]
-
-
 def _backend_name(data_backend: str, engine_dtype: str) -> str:
     return f"engine ({engine_dtype})" if data_backend == "engine" else data_backend
+
+
+def _prompt_ids(tokenizer, vocab: int, prompts, prompts_file, limit: int, max_prompt_tokens: int,
+                seed: int) -> List[List[int]]:
+    """Up to `limit` encoded prompts (given, from the JSONL file, or the standard library's), shuffled."""
+    if prompts is None:
+        prompts = D.jsonl_prompts(prompts_file) if prompts_file is not None else D.stdlib_prompts(limit, seed=seed)
+    prompts = list(prompts)
+    random.Random(seed).shuffle(prompts)
+    return D.encode_prompts(prompts[:limit], tokenizer, vocab, max_prompt_tokens)
+
+
+def _responses(encoded: List[List[int]], model, max_new_tokens: int, gen_batch_size: int, device, progress: bool,
+               data_backend: str, engine: Optional[_EngineTarget]) -> List[Dict]:
+    if data_backend == "engine":
+        llm = engine.get(max(len(p) for p in encoded) + max_new_tokens + 1)
+        return D.engine_responses(llm, encoded, max_new_tokens, D.eos_ids(model),
+                                  chunk=max(64, 4 * engine.max_num_seqs), progress=progress)
+    return D.generate_responses(model, encoded, max_new_tokens, gen_batch_size, device, progress)
+
+
+def _with_vocab(data: Dict, vocab: int, draft_vocab_size: int) -> float:
+    """Sets data's draft vocabulary (d2t, t2d) from its training responses; returns the coverage."""
+    data["d2t"], data["t2d"], covered = D.vocab_map(data["train"], vocab, draft_vocab_size)
+    data["draft_vocab_coverage"] = covered
+    return covered
+
+
+def _extend_data(out: Path, data: Dict, model, tokenizer, prompts, prompts_file, wanted: int,
+                 max_new_tokens: int, max_prompt_tokens: int, seed: int, gen_batch_size: int, device,
+                 progress: bool, log: Callable, data_backend: str, engine: Optional[_EngineTarget]) -> Dict:
+    """Adds training sequences to OUT's data until it holds `wanted` (train + held out): prompts
+    it does not have yet, their responses; the held-out ones stay. The draft vocabulary is
+    rebuilt from all training responses, so no head may have been trained on the old one yet."""
+    have = data["train"] + data["heldout"]
+    if len(have) >= wanted:
+        log(f"{out / 'data.pt'} already holds {len(have)} sequences (>= {wanted}); nothing to add")
+        return data
+    if (out / "checkpoint.pt").exists():
+        raise ValueError(f"{out} has a training checkpoint, trained on the current draft vocabulary, which "
+                         f"adding data rebuilds; add data in a new --out (copy data.pt and features.pt there)")
+    S.upgrade_features(out, have)  # a format-1 features.pt is found by order, which adding changes
+    known = {tuple(s["ids"][:s["prompt_len"]]) for s in have}
+    fresh = [p for p in _prompt_ids(tokenizer, model.config.vocab_size, prompts, prompts_file, wanted + len(have),
+                                    max_prompt_tokens, seed) if tuple(p) not in known]
+    fresh = fresh[:wanted - len(have)]
+    if not fresh:
+        raise ValueError(f"no prompts beyond the {len(have)} that {out / 'data.pt'} already holds")
+    t0 = time.time()
+    seqs = _responses(fresh, model, max_new_tokens, gen_batch_size, device, progress, data_backend, engine)
+    data["train"] = data["train"] + seqs
+    covered = _with_vocab(data, model.config.vocab_size, int(data["t2d"].sum()))
+    data["generation_seconds"] = round(data.get("generation_seconds", 0.0) + time.time() - t0, 1)
+    n_tok = sum(len(s["ids"]) - s["prompt_len"] for s in seqs)
+    log(f"added {len(seqs)} training sequences ({n_tok} response tokens) in {time.time() - t0:.0f}s; now "
+        f"{len(data['train'])} training and {len(data['heldout'])} held out; draft vocab covers {covered:.1%}")
+    S.save_atomic(data, out / "data.pt")
+    return data
 
 
 def _prepare_data(out: Path, target: str, model, tokenizer, prompts, prompts_file, max_prompts: int,
                   eval_prompts: int, max_new_tokens: int, max_prompt_tokens: int, draft_vocab_size: Optional[int],
                   seed: int, gen_batch_size: int, device, progress: bool, log: Callable,
                   data_backend: str = "transformers", engine: Optional[_EngineTarget] = None,
-                  engine_dtype: str = "int4") -> Dict:
+                  engine_dtype: str = "int4", extend: bool = False) -> Dict:
     path = out / "data.pt"
     vocab = model.config.vocab_size
     backend = _backend_name(data_backend, engine_dtype)
@@ -235,38 +270,30 @@ def _prepare_data(out: Path, target: str, model, tokenizer, prompts, prompts_fil
         if draft_vocab_size is not None and draft_vocab_size != int(data["t2d"].sum()):
             raise ValueError(f"{out} was started with draft_vocab_size={int(data['t2d'].sum())}, "
                              f"not {draft_vocab_size}; use another --out")
+        if extend:
+            return _extend_data(out, data, model, tokenizer, prompts, prompts_file, max_prompts + eval_prompts,
+                                max_new_tokens, max_prompt_tokens, seed, gen_batch_size, device, progress, log,
+                                data_backend, engine)
         log(f"reusing {path}: {len(data['train'])} training and {len(data['heldout'])} held-out sequences")
         return data
-    if prompts is None:
-        if prompts_file is not None:
-            prompts = D.jsonl_prompts(prompts_file)
-        else:
-            prompts = D.stdlib_prompts(max_prompts + eval_prompts, seed=seed)
-    prompts = list(prompts)
-    random.Random(seed).shuffle(prompts)
-    encoded = D.encode_prompts(prompts[:max_prompts + eval_prompts], tokenizer, vocab, max_prompt_tokens)
+    encoded = _prompt_ids(tokenizer, vocab, prompts, prompts_file, max_prompts + eval_prompts, max_prompt_tokens,
+                          seed)
     if len(encoded) <= eval_prompts:
         raise ValueError(f"need more than {eval_prompts} usable prompts (<= {max_prompt_tokens} tokens), "
                          f"got {len(encoded)}")
     t0 = time.time()
-    if data_backend == "engine":
-        llm = engine.get(max(len(p) for p in encoded) + max_new_tokens + 1)
-        seqs = D.engine_responses(llm, encoded, max_new_tokens, D.eos_ids(model),
-                                  chunk=max(64, 4 * engine.max_num_seqs), progress=progress)
-    else:
-        seqs = D.generate_responses(model, encoded, max_new_tokens, gen_batch_size, device, progress)
+    seqs = _responses(encoded, model, max_new_tokens, gen_batch_size, device, progress, data_backend, engine)
     heldout, train = seqs[:eval_prompts], seqs[eval_prompts:]
     if not train:
         raise ValueError("the target gave no responses to train on")
+    data = {"target": target, "train": train, "heldout": heldout, "data_backend": backend}
     dvs = min(vocab, 32000) if draft_vocab_size is None else draft_vocab_size
-    d2t, t2d, covered = D.vocab_map(train, vocab, dvs)
+    covered = _with_vocab(data, vocab, dvs)
     n_tok = sum(len(s["ids"]) - s["prompt_len"] for s in seqs)
     log(f"generated {n_tok} response tokens for {len(seqs)} prompts in {time.time() - t0:.0f}s ({backend}); "
         f"draft vocab {dvs} covers {covered:.1%} of training response tokens")
-    data = {"target": target, "train": train, "heldout": heldout, "d2t": d2t, "t2d": t2d,
-            "draft_vocab_coverage": covered, "data_backend": backend,
-            "generation_seconds": round(time.time() - t0, 1)}
-    _save_atomic(data, path)
+    data["generation_seconds"] = round(time.time() - t0, 1)
+    S.save_atomic(data, path)
     return data
 
 
@@ -278,14 +305,17 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
                 seed: int = 0, save_every: int = 50, gen_batch_size: Optional[int] = None, progress: bool = True,
                 log: Callable = print, data_backend: str = "engine", engine_dtype: str = "int4",
                 threads: Optional[int] = None, prepare_only: bool = False,
-                head_intermediate_size: Optional[int] = None) -> Dict:
+                head_intermediate_size: Optional[int] = None, extend_data: bool = False) -> Dict:
     """Trains (or resumes training of) an EAGLE-3 head for `target` into directory `out`; returns
     the run's metrics (also written to OUT/metrics.json).
 
     data_backend: "engine" (responses and features from the C++ engine on `engine_dtype`
     weights, `threads` threads, `gen_batch_size` sequences decoded together, default 16) or
     "transformers" (the target in float32 torch, batches of `gen_batch_size`, default 8).
-    prepare_only: stop once OUT/data.pt (prompts, responses, draft vocabulary) is written."""
+    prepare_only: stop once OUT/data.pt (prompts, responses, draft vocabulary) is written.
+    extend_data: add prompts to an existing OUT/data.pt up to max_prompts + eval_prompts
+    sequences (responses and, later, features only for the new ones; the draft vocabulary is
+    rebuilt, so OUT must not hold a checkpoint yet)."""
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA device")
     if data_backend not in DATA_BACKENDS:
@@ -301,7 +331,7 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
         engine = _EngineTarget(target, engine_dtype, threads, gen_batch_size or 16, progress)
     data = _prepare_data(out, target, model, tokenizer, prompts, prompts_file, max_prompts, eval_prompts,
                          max_new_tokens, max_prompt_tokens, draft_vocab_size, seed, gen_batch_size or 8, device,
-                         progress, log, data_backend, engine, engine_dtype)
+                         progress, log, data_backend, engine, engine_dtype, extend_data)
     if prepare_only:
         return {"prepared": str(out / "data.pt"), "data_backend": data.get("data_backend", "transformers"),
                 "train_sequences": len(data["train"]), "heldout_sequences": len(data["heldout"]),
@@ -328,20 +358,21 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
 
     t0 = time.time()
     seqs = data["train"] + data["heldout"]
-    feats = _cached_features(out, data, aux_ids)
-    if feats is not None:
-        log(f"reusing {out / 'features.pt'}: target features of {len(seqs)} sequences")
-    else:
+    backend = data.get("data_backend")
+    feats = S.load_features(out, backend, aux_ids, seqs)
+    todo = S.missing(seqs, feats)
+    if len(todo) < len(seqs):
+        log(f"reusing {out / 'features.pt'}: target features of {len(seqs) - len(todo)} sequences")
+    if todo:
         if engine is not None:
-            feats = D.engine_features(engine.get(max(len(s["ids"]) for s in seqs) + 1), model, seqs, aux_ids,
-                                      progress)
+            new = D.engine_features(engine.get(max(len(s["ids"]) for s in todo) + 1), model, todo, aux_ids, progress)
             engine.close()
         else:
-            feats = D.target_features(model, seqs, aux_ids, device=device, progress=progress)
-        log(f"target features of {len(seqs)} sequences in {time.time() - t0:.0f}s ({data.get('data_backend')})")
-        _save_atomic({"key": _features_key(data, aux_ids), "feats": [
-            {"aux": f["aux"].half(), "final": f["final"].half(), "argmax": f["argmax"]} for f in feats]},
-            out / "features.pt")
+            new = D.target_features(model, todo, aux_ids, device=device, progress=progress)
+        feats.update((S.sequence_key(s), f) for s, f in zip(todo, new))
+        log(f"target features of {len(todo)} sequences in {time.time() - t0:.0f}s ({backend})")
+        feats = S.save_features(out, backend, aux_ids, feats)
+    feats = [feats[S.sequence_key(s)] for s in seqs]
     train_feats, held_feats = feats[:len(data["train"])], feats[len(data["train"]):]
     del model
 
@@ -361,7 +392,7 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
 
     def save(step):
         state = {n: t for n, t in head.state_dict().items() if n != "embed_tokens.weight"}
-        _save_atomic({"step": step, "head": state, "optimizer": opt.state_dict(), "history": history,
+        S.save_atomic({"step": step, "head": state, "optimizer": opt.state_dict(), "history": history,
                       "config": cfg.to_dict(), "lr": lr, "ttt_steps": ttt_steps}, ckpt_path)
         save_head(head, out)
 
@@ -441,6 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only generate OUT/data.pt (responses, draft vocabulary), then stop")
     p.add_argument("--head-intermediate-size", type=int, default=None,
                    help="the head's MLP width (default: the target's); a narrower head trains and drafts faster")
+    p.add_argument("--extend-data", action="store_true",
+                   help="add prompts to OUT's data up to --max-prompts (+ --eval-prompts): responses and "
+                        "features only for the new ones, the held-out ones kept, the draft vocabulary rebuilt "
+                        "(so OUT must not hold a checkpoint.pt yet)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -459,7 +494,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                               progress=not args.no_progress, data_backend=args.data_backend,
                               engine_dtype=args.engine_dtype, threads=args.threads,
                               gen_batch_size=args.gen_batch_size, prepare_only=args.prepare_only,
-                              head_intermediate_size=args.head_intermediate_size)
+                              head_intermediate_size=args.head_intermediate_size, extend_data=args.extend_data)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,74 @@
+"""What a training directory keeps between runs: OUT/data.pt (the sequences and the draft
+vocabulary) and OUT/features.pt, the target's features per sequence, stored as float16 and
+found by the sequence's token ids, so a run whose data grew computes features only for the new
+sequences."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import torch
+
+FEATURES_FORMAT = 2  # 1 (no "format" key): a list aligned with the data's train + heldout order
+
+
+def save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def sequence_key(seq: Dict) -> str:
+    """The id a sequence's features are stored under: a digest of its token ids and prompt length."""
+    h = hashlib.sha1(str(int(seq["prompt_len"])).encode())
+    h.update(torch.tensor(seq["ids"], dtype=torch.int64).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _half(f: Dict) -> Dict:
+    return {"aux": f["aux"].half(), "final": f["final"].half(), "argmax": f["argmax"]}
+
+
+def load_features(out: Path, backend: str, aux_ids: Sequence[int], sequences: Sequence[Dict]) -> Dict[str, Dict]:
+    """{sequence_key: features (float16 aux/final)} of OUT/features.pt, if it was made with this
+    backend and these aux layers; empty otherwise. A format-1 file counts only when it was made
+    for exactly `sequences` (same order and lengths)."""
+    path = Path(out) / "features.pt"
+    if not path.exists():
+        return {}
+    cached = torch.load(path, weights_only=False)
+    if cached.get("format") == FEATURES_FORMAT:
+        if cached["backend"] != backend or cached["aux_layers"] != list(aux_ids):
+            return {}
+        return cached["feats"]
+    key = cached.get("key", {})
+    if key != {"backend": backend, "aux_layers": list(aux_ids), "lengths": [len(s["ids"]) for s in sequences]}:
+        return {}
+    return {sequence_key(s): _half(f) for s, f in zip(sequences, cached["feats"])}
+
+
+def save_features(out: Path, backend: str, aux_ids: Sequence[int], feats: Dict[str, Dict]) -> Dict[str, Dict]:
+    """Writes OUT/features.pt; returns the features as stored (float16)."""
+    feats = {k: _half(f) for k, f in feats.items()}
+    save_atomic({"format": FEATURES_FORMAT, "backend": backend, "aux_layers": list(aux_ids), "feats": feats},
+                Path(out) / "features.pt")
+    return feats
+
+
+def upgrade_features(out: Path, sequences: Sequence[Dict]) -> None:
+    """Rewrites a format-1 OUT/features.pt made for `sequences` in format 2 (found by ids, not
+    by order); anything else is left alone."""
+    path = Path(out) / "features.pt"
+    if not path.exists():
+        return
+    cached = torch.load(path, weights_only=False)
+    key = cached.get("key")
+    if cached.get("format") is None and key and key.get("lengths") == [len(s["ids"]) for s in sequences]:
+        save_features(out, key["backend"], key["aux_layers"],
+                      {sequence_key(s): f for s, f in zip(sequences, cached["feats"])})
+
+
+def missing(sequences: Sequence[Dict], feats: Dict[str, Dict]) -> List[Dict]:
+    return [s for s in sequences if sequence_key(s) not in feats]
