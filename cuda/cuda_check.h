@@ -69,6 +69,16 @@ class DeviceBuffer {
     return check(cudaMemcpy(ptr_, host, n * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy H2D");
   }
   Status upload(const std::vector<T>& host) { return upload(host.data(), host.size()); }
+  // Holds at least n elements: reallocates (contents lost) only when it holds fewer.
+  Status reserve(size_t n) { return n <= size_ ? Status::Ok() : alloc(n); }
+  // Copies n host elements in on `stream`, growing first (reserve). For pageable host memory
+  // the call returns once the source has been staged: the host array may then be reused.
+  Status write_async(const T* host, size_t n, cudaStream_t stream) {
+    SD_RETURN_IF_ERROR(reserve(n));
+    if (n == 0) return Status::Ok();
+    return check(cudaMemcpyAsync(ptr_, host, n * sizeof(T), cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync H2D");
+  }
+  Status write_async(const std::vector<T>& host, cudaStream_t stream) { return write_async(host.data(), host.size(), stream); }
   // Copies the first n elements back to host memory (n <= size()).
   Status download(T* host, size_t n) const {
     if (n > size_) return InvalidArgument("DeviceBuffer::download: more elements than held");

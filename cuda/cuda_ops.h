@@ -36,6 +36,11 @@ Status rope(float* x, const int32_t* positions, int64_t T, int64_t n_heads, int6
             int64_t stride, const float* inv_freq, cudaStream_t stream);
 // out[m, i] = silu(gate_up[m, i]) * gate_up[m, I + i]     (gate_up: [M, 2I], out: [M, I])
 Status silu_mul(const float* gate_up, int64_t M, int64_t I, float* out, cudaStream_t stream);
+// x[i] += y[i] for i < n (the residual adds).
+Status add_inplace(float* x, const float* y, int64_t n, cudaStream_t stream);
+// out[i] = x[i] rounded to nearest even in `dtype` (kBF16 or kF16, as uint16 bit patterns):
+// activations for the tensor-core GEMM.
+Status to_half(DType dtype, const float* x, int64_t n, uint16_t* out, cudaStream_t stream);
 // out[t, :] = table[ids[t], :] as f32; table row-major [rows, cols] of dtype f32, bf16 or f16
 // (bf16/f16 as their uint16 bit patterns). Ids live on the device, so they are checked there:
 // a row whose id is outside [0, rows) is written as zeros and, when bad_pos != nullptr (one

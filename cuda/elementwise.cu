@@ -1,6 +1,6 @@
 // Element-wise ops of the decoder layer on the GPU, same semantics as the CPU ops (ops/ops.h):
-// rotate-half RoPE in place, SiLU(gate) * up, and the embedding gather from an f32, bf16 or f16
-// table (fp32 out). Grid-stride loops; consecutive threads touch consecutive elements.
+// rotate-half RoPE in place, SiLU(gate) * up, the residual add, f32 -> bf16 / f16 rounding, and
+// the embedding gather from an f32, bf16 or f16 table (fp32 out). Grid-stride loops; consecutive threads touch consecutive elements.
 #include <cuda_runtime.h>
 
 #include <string>
@@ -42,6 +42,19 @@ __global__ void __launch_bounds__(kThreads) silu_mul_kernel(const float* gate_up
     const float g = gate_up[m * 2 * I + i], u = gate_up[m * 2 * I + I + i];
     out[e] = g / (1.0f + expf(-g)) * u;
   }
+}
+
+__global__ void __launch_bounds__(kThreads) add_inplace_kernel(float* x, const float* y, int64_t n) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    x[e] += y[e];
+}
+
+template <bool kBF16>
+__global__ void __launch_bounds__(kThreads) to_half_kernel(const float* x, int64_t n, uint16_t* out) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[e] = kBF16 ? f32_to_bf16(x[e]) : f32_to_f16(x[e]);
 }
 
 struct BF16Tag {};
@@ -93,6 +106,23 @@ Status silu_mul(const float* gate_up, int64_t M, int64_t I, float* out, cudaStre
   if (M * I == 0) return Status::Ok();
   silu_mul_kernel<<<grid_blocks(M * I, kThreads), kThreads, 0, stream>>>(gate_up, M, I, out);
   return check_launch("silu_mul_kernel");
+}
+
+Status add_inplace(float* x, const float* y, int64_t n, cudaStream_t stream) {
+  if (n < 0) return InvalidArgument("add_inplace: expected n >= 0");
+  if (n == 0) return Status::Ok();
+  add_inplace_kernel<<<grid_blocks(n, kThreads), kThreads, 0, stream>>>(x, y, n);
+  return check_launch("add_inplace_kernel");
+}
+
+Status to_half(DType dtype, const float* x, int64_t n, uint16_t* out, cudaStream_t stream) {
+  if (n < 0) return InvalidArgument("to_half: expected n >= 0");
+  if (dtype != DType::kBF16 && dtype != DType::kF16)
+    return InvalidArgument(std::string("to_half: dtype must be bfloat16 or float16, got ") + dtype_name(dtype));
+  if (n == 0) return Status::Ok();
+  if (dtype == DType::kBF16) to_half_kernel<true><<<grid_blocks(n, kThreads), kThreads, 0, stream>>>(x, n, out);
+  else to_half_kernel<false><<<grid_blocks(n, kThreads), kThreads, 0, stream>>>(x, n, out);
+  return check_launch("to_half_kernel");
 }
 
 Status embedding(DType dtype, const void* table, int64_t rows, int64_t cols, const int32_t* ids, int64_t T, float* out,

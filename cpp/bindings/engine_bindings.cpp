@@ -12,6 +12,7 @@
 #include "bindings/register.h"
 #include "bindings/status_to_python.h"
 #include "engine/engine.h"
+#include "model/device_registry.h"
 
 namespace py = pybind11;
 
@@ -44,6 +45,16 @@ std::function<void(int, int)> progress_callback(const py::object& progress, PyEr
 }  // namespace
 
 void register_engine(py::module_& m) {
+  m.def(
+      "_register_model_factory",
+      [](const std::string& device, const py::capsule& factory) {
+        if (factory.name() == nullptr || std::string(factory.name()) != sd::kModelFactoryCapsule)
+          throw py::value_error(std::string("expected a capsule named ") + sd::kModelFactoryCapsule);
+        sd::register_model_factory(device, reinterpret_cast<sd::ModelFactory>(factory.get_pointer()));
+      },
+      py::arg("device"), py::arg("factory"),
+      "Registers a device extension's model factory (specdec_native.cuda does this for 'cuda').");
+  m.def("has_model_factory", &sd::has_model_factory, py::arg("device"));
   py::class_<sd::RopeScaling>(m, "RopeScaling")
       .def(py::init<>())
       .def_readwrite("type", &sd::RopeScaling::type)
@@ -72,6 +83,7 @@ void register_engine(py::module_& m) {
 
   py::class_<sd::EngineOptions>(m, "EngineOptions")
       .def(py::init<>())
+      .def_readwrite("device", &sd::EngineOptions::device)
       .def_readwrite("dtype", &sd::EngineOptions::dtype)
       .def_readwrite("page_size", &sd::EngineOptions::page_size)
       .def_readwrite("num_blocks", &sd::EngineOptions::num_blocks)

@@ -5,6 +5,7 @@
 #include "core/clock.h"
 #include "core/parallel.h"
 #include "engine/sequence.h"
+#include "model/device_registry.h"
 #include "spec/verifier.h"
 
 namespace sd {
@@ -35,7 +36,7 @@ Status Engine::create(const ModelConfig& cfg, const std::vector<std::string>& sh
   DType dtype;
   SD_RETURN_IF_ERROR(resolve_dtype(opts.dtype, *ckpt, &dtype));
   std::unique_ptr<Engine> e(new Engine());
-  SD_RETURN_IF_ERROR(LlamaModel::create(cfg, *ckpt, WeightDTypes::for_target(dtype), progress, &e->model_));
+  SD_RETURN_IF_ERROR(create_model(opts.device, cfg, *ckpt, WeightDTypes::for_target(dtype), progress, &e->model_));
   e->opts_ = opts;
   if (e->opts_.max_model_len <= 0) e->opts_.max_model_len = cfg.max_position_embeddings;
   if (e->opts_.num_blocks == 0) {
@@ -85,8 +86,8 @@ Status Engine::attach_draft_model(const ModelConfig& cfg, const std::vector<std:
   SD_RETURN_IF_ERROR(Checkpoint::open(shard_paths, &ckpt));
   DType dt;
   SD_RETURN_IF_ERROR(resolve_dtype(dtype, *ckpt, &dt));
-  std::unique_ptr<LlamaModel> model;
-  SD_RETURN_IF_ERROR(LlamaModel::create(cfg, *ckpt, WeightDTypes::for_draft(dt), progress, &model));
+  std::unique_ptr<ForwardModel> model;
+  SD_RETURN_IF_ERROR(create_model(opts_.device, cfg, *ckpt, WeightDTypes::for_draft(dt), progress, &model));
   DraftModelOptions o = opts;
   o.prefill_chunk = opts_.prefill_chunk;
   o.prefix_caching = opts_.enable_prefix_caching;
@@ -120,6 +121,9 @@ Status Engine::attach_eagle_head(const std::string& dir, const std::string& dtyp
   DType dt = model_->dtype();
   if (dtype != "auto" && !parse_dtype_name(dtype, &dt))
     return InvalidArgument("dtype must be auto, float32, bfloat16, float16, int8 or int4; got '" + dtype + "'");
+  if (model_->host_embedding() == nullptr)
+    return Unsupported("EAGLE heads run on the CPU over a CPU target for now; the target runs on '" +
+                       model_->device() + "'");
   std::unique_ptr<Eagle3Head> head;
   SD_RETURN_IF_ERROR(Eagle3Head::load(dir, config(), dt, &head));
   drafter_.reset(new EagleDrafter(std::move(head), model_.get(), opts_.page_size, opts_.num_blocks, opts));
@@ -275,7 +279,12 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
       v = verify_sampling(t, probs_.data(), V, req.sampling.seed, res.tokens.size(), &scratch_);
     }
     const int64_t m = static_cast<int64_t>(v.accepted.size());
-    for (int64_t j = 0; j < m; ++j) kv_->copy_token(r.pages, prefix[k] + 1 + v.accepted[static_cast<size_t>(j)], prefix[k] + 1 + j);
+    std::vector<int64_t> from(static_cast<size_t>(m)), to(static_cast<size_t>(m));
+    for (int64_t j = 0; j < m; ++j) {
+      from[static_cast<size_t>(j)] = prefix[k] + 1 + v.accepted[static_cast<size_t>(j)];
+      to[static_cast<size_t>(j)] = prefix[k] + 1 + j;
+    }
+    SD_RETURN_IF_ERROR(model_->copy_tokens(*kv_, r.pages, from, to));
     r.pages.truncate(kv_->allocator(), prefix[k] + 1 + m);
     if (drafter_) drafter_->accept(r.slot, t, v.accepted);
     if (feature_width > 0) {  // the root's and the accepted nodes' features, in sequence order

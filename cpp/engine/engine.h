@@ -16,7 +16,7 @@
 
 #include "kv/kv_cache.h"
 #include "kv/radix_cache.h"
-#include "model/llama.h"
+#include "model/forward_model.h"
 #include "sampling/sampler.h"
 #include "spec/chain_length_policy.h"
 #include "spec/draft_model_drafter.h"
@@ -28,6 +28,7 @@
 namespace sd {
 
 struct EngineOptions {
+  std::string device = "cpu";    // "cpu" or "cuda" (model/device_registry.h); drafts run there too
   std::string dtype = "auto";
   int32_t page_size = 16;
   int32_t num_blocks = 0;        // 0: enough for max_model_len tokens x max_num_seqs
@@ -157,7 +158,7 @@ class Engine {
 
   const ModelConfig& config() const { return model_->config(); }
   const EngineOptions& options() const { return opts_; }
-  const LlamaModel& model() const { return *model_; }
+  const ForwardModel& model() const { return *model_; }
   KVCache& kv_cache() { return *kv_; }
   // Blocks the prefix cache holds (free for new requests once evicted).
   int64_t num_cached_blocks() const { return prefix_cache_ ? prefix_cache_->num_cached_blocks() : 0; }
@@ -202,7 +203,7 @@ class Engine {
 
   EngineOptions opts_;
   std::vector<int32_t> eos_;
-  std::unique_ptr<LlamaModel> model_;
+  std::unique_ptr<ForwardModel> model_;
   std::unique_ptr<KVCache> kv_;
   std::unique_ptr<RadixCache> prefix_cache_;  // null when prefix caching is off
   std::unique_ptr<Drafter> drafter_;

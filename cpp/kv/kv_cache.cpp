@@ -1,19 +1,29 @@
 #include "kv/kv_cache.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <new>
 
 namespace sd {
+namespace {
+
+// Zeroed floats (nullptr for none); calloc lets the OS hand out untouched pages lazily.
+float* allocate_floats(int64_t n) {
+  if (n <= 0) return nullptr;
+  float* p = static_cast<float*>(std::calloc(static_cast<size_t>(n), sizeof(float)));
+  if (p == nullptr) throw std::bad_alloc();
+  return p;
+}
+
+}  // namespace
 
 KVCache::KVCache(const KVCacheConfig& cfg)
     : cfg_(cfg),
       alloc_(cfg.num_blocks),
       layer_floats_(static_cast<int64_t>(cfg.num_blocks) * cfg.page_size * cfg.num_kv_heads *
                     cfg.head_dim),
-      k_(static_cast<float*>(std::calloc(static_cast<size_t>(layer_floats_ * cfg.num_layers), 4))),
-      v_(static_cast<float*>(std::calloc(static_cast<size_t>(layer_floats_ * cfg.num_layers), 4))) {
-  if (layer_floats_ * cfg.num_layers > 0 && (!k_ || !v_)) throw std::bad_alloc();
-}
+      k_(allocate_floats(cfg.host_storage ? layer_floats_ * cfg.num_layers : 0)),
+      v_(allocate_floats(cfg.host_storage ? layer_floats_ * cfg.num_layers : 0)) {}
 
 ops::PagedKV KVCache::layer(int32_t l) const {
   ops::PagedKV kv;
@@ -27,8 +37,7 @@ ops::PagedKV KVCache::layer(int32_t l) const {
 }
 
 int64_t KVCache::slot_offset(const SeqPages& seq, int64_t t) const {
-  const int64_t block = seq.blocks()[static_cast<size_t>(t / cfg_.page_size)];
-  return (block * cfg_.page_size + t % cfg_.page_size) * cfg_.num_kv_heads * cfg_.head_dim;
+  return seq.flat_slot(t) * cfg_.num_kv_heads * cfg_.head_dim;
 }
 
 float* KVCache::k_slot(int32_t l, const SeqPages& seq, int64_t t) {

@@ -18,6 +18,9 @@ struct KVCacheConfig {
   int32_t head_dim = 0;
   int32_t page_size = 16;
   int32_t num_blocks = 0;  // including the reserved null block 0
+  // False for a model whose K/V live on a device: the cache then only hands out pages (its
+  // BlockAllocator) and holds no storage.
+  bool host_storage = true;
 };
 
 class KVCache {
@@ -26,8 +29,10 @@ class KVCache {
 
   const KVCacheConfig& config() const { return cfg_; }
   BlockAllocator& allocator() { return alloc_; }
-  int64_t bytes() const { return 2 * static_cast<int64_t>(cfg_.num_layers) * layer_floats_ * 4; }
+  // Host bytes of K and V (0 without host storage).
+  int64_t bytes() const { return cfg_.host_storage ? 2 * static_cast<int64_t>(cfg_.num_layers) * layer_floats_ * 4 : 0; }
 
+  // The accessors below need host storage.
   ops::PagedKV layer(int32_t l) const;
   // Pointer to the K (or V) vector of kv_head 0 of token t of `seq` in layer l.
   float* k_slot(int32_t l, const SeqPages& seq, int64_t t);

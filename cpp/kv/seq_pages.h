@@ -24,6 +24,10 @@ class SeqPages {
   int64_t num_tokens() const { return num_tokens_; }
   int32_t page_size() const { return page_size_; }
   const std::vector<int32_t>& blocks() const { return blocks_; }
+  // Token t's slot in the cache's flat slot numbering (block * page_size + offset in the block).
+  int64_t flat_slot(int64_t t) const {
+    return static_cast<int64_t>(blocks_[static_cast<size_t>(t / page_size_)]) * page_size_ + t % page_size_;
+  }
   // Tokens held by the last block (FlashInfer's kv_last_page_len); 0 when empty.
   int32_t last_page_len() const {
     return num_tokens_ == 0 ? 0 : static_cast<int32_t>((num_tokens_ - 1) % page_size_ + 1);

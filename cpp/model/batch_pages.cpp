@@ -50,6 +50,16 @@ void BatchPages::scatter_qkv(const float* qkv, int64_t nq, int64_t nkv, int64_t 
   }
 }
 
+void BatchPages::new_token_slots(std::vector<int64_t>* slots) const {
+  const std::vector<int32_t>& qo = *qo_indptr_;
+  slots->clear();
+  for (size_t b = 0; b < seqs_->size(); ++b) {
+    const SeqPages& s = *(*seqs_)[b];
+    const int32_t qo_len = qo[b + 1] - qo[b];
+    for (int64_t t = s.num_tokens() - qo_len; t < s.num_tokens(); ++t) slots->push_back(s.flat_slot(t));
+  }
+}
+
 Status BatchPages::attend(const float* q, const KVCache& kv, int32_t l, const std::vector<uint8_t>& mask,
                           const std::vector<int64_t>& mask_indptr, int32_t nq, float* out) const {
   const bool masked = !mask.empty();

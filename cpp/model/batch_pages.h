@@ -25,6 +25,12 @@ class BatchPages {
   Status attend(const float* q, const KVCache& kv, int32_t l, const std::vector<uint8_t>& mask,
                 const std::vector<int64_t>& mask_indptr, int32_t nq, float* out) const;
 
+  // The table itself (a device model uploads it) and the new tokens' flat slots, in batch order.
+  const std::vector<int32_t>& kv_indptr() const { return kv_indptr_; }
+  const std::vector<int32_t>& kv_indices() const { return kv_indices_; }
+  const std::vector<int32_t>& kv_last_page_len() const { return kv_last_page_len_; }
+  void new_token_slots(std::vector<int64_t>* slots) const;
+
  private:
   const std::vector<const SeqPages*>* seqs_ = nullptr;
   const std::vector<int32_t>* qo_indptr_ = nullptr;

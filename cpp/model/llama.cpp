@@ -58,41 +58,26 @@ int64_t LlamaModel::weight_bytes_per_token(const std::vector<int32_t>& layers) c
   return n;
 }
 
-KVCacheConfig LlamaModel::kv_config(int32_t page_size, int32_t num_blocks) const {
-  KVCacheConfig c;
-  c.num_layers = cfg_.num_layers;
-  c.num_kv_heads = cfg_.num_kv_heads;
-  c.head_dim = cfg_.head_dim;
-  c.page_size = page_size;
-  c.num_blocks = num_blocks;
-  return c;
+Status LlamaModel::copy_tokens(KVCache& kv, const SeqPages& seq, const std::vector<int64_t>& from,
+                               const std::vector<int64_t>& to) {
+  if (from.size() != to.size()) return InvalidArgument("copy_tokens: from and to differ in length");
+  for (size_t i = 0; i < from.size(); ++i) {
+    if (std::min(from[i], to[i]) < 0 || std::max(from[i], to[i]) >= seq.num_tokens())
+      return InvalidArgument("copy_tokens: token index outside the sequence");
+    kv.copy_token(seq, from[i], to[i]);
+  }
+  return Status::Ok();
 }
 
 Status LlamaModel::forward(const ForwardBatch& batch, KVCache& kv, float* logits) {
   const int64_t T = static_cast<int64_t>(batch.token_ids.size());
-  const int32_t B = static_cast<int32_t>(batch.seqs.size());
   const int64_t H = cfg_.hidden_size, D = cfg_.head_dim, I = cfg_.intermediate_size;
   const int64_t nq = cfg_.num_heads, nkv = cfg_.num_kv_heads;
   const int64_t qkv_w = (nq + 2 * nkv) * D;
 
-  if (static_cast<int64_t>(batch.positions.size()) != T ||
-      static_cast<int32_t>(batch.qo_indptr.size()) != B + 1 || batch.qo_indptr[B] != T)
-    return InvalidArgument("forward: positions/qo_indptr do not match the token count");
-  for (int32_t id : batch.token_ids)
-    if (id < 0 || id >= cfg_.vocab_size)
-      return InvalidArgument("token id " + std::to_string(id) + " is out of range [0, " +
-                             std::to_string(cfg_.vocab_size) + ")");
-  for (int32_t r : batch.logit_rows)
-    if (r < 0 || r >= T) return InvalidArgument("forward: logit row out of range");
+  SD_RETURN_IF_ERROR(validate_forward_batch(batch, cfg_));
+  if (!kv.config().host_storage) return InvalidArgument("forward: the KV cache has no host storage (it was made for a device model)");
   const bool masked = !batch.custom_mask.empty();
-  if (!batch.capture_layers.empty() && batch.captured == nullptr) return InvalidArgument("forward: capture_layers needs an output buffer");
-  for (int32_t l : batch.capture_layers)
-    if (l < 0 || l >= cfg_.num_layers ||
-        (!batch.layers.empty() && !std::binary_search(batch.layers.begin(), batch.layers.end(), l)))
-      return InvalidArgument("forward: captured layer " + std::to_string(l) + " does not run in this forward");
-  for (size_t i = 0; i < batch.layers.size(); ++i)
-    if (batch.layers[i] < 0 || batch.layers[i] >= cfg_.num_layers || (i > 0 && batch.layers[i] <= batch.layers[i - 1]))
-      return InvalidArgument("forward: layers must be ascending indices in [0, " + std::to_string(cfg_.num_layers) + ")");
   static const std::vector<int64_t> kNoMask;
   SD_RETURN_IF_ERROR(pages_.build(batch.seqs, batch.qo_indptr, masked ? batch.mask_indptr : kNoMask, batch.window, "forward"));
 

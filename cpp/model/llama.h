@@ -13,46 +13,28 @@
 #include "kv/kv_window.h"
 #include "model/batch_pages.h"
 #include "model/config.h"
+#include "model/forward_model.h"
 #include "model/weights.h"
 
 namespace sd {
 
-struct ForwardBatch {
-  std::vector<int32_t> token_ids;  // [T], all sequences' new tokens, request after request
-  std::vector<int32_t> positions;  // [T], RoPE positions (depth in the tree for drafts)
-  std::vector<int32_t> qo_indptr;  // [B + 1]
-  std::vector<const SeqPages*> seqs;  // [B]; each already holds its new tokens at its end
-  // Optional tree masks in FlashInfer's layout: request b has qo_len x kv_len bools (row-major)
-  // at custom_mask[mask_indptr[b]]. Empty: causal.
-  std::vector<uint8_t> custom_mask;
-  std::vector<int64_t> mask_indptr;
-  std::vector<int32_t> logit_rows;  // which of the T tokens need logits
-  // Self-speculation drafts run a cheaper version of the same model over the same cache:
-  std::vector<int32_t> layers;  // the decoder layers to run, ascending (empty: all); others are skipped
-  KVWindow window;              // sparse attention (sinks + recent pages); not with a custom mask
-  // Feature capture (EAGLE-3 heads read the target's hidden states): the residual stream after
-  // each of these decoder layers, for every token, into captured[T x capture_layers.size() x H]
-  // (row t holds the layers' outputs side by side, in this order). Each layer must run.
-  std::vector<int32_t> capture_layers;
-  float* captured = nullptr;
-};
-
-class LlamaModel {
+class LlamaModel : public ForwardModel {
  public:
   static Status create(const ModelConfig& cfg, const Checkpoint& ckpt, WeightDTypes dtypes,
                        const std::function<void(int, int)>& progress,
                        std::unique_ptr<LlamaModel>* out);
 
-  // logits: [logit_rows.size(), vocab_size] f32. Not reentrant (one call at a time).
-  Status forward(const ForwardBatch& batch, KVCache& kv, float* logits);
+  Status forward(const ForwardBatch& batch, KVCache& kv, float* logits) override;
+  Status copy_tokens(KVCache& kv, const SeqPages& seq, const std::vector<int64_t>& from,
+                     const std::vector<int64_t>& to) override;
 
-  const ModelConfig& config() const { return cfg_; }
-  DType dtype() const { return dtype_; }
-  const Matrix& embedding() const { return w_.embed.view(); }  // [vocab, hidden] (EAGLE heads embed with it)
-  // Bytes of weights one decode step reads (every matrix once; the embedding row is negligible).
-  // With `layers`: of a forward that runs only those decoder layers.
-  int64_t weight_bytes_per_token(const std::vector<int32_t>& layers = {}) const;
-  KVCacheConfig kv_config(int32_t page_size, int32_t num_blocks) const;
+  const ModelConfig& config() const override { return cfg_; }
+  DType dtype() const override { return dtype_; }
+  std::string device() const override { return "cpu"; }
+  const Matrix* host_embedding() const override { return &w_.embed.view(); }  // [vocab, hidden]
+  // Every matrix once; the embedding row is negligible.
+  int64_t weight_bytes_per_token(const std::vector<int32_t>& layers) const override;
+  using ForwardModel::weight_bytes_per_token;
 
  private:
   LlamaModel() = default;

@@ -74,8 +74,8 @@ Status load_vector(const Checkpoint& ckpt, const std::string& name, int64_t n, s
 }  // namespace
 
 Status OwnedMatrix::from_tensors(const std::vector<const TensorView*>& parts, int64_t cols,
-                                 DType target, OwnedMatrix* out) {
-  const bool packed = cols % kPackCols == 0;
+                                 DType target, OwnedMatrix* out, bool pack) {
+  const bool packed = pack && cols % kPackCols == 0;
   if ((target == DType::kQ8 || target == DType::kQ4) && !packed) target = DType::kBF16;
   int64_t rows = 0;
   for (const TensorView* p : parts) rows += p->shape[0];
@@ -143,6 +143,7 @@ Status resolve_dtype(const std::string& name, const Checkpoint& ckpt, DType* out
 Status load_llama_weights(const ModelConfig& cfg, const Checkpoint& ckpt, WeightDTypes dtypes,
                           const std::function<void(int, int)>& progress, LlamaWeights* out) {
   const DType target = dtypes.layers, table_dtype = dtypes.tables;
+  const bool pack = !dtypes.row_major;
   const int64_t H = cfg.hidden_size, I = cfg.intermediate_size, D = cfg.head_dim;
   const int64_t q_rows = static_cast<int64_t>(cfg.num_heads) * D;
   const int64_t kv_rows = static_cast<int64_t>(cfg.num_kv_heads) * D;
@@ -150,12 +151,12 @@ Status load_llama_weights(const ModelConfig& cfg, const Checkpoint& ckpt, Weight
 
   const TensorView* embed = nullptr;
   SD_RETURN_IF_ERROR(require(ckpt, "model.embed_tokens.weight", {cfg.vocab_size, H}, &embed));
-  SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({embed}, H, table_dtype, &out->embed));
+  SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({embed}, H, table_dtype, &out->embed, pack));
   const TensorView* head = ckpt.find("lm_head.weight");
   out->tied = cfg.tie_word_embeddings;
   if (!cfg.tie_word_embeddings) {
     SD_RETURN_IF_ERROR(require(ckpt, "lm_head.weight", {cfg.vocab_size, H}, &head));
-    SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({head}, H, table_dtype, &out->lm_head));
+    SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({head}, H, table_dtype, &out->lm_head, pack));
   }
   SD_RETURN_IF_ERROR(load_vector(ckpt, "model.norm.weight", H, &out->final_norm));
   if (progress) progress(1, total);
@@ -172,10 +173,10 @@ Status load_llama_weights(const ModelConfig& cfg, const Checkpoint& ckpt, Weight
     SD_RETURN_IF_ERROR(require(ckpt, p + "mlp.gate_proj.weight", {I, H}, &gate));
     SD_RETURN_IF_ERROR(require(ckpt, p + "mlp.up_proj.weight", {I, H}, &up));
     SD_RETURN_IF_ERROR(require(ckpt, p + "mlp.down_proj.weight", {H, I}, &down));
-    SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({q, k, v}, H, target, &L.qkv));
-    SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({o}, q_rows, target, &L.o));
-    SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({gate, up}, H, target, &L.gate_up));
-    SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({down}, I, target, &L.down));
+    SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({q, k, v}, H, target, &L.qkv, pack));
+    SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({o}, q_rows, target, &L.o, pack));
+    SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({gate, up}, H, target, &L.gate_up, pack));
+    SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({down}, I, target, &L.down, pack));
     if (cfg.attention_bias) {
       std::vector<float> qb, kb, vb;
       SD_RETURN_IF_ERROR(load_vector(ckpt, p + "self_attn.q_proj.bias", q_rows, &qb));

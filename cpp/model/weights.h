@@ -17,9 +17,10 @@ class OwnedMatrix {
  public:
   const Matrix& view() const { return m_; }
   // Builds rows = sum of the parts' rows, each part a [r_i, cols] tensor, in dtype `target`,
-  // packed when cols % 32 == 0. kQ8 needs that; otherwise the matrix falls back to bf16.
+  // packed when `pack` and cols % 32 == 0. kQ8 / kQ4 need packing; otherwise the matrix falls
+  // back to bf16.
   static Status from_tensors(const std::vector<const TensorView*>& parts, int64_t cols,
-                             DType target, OwnedMatrix* out);
+                             DType target, OwnedMatrix* out, bool pack = true);
 
  private:
   Matrix m_;
@@ -57,13 +58,14 @@ Status resolve_dtype(const std::string& name, const Checkpoint& ckpt, DType* out
 struct WeightDTypes {
   DType layers = DType::kF32;
   DType tables = DType::kF32;
+  bool row_major = false;  // plain [rows, cols] matrices (a device model uploads them as they are)
   // A model whose logits are served: int4 layers keep int8 tables (as GGUF's Q4_K_M keeps its
   // output tensor at 6 bits): the logits are the most sensitive matmul and a small share of
   // the bytes.
-  static WeightDTypes for_target(DType d) { return {d, d == DType::kQ4 ? DType::kQ8 : d}; }
+  static WeightDTypes for_target(DType d) { return {d, d == DType::kQ4 ? DType::kQ8 : d, false}; }
   // A draft only proposes (verification keeps the output exact), and its LM head is a large
   // share of its bytes (Qwen2.5 0.5B: 136M of 494M weights), so it is quantized like the rest.
-  static WeightDTypes for_draft(DType d) { return {d, d}; }
+  static WeightDTypes for_draft(DType d) { return {d, d, false}; }
 };
 
 Status load_llama_weights(const ModelConfig& cfg, const Checkpoint& ckpt, WeightDTypes dtypes,

@@ -3,10 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <stdexcept>
 
 namespace sd {
 
-DraftModelDrafter::DraftModelDrafter(std::unique_ptr<LlamaModel> model, const KVCacheConfig& kv,
+DraftModelDrafter::DraftModelDrafter(std::unique_ptr<ForwardModel> model, const KVCacheConfig& kv,
                                      const DraftModelOptions& o)
     : model_(std::move(model)), kv_(kv), opts_(o) {
   if (o.prefix_caching) prefix_.reset(new RadixCache(kv.page_size, &kv_.allocator()));
@@ -168,13 +169,17 @@ void DraftModelDrafter::accept(int32_t seq, const TokenTree& tree, const std::ve
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return;
   SeqState& st = it->second;
-  int64_t keep = 0;
+  std::vector<int64_t> from, to;
   for (int32_t node : accepted) {
     const int32_t s = node < static_cast<int32_t>(st.node_slot.size()) ? st.node_slot[static_cast<size_t>(node)] : -1;
     if (s < 0) break;
-    kv_.copy_token(st.pages, st.committed + s, st.committed + keep);
-    ++keep;
+    from.push_back(st.committed + s);
+    to.push_back(st.committed + static_cast<int64_t>(to.size()));
   }
+  // The indices come from this drafter's own bookkeeping: a failure is a bug, not bad input.
+  const Status copied = model_->copy_tokens(kv_, st.pages, from, to);
+  if (!copied.ok()) throw std::logic_error("draft model accept: " + copied.message());
+  const int64_t keep = static_cast<int64_t>(from.size());
   st.committed += keep;
   st.pages.truncate(kv_.allocator(), st.committed);
   st.node_slot.clear();

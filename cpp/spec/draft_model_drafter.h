@@ -12,7 +12,7 @@
 
 #include "kv/kv_cache.h"
 #include "kv/radix_cache.h"
-#include "model/llama.h"
+#include "model/forward_model.h"
 #include "spec/chain_drafting.h"
 #include "spec/drafter.h"
 #include "spec/tree_drafting.h"
@@ -26,7 +26,7 @@ struct DraftModelOptions : DraftShape {
 
 class DraftModelDrafter : public Drafter {
  public:
-  DraftModelDrafter(std::unique_ptr<LlamaModel> model, const KVCacheConfig& kv, const DraftModelOptions& o);
+  DraftModelDrafter(std::unique_ptr<ForwardModel> model, const KVCacheConfig& kv, const DraftModelOptions& o);
   Status propose(int32_t seq, const DraftRequest& req, TokenTree* tree) override;
   Status propose_batch(const std::vector<DraftJob>& jobs) override;
   void accept(int32_t seq, const TokenTree& tree, const std::vector<int32_t>& accepted) override;
@@ -35,7 +35,7 @@ class DraftModelDrafter : public Drafter {
   bool proposes_chains() const override { return opts_.chains(); }
   int64_t weight_bytes_per_token() const override { return model_->weight_bytes_per_token(); }
   bool has_distributions() const override { return true; }
-  const LlamaModel& model() const { return *model_; }
+  const ForwardModel& model() const { return *model_; }
   KVCache& kv_cache() { return kv_; }
   const RadixCache* prefix_cache() const { return prefix_.get(); }
 
@@ -60,7 +60,7 @@ class DraftModelDrafter : public Drafter {
   Status feed_tree_rounds(const std::vector<SeqState*>& states, const std::vector<int32_t>& active,
                           const std::vector<TreeRound>& rounds, std::vector<float>* logits);
 
-  std::unique_ptr<LlamaModel> model_;
+  std::unique_ptr<ForwardModel> model_;
   KVCache kv_;
   std::unique_ptr<RadixCache> prefix_;  // over kv_'s blocks; null when prefix caching is off
   DraftModelOptions opts_;

@@ -5,7 +5,7 @@
 
 namespace sd {
 
-EagleDrafter::EagleDrafter(std::unique_ptr<Eagle3Head> head, const LlamaModel* target, int32_t page_size,
+EagleDrafter::EagleDrafter(std::unique_ptr<Eagle3Head> head, const ForwardModel* target, int32_t page_size,
                            int32_t num_blocks, const EagleOptions& o)
     : head_(std::move(head)),
       target_(target),
@@ -50,7 +50,7 @@ Status EagleDrafter::catch_up(SeqState& st, const std::vector<int32_t>& ctx, boo
   const int64_t H = head_->config().hidden_size;
   std::vector<float> hidden(static_cast<size_t>(pending * H));
   logits->resize(static_cast<size_t>(head_->config().draft_vocab_size));
-  SD_RETURN_IF_ERROR(head_->forward(b, head_->has_embeddings() ? nullptr : &target_->embedding(), kv_, logits->data(),
+  SD_RETURN_IF_ERROR(head_->forward(b, head_->has_embeddings() ? nullptr : target_->host_embedding(), kv_, logits->data(),
                                     hidden.data()));
   st.committed += pending;
   st.pending.clear();
@@ -140,7 +140,7 @@ Status EagleDrafter::feed(const std::vector<ChainDraft>& chains, const std::vect
   b.hidden = hidden_in.data();
   std::vector<float> draft_logits(growing.size() * static_cast<size_t>(head_->config().draft_vocab_size));
   std::vector<float> hidden_out(growing.size() * static_cast<size_t>(H));
-  SD_RETURN_IF_ERROR(head_->forward(b, head_->has_embeddings() ? nullptr : &target_->embedding(), kv_,
+  SD_RETURN_IF_ERROR(head_->forward(b, head_->has_embeddings() ? nullptr : target_->host_embedding(), kv_,
                                     draft_logits.data(), hidden_out.data()));
   for (size_t r = 0; r < growing.size(); ++r)
     h[static_cast<size_t>(growing[r])].assign(hidden_out.begin() + static_cast<int64_t>(r) * H,
@@ -185,7 +185,7 @@ Status EagleDrafter::grow_trees(const std::vector<SeqState*>& states, const std:
     const size_t rows = b.token_ids.size();
     logits->resize(rows * static_cast<size_t>(Vd));
     std::vector<float> hidden_out(rows * static_cast<size_t>(H));
-    SD_RETURN_IF_ERROR(head_->forward(b, head_->has_embeddings() ? nullptr : &target_->embedding(), kv_,
+    SD_RETURN_IF_ERROR(head_->forward(b, head_->has_embeddings() ? nullptr : target_->host_embedding(), kv_,
                                       logits->data(), hidden_out.data()));
     const float* out = hidden_out.data();
     for (size_t a = 0; a < active.size(); ++a) {  // append each tree's new h' rows, in slot order

@@ -14,7 +14,7 @@
 #include <memory>
 
 #include "model/eagle_head.h"
-#include "model/llama.h"
+#include "model/forward_model.h"
 #include "spec/chain_drafting.h"
 #include "spec/drafter.h"
 #include "spec/tree_drafting.h"
@@ -27,8 +27,9 @@ struct EagleOptions : DraftShape {};
 
 class EagleDrafter : public Drafter {
  public:
-  // `target` outlives the drafter (its embedding table is the head's input embedding).
-  EagleDrafter(std::unique_ptr<Eagle3Head> head, const LlamaModel* target, int32_t page_size, int32_t num_blocks,
+  // `target` outlives the drafter (its embedding table is the head's input embedding) and
+  // keeps that table in host memory (Engine::attach_eagle checks).
+  EagleDrafter(std::unique_ptr<Eagle3Head> head, const ForwardModel* target, int32_t page_size, int32_t num_blocks,
                const EagleOptions& o);
   Status propose(int32_t seq, const DraftRequest& req, TokenTree* tree) override {
     return propose_batch({DraftJob{seq, req, tree}});
@@ -69,7 +70,7 @@ class EagleDrafter : public Drafter {
   void spread(const std::vector<float>& draft_logits, int64_t rows, std::vector<float>* out) const;
 
   std::unique_ptr<Eagle3Head> head_;
-  const LlamaModel* target_;
+  const ForwardModel* target_;
   KVCache kv_;
   EagleOptions opts_;
   int64_t feature_width_;  // 3 x target hidden

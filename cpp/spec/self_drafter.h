@@ -10,7 +10,7 @@
 #pragma once
 #include <vector>
 
-#include "model/llama.h"
+#include "model/forward_model.h"
 #include "spec/chain_drafting.h"
 #include "spec/drafter.h"
 
@@ -26,7 +26,7 @@ struct SelfDraftOptions {
 class SelfDrafter : public Drafter {
  public:
   // The target and its cache outlive the drafter (the engine owns all three).
-  SelfDrafter(LlamaModel* target, KVCache* kv, const SelfDraftOptions& o) : model_(target), kv_(kv), opts_(o) {}
+  SelfDrafter(ForwardModel* target, KVCache* kv, const SelfDraftOptions& o) : model_(target), kv_(kv), opts_(o) {}
   static Status validate(const SelfDraftOptions& o, const ModelConfig& target);
 
   Status propose(int32_t seq, const DraftRequest& req, TokenTree* tree) override {
@@ -44,7 +44,7 @@ class SelfDrafter : public Drafter {
   Status feed(const std::vector<ChainDraft>& chains, const std::vector<SeqPages*>& pages,
               const std::vector<int64_t>& base, const std::vector<int32_t>& growing, std::vector<float>* logits);
 
-  LlamaModel* model_;
+  ForwardModel* model_;
   KVCache* kv_;
   SelfDraftOptions opts_;
 };

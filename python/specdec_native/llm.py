@@ -16,7 +16,7 @@ _STOP, _CONTINUE = 1, 0
 
 
 class LLM:
-    """A Llama-family model (Llama, Qwen2, Mistral) on the CPU.
+    """A Llama-family model (Llama, Qwen2, Mistral) on the CPU or an NVIDIA GPU.
 
     model: a Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json) or
       a .gguf file (converted once into ~/.cache/specdec_native, or $SPECDEC_CACHE).
@@ -24,6 +24,9 @@ class LLM:
       a scale per 32 weights, dequantized inside the matmul kernels) or "int4" (4-bit layers:
       a scale and minimum per 32 weights, like GGUF Q4_1, whose tensors it holds exactly;
       embedding and LM head stay int8).
+    device: "cpu" (default), "cuda" (weights and KV on the GPU; needs the CUDA extension and a
+      GPU, else RuntimeError) or "auto" (the GPU when one is present). Drafters run on the same
+      device; EAGLE heads and self-speculation need "cpu" for now.
     max_model_len: context length served (default: the checkpoint's).
     max_num_seqs: sequences decoded together in one batched forward (continuous batching:
       requests join and leave between steps).
@@ -39,11 +42,14 @@ class LLM:
       temperature 0 the tokens are the target's own; otherwise they follow its distribution.
     """
 
-    def __init__(self, model: str, dtype: str = "auto", *, max_model_len: Optional[int] = None,
+    def __init__(self, model: str, dtype: str = "auto", *, device: str = "cpu", max_model_len: Optional[int] = None,
                  max_num_seqs: int = 8, num_blocks: Optional[int] = None, page_size: int = 16,
                  num_threads: Optional[int] = None, prefill_chunk: int = 512, enable_prefix_caching: bool = True,
                  progress: bool = True,
                  draft: Optional[str] = None, speculative=None):
+        from .cuda import resolve_device
+
+        self.device = resolve_device(device)
         path = ckpt_mod.resolve(model, progress=progress)
         self.checkpoint = ckpt_mod.load(path)
         config = ckpt_mod.model_config(self.checkpoint)
@@ -52,6 +58,7 @@ class LLM:
                 raise ValueError(f"max_model_len must be in [2, {self.checkpoint.max_model_len}], got {max_model_len}")
             config.max_position_embeddings = max_model_len
         opts = _core.EngineOptions()
+        opts.device = self.device
         opts.dtype = dtype
         opts.page_size = page_size
         opts.num_blocks = num_blocks or 0

@@ -1,0 +1,31 @@
+#include "model/forward_batch.h"
+
+#include <algorithm>
+#include <string>
+
+namespace sd {
+
+Status validate_forward_batch(const ForwardBatch& batch, const ModelConfig& cfg) {
+  const int64_t T = static_cast<int64_t>(batch.token_ids.size());
+  const int32_t B = static_cast<int32_t>(batch.seqs.size());
+  if (static_cast<int64_t>(batch.positions.size()) != T ||
+      static_cast<int32_t>(batch.qo_indptr.size()) != B + 1 || batch.qo_indptr[B] != T)
+    return InvalidArgument("forward: positions/qo_indptr do not match the token count");
+  for (int32_t id : batch.token_ids)
+    if (id < 0 || id >= cfg.vocab_size)
+      return InvalidArgument("token id " + std::to_string(id) + " is out of range [0, " +
+                             std::to_string(cfg.vocab_size) + ")");
+  for (int32_t r : batch.logit_rows)
+    if (r < 0 || r >= T) return InvalidArgument("forward: logit row out of range");
+  if (!batch.capture_layers.empty() && batch.captured == nullptr) return InvalidArgument("forward: capture_layers needs an output buffer");
+  for (int32_t l : batch.capture_layers)
+    if (l < 0 || l >= cfg.num_layers ||
+        (!batch.layers.empty() && !std::binary_search(batch.layers.begin(), batch.layers.end(), l)))
+      return InvalidArgument("forward: captured layer " + std::to_string(l) + " does not run in this forward");
+  for (size_t i = 0; i < batch.layers.size(); ++i)
+    if (batch.layers[i] < 0 || batch.layers[i] >= cfg.num_layers || (i > 0 && batch.layers[i] <= batch.layers[i - 1]))
+      return InvalidArgument("forward: layers must be ascending indices in [0, " + std::to_string(cfg.num_layers) + ")");
+  return Status::Ok();
+}
+
+}  // namespace sd

@@ -1,0 +1,39 @@
+// One forward call's inputs: the sequences, their new tokens (already appended to their
+// SeqPages), RoPE positions, optional tree masks, and what to compute (logit rows, layers,
+// sparse window, captured hidden states). Shared by every ForwardModel (model/forward_model.h).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/status.h"
+#include "kv/kv_window.h"
+#include "kv/seq_pages.h"
+#include "model/config.h"
+
+namespace sd {
+
+struct ForwardBatch {
+  std::vector<int32_t> token_ids;  // [T], all sequences' new tokens, request after request
+  std::vector<int32_t> positions;  // [T], RoPE positions (depth in the tree for drafts)
+  std::vector<int32_t> qo_indptr;  // [B + 1]
+  std::vector<const SeqPages*> seqs;  // [B]; each already holds its new tokens at its end
+  // Optional tree masks in FlashInfer's layout: request b has qo_len x kv_len bools (row-major)
+  // at custom_mask[mask_indptr[b]]. Empty: causal.
+  std::vector<uint8_t> custom_mask;
+  std::vector<int64_t> mask_indptr;
+  std::vector<int32_t> logit_rows;  // which of the T tokens need logits
+  // Self-speculation drafts run a cheaper version of the same model over the same cache:
+  std::vector<int32_t> layers;  // the decoder layers to run, ascending (empty: all); others are skipped
+  KVWindow window;              // sparse attention (sinks + recent pages); not with a custom mask
+  // Feature capture (EAGLE-3 heads read the target's hidden states): the residual stream after
+  // each of these decoder layers, for every token, into captured[T x capture_layers.size() x H]
+  // (row t holds the layers' outputs side by side, in this order). Each layer must run.
+  std::vector<int32_t> capture_layers;
+  float* captured = nullptr;
+};
+
+// The checks every model runs first: shapes agree, ids and logit rows in range, captured and
+// run layers valid.
+Status validate_forward_batch(const ForwardBatch& batch, const ModelConfig& cfg);
+
+}  // namespace sd

@@ -1,0 +1,346 @@
+// The Llama-family forward on the GPU (ForwardModel, model/forward_model.h): weights and K/V
+// live on the device; the host KVCache it is given only hands out pages (host_storage false),
+// so the page tables (BatchPages), the attention plan and the packed tree mask are built on the
+// host each forward and uploaded with the token ids. Same math as LlamaModel::forward, layer by
+// layer: RMSNorm -> fused qkv GEMM (+ bias) -> RoPE on q and k -> KV append -> paged attention
+// (tree masks bit-packed) -> o GEMM + residual -> RMSNorm -> gate_up GEMM -> SiLU * up -> down
+// GEMM + residual; then the logit rows: gather, final RMSNorm, LM head, one download.
+// GEMMs: the GEMV kernel for M <= 8 (decode, small verify batches), cuBLAS tensor cores above
+// (activations rounded to the weights' dtype first); GEMV everywhere when libcublas is missing.
+// Activations are f32 throughout; K/V are stored in bf16.
+//
+// NOT YET RUN ON A GPU: written and compiled without one (see docs/cuda.md for the runs owed).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "cuda/attention_device.h"
+#include "cuda/cublas_loader.h"
+#include "cuda/cuda_check.h"
+#include "cuda/cuda_ops.h"
+#include "cuda/device_model.h"
+#include "cuda/mask_bits.h"
+#include "model/batch_pages.h"
+#include "model/llama.h"
+
+namespace sd::cuda {
+
+namespace {
+
+constexpr int64_t kGemvMaxRows = 8;  // GEMV up to this many tokens, cuBLAS above
+constexpr DType kKVDType = DType::kBF16;
+
+// A row-major [rows, cols] weight in bf16 or f16 (uint16 bit patterns).
+struct DeviceMatrix {
+  DeviceBuffer<uint16_t> data;
+  DType dtype = DType::kBF16;
+  int64_t rows = 0, cols = 0;
+};
+
+Status upload_matrix(const Matrix& m, DeviceMatrix* out) {
+  if (m.packed || (m.dtype != DType::kBF16 && m.dtype != DType::kF16))
+    return Status(StatusCode::kInternal, "device model: expected a row-major bf16 / f16 weight from the loader");
+  out->dtype = m.dtype;
+  out->rows = m.rows;
+  out->cols = m.cols;
+  return out->data.upload(static_cast<const uint16_t*>(m.data), static_cast<size_t>(m.rows * m.cols));
+}
+
+struct DeviceLayer {
+  DeviceMatrix qkv, o, gate_up, down;
+  DeviceBuffer<float> qkv_bias, input_norm, post_attention_norm;
+};
+
+class DeviceLlama final : public ForwardModel {
+ public:
+  static Status create(const ModelConfig& cfg, const Checkpoint& ckpt, WeightDTypes dtypes,
+                       const std::function<void(int, int)>& progress, std::unique_ptr<ForwardModel>* out);
+  ~DeviceLlama() override {
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+
+  Status forward(const ForwardBatch& batch, KVCache& kv, float* logits) override;
+  Status copy_tokens(KVCache& kv, const SeqPages& seq, const std::vector<int64_t>& from,
+                     const std::vector<int64_t>& to) override;
+  const ModelConfig& config() const override { return cfg_; }
+  DType dtype() const override { return dtype_; }
+  std::string device() const override { return "cuda"; }
+  const Matrix* host_embedding() const override { return nullptr; }
+  int64_t weight_bytes_per_token(const std::vector<int32_t>& layers) const override;
+  using ForwardModel::weight_bytes_per_token;
+
+ private:
+  DeviceLlama() = default;
+  // The device K/V for `kv` (allocated on its first forward; one cache per model).
+  Status bind_cache(const KVCache& kv);
+  Status reserve_activations(int64_t T, int64_t R);
+  // Y[M, N] = X[M, K] W^T (+ bias).
+  Status linear(const float* X, int64_t M, const DeviceMatrix& W, const float* bias, float* Y);
+  Status decoder_layer(int32_t l, int64_t T, bool masked);
+  void* k_layer(int32_t l) const { return k_cache_.get() + l * layout_.layer_elems(); }
+  void* v_layer(int32_t l) const { return v_cache_.get() + l * layout_.layer_elems(); }
+
+  ModelConfig cfg_;
+  DType dtype_ = DType::kBF16;
+  DeviceMatrix embed_, lm_head_;
+  bool tied_ = false;
+  DeviceBuffer<float> final_norm_, inv_freq_;
+  std::vector<DeviceLayer> layers_;
+  cudaStream_t stream_ = nullptr;
+  int num_sms_ = 0;
+  bool cublas_ = false;
+
+  const KVCache* cache_ = nullptr;
+  KVLayout layout_;
+  DeviceBuffer<uint16_t> k_cache_, v_cache_;  // [layer][slot][kv_head][head_dim] bf16
+
+  // Per forward: the host-built tables and their device copies.
+  BatchPages pages_;
+  std::vector<int64_t> slots_host_, mask_indptr_host_;
+  std::vector<uint8_t> mask_host_;
+  AttentionPlan plan_;
+  AttentionWorkspace ws_;
+  DeviceBuffer<int32_t> ids_, positions_, kv_indptr_, kv_indices_, logit_rows_;
+  DeviceBuffer<int64_t> slots_, mask_indptr_, copy_src_, copy_dst_;
+  DeviceBuffer<uint8_t> mask_;
+  // Activations (f32) and the half-precision copy of a GEMM's input.
+  DeviceBuffer<float> x_, xn_, qkv_, q_, k_new_, v_new_, attn_, gate_up_, act_, rows_, logits_;
+  DeviceBuffer<uint16_t> half_in_;
+};
+
+Status DeviceLlama::create(const ModelConfig& cfg, const Checkpoint& ckpt, WeightDTypes dtypes,
+                           const std::function<void(int, int)>& progress, std::unique_ptr<ForwardModel>* out) {
+  if (dtypes.layers == DType::kQ8 || dtypes.layers == DType::kQ4)
+    return Unsupported("device 'cuda' runs bfloat16 or float16 weights; int8 / int4 run on the CPU for now");
+  if (cfg.head_dim != 64 && cfg.head_dim != 128)
+    return Unsupported("device 'cuda': the attention kernel takes head_dim 64 or 128, the model has " +
+                       std::to_string(cfg.head_dim));
+  const DType d = dtypes.layers == DType::kF16 ? DType::kF16 : DType::kBF16;  // f32 checkpoints run in bf16
+  LlamaWeights host;
+  SD_RETURN_IF_ERROR(load_llama_weights(cfg, ckpt, WeightDTypes{d, d, true}, progress, &host));
+
+  std::unique_ptr<DeviceLlama> m(new DeviceLlama());
+  m->cfg_ = cfg;
+  m->dtype_ = d;
+  m->tied_ = host.tied;
+  SD_RETURN_IF_ERROR(upload_matrix(host.embed.view(), &m->embed_));
+  if (!host.tied) SD_RETURN_IF_ERROR(upload_matrix(host.lm_head.view(), &m->lm_head_));
+  SD_RETURN_IF_ERROR(m->final_norm_.upload(host.final_norm));
+  SD_RETURN_IF_ERROR(m->inv_freq_.upload(rope_inv_freq(cfg)));
+  m->layers_.resize(host.layers.size());
+  for (size_t l = 0; l < host.layers.size(); ++l) {
+    LayerWeights& h = host.layers[l];
+    DeviceLayer& g = m->layers_[l];
+    SD_RETURN_IF_ERROR(upload_matrix(h.qkv.view(), &g.qkv));
+    SD_RETURN_IF_ERROR(upload_matrix(h.o.view(), &g.o));
+    SD_RETURN_IF_ERROR(upload_matrix(h.gate_up.view(), &g.gate_up));
+    SD_RETURN_IF_ERROR(upload_matrix(h.down.view(), &g.down));
+    if (!h.qkv_bias.empty()) SD_RETURN_IF_ERROR(g.qkv_bias.upload(h.qkv_bias));
+    SD_RETURN_IF_ERROR(g.input_norm.upload(h.input_norm));
+    SD_RETURN_IF_ERROR(g.post_attention_norm.upload(h.post_attention_norm));
+    h = LayerWeights();  // the host copy is no longer needed
+  }
+  int dev = 0;
+  SD_RETURN_IF_ERROR(check(cudaGetDevice(&dev), "cudaGetDevice"));
+  SD_RETURN_IF_ERROR(check(cudaDeviceGetAttribute(&m->num_sms_, cudaDevAttrMultiProcessorCount, dev),
+                           "cudaDeviceGetAttribute"));
+  SD_RETURN_IF_ERROR(check(cudaStreamCreateWithFlags(&m->stream_, cudaStreamNonBlocking), "cudaStreamCreate"));
+  std::string cublas_path;
+  m->cublas_ = cublas_load(&cublas_path).ok();
+  *out = std::move(m);
+  return Status::Ok();
+}
+
+int64_t DeviceLlama::weight_bytes_per_token(const std::vector<int32_t>& layers) const {
+  auto bytes = [](const DeviceMatrix& w) { return static_cast<int64_t>(w.data.bytes()); };
+  int64_t n = bytes(tied_ ? embed_ : lm_head_);
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    if (!layers.empty() && std::find(layers.begin(), layers.end(), static_cast<int32_t>(l)) == layers.end()) continue;
+    const DeviceLayer& g = layers_[l];
+    n += bytes(g.qkv) + bytes(g.o) + bytes(g.gate_up) + bytes(g.down);
+  }
+  return n;
+}
+
+Status DeviceLlama::bind_cache(const KVCache& kv) {
+  const KVCacheConfig& c = kv.config();
+  if (cache_ == &kv) return Status::Ok();
+  if (cache_ != nullptr) return InvalidArgument("device model: forward got a different KV cache than before (one cache per model)");
+  if (c.num_layers != cfg_.num_layers || c.num_kv_heads != cfg_.num_kv_heads || c.head_dim != cfg_.head_dim)
+    return InvalidArgument("device model: the KV cache does not have the model's shape (use kv_config)");
+  layout_.num_pages = c.num_blocks;
+  layout_.page_size = c.page_size;
+  layout_.num_kv_heads = c.num_kv_heads;
+  layout_.head_dim = c.head_dim;
+  const size_t elems = static_cast<size_t>(layout_.layer_elems() * c.num_layers);
+  const Status k = k_cache_.alloc_zeroed(elems), v = k.ok() ? v_cache_.alloc_zeroed(elems) : k;
+  if (!v.ok()) {
+    k_cache_.reset();
+    return Status(StatusCode::kOutOfBlocks,
+                  "device model: cannot allocate the GPU KV cache (" + std::to_string(2 * elems * 2 >> 20) +
+                      " MiB for " + std::to_string(c.num_blocks) + " blocks): lower num_blocks or max_model_len (" +
+                      v.message() + ")");
+  }
+  cache_ = &kv;
+  return Status::Ok();
+}
+
+Status DeviceLlama::reserve_activations(int64_t T, int64_t R) {
+  const int64_t H = cfg_.hidden_size, I = cfg_.intermediate_size, D = cfg_.head_dim;
+  const int64_t nq = cfg_.num_heads, nkv = cfg_.num_kv_heads;
+  const auto n = [](int64_t a, int64_t b) { return static_cast<size_t>(a * b); };
+  SD_RETURN_IF_ERROR(x_.reserve(n(T, H)));
+  SD_RETURN_IF_ERROR(xn_.reserve(n(T, H)));
+  SD_RETURN_IF_ERROR(qkv_.reserve(n(T, (nq + 2 * nkv) * D)));
+  SD_RETURN_IF_ERROR(q_.reserve(n(T, nq * D)));
+  SD_RETURN_IF_ERROR(k_new_.reserve(n(T, nkv * D)));
+  SD_RETURN_IF_ERROR(v_new_.reserve(n(T, nkv * D)));
+  SD_RETURN_IF_ERROR(attn_.reserve(n(T, nq * D)));
+  SD_RETURN_IF_ERROR(gate_up_.reserve(n(T, 2 * I)));
+  SD_RETURN_IF_ERROR(act_.reserve(n(T, I)));
+  SD_RETURN_IF_ERROR(half_in_.reserve(n(T, std::max({H, I, nq * D}))));
+  SD_RETURN_IF_ERROR(rows_.reserve(n(std::max<int64_t>(R, 1), H)));
+  return logits_.reserve(n(std::max<int64_t>(R, 1), cfg_.vocab_size));
+}
+
+Status DeviceLlama::linear(const float* X, int64_t M, const DeviceMatrix& W, const float* bias, float* Y) {
+  if (M <= kGemvMaxRows || !cublas_) return gemv(W.dtype, X, M, W.data.get(), nullptr, W.rows, W.cols, bias, Y, stream_);
+  SD_RETURN_IF_ERROR(to_half(W.dtype, X, M * W.cols, half_in_.get(), stream_));
+  return gemm_cublas(W.dtype, half_in_.get(), M, W.data.get(), W.rows, W.cols, bias, Y, stream_);
+}
+
+Status DeviceLlama::decoder_layer(int32_t l, int64_t T, bool masked) {
+  const DeviceLayer& g = layers_[static_cast<size_t>(l)];
+  const int64_t H = cfg_.hidden_size, I = cfg_.intermediate_size, D = cfg_.head_dim;
+  const int64_t nq = cfg_.num_heads, nkv = cfg_.num_kv_heads, qkv_w = (nq + 2 * nkv) * D;
+  const float eps = cfg_.rms_norm_eps;
+
+  SD_RETURN_IF_ERROR(rmsnorm(x_.get(), g.input_norm.get(), eps, T, H, xn_.get(), stream_));
+  SD_RETURN_IF_ERROR(linear(xn_.get(), T, g.qkv, g.qkv_bias.get(), qkv_.get()));
+  SD_RETURN_IF_ERROR(rope(qkv_.get(), positions_.get(), T, nq, D, qkv_w, inv_freq_.get(), stream_));
+  SD_RETURN_IF_ERROR(rope(qkv_.get() + nq * D, positions_.get(), T, nkv, D, qkv_w, inv_freq_.get(), stream_));
+  // Split the fused rows: q [T, nq D], k and v [T, nkv D].
+  const size_t row = static_cast<size_t>(qkv_w) * sizeof(float);
+  SD_RETURN_IF_ERROR(check(cudaMemcpy2DAsync(q_.get(), nq * D * sizeof(float), qkv_.get(), row, nq * D * sizeof(float),
+                                             static_cast<size_t>(T), cudaMemcpyDeviceToDevice, stream_),
+                           "split q"));
+  SD_RETURN_IF_ERROR(check(cudaMemcpy2DAsync(k_new_.get(), nkv * D * sizeof(float), qkv_.get() + nq * D, row,
+                                             nkv * D * sizeof(float), static_cast<size_t>(T),
+                                             cudaMemcpyDeviceToDevice, stream_),
+                           "split k"));
+  SD_RETURN_IF_ERROR(check(cudaMemcpy2DAsync(v_new_.get(), nkv * D * sizeof(float), qkv_.get() + (nq + nkv) * D, row,
+                                             nkv * D * sizeof(float), static_cast<size_t>(T),
+                                             cudaMemcpyDeviceToDevice, stream_),
+                           "split v"));
+  SD_RETURN_IF_ERROR(kv_append(kKVDType, k_layer(l), v_layer(l), layout_, k_new_.get(), v_new_.get(), slots_.get(), T,
+                               nullptr, stream_));
+
+  PagedKVDevice kv;
+  kv.k = k_layer(l);
+  kv.v = v_layer(l);
+  kv.dtype = kKVDType;
+  kv.num_pages = layout_.num_pages;
+  kv.page_size = layout_.page_size;
+  kv.num_kv_heads = layout_.num_kv_heads;
+  kv.head_dim = layout_.head_dim;
+  PagedAttentionIO io;
+  io.q = q_.get();
+  io.out = attn_.get();
+  io.io_dtype = DType::kF32;
+  io.kv_indptr = kv_indptr_.get();
+  io.kv_indices = kv_indices_.get();
+  io.packed_mask = masked ? mask_.get() : nullptr;
+  io.mask_byte_indptr = masked ? mask_indptr_.get() : nullptr;
+  io.sm_scale = 1.0f / std::sqrt(static_cast<float>(D));
+  SD_RETURN_IF_ERROR(paged_attention(plan_, ws_, kv, io, stream_));
+
+  SD_RETURN_IF_ERROR(linear(attn_.get(), T, g.o, nullptr, xn_.get()));
+  SD_RETURN_IF_ERROR(add_inplace(x_.get(), xn_.get(), T * H, stream_));
+  SD_RETURN_IF_ERROR(rmsnorm(x_.get(), g.post_attention_norm.get(), eps, T, H, xn_.get(), stream_));
+  SD_RETURN_IF_ERROR(linear(xn_.get(), T, g.gate_up, nullptr, gate_up_.get()));
+  SD_RETURN_IF_ERROR(silu_mul(gate_up_.get(), T, I, act_.get(), stream_));
+  SD_RETURN_IF_ERROR(linear(act_.get(), T, g.down, nullptr, xn_.get()));
+  return add_inplace(x_.get(), xn_.get(), T * H, stream_);
+}
+
+Status DeviceLlama::forward(const ForwardBatch& batch, KVCache& kv, float* logits) {
+  SD_RETURN_IF_ERROR(validate_forward_batch(batch, cfg_));
+  if (!batch.layers.empty() || batch.window.active() || !batch.capture_layers.empty())
+    return Unsupported("device 'cuda': layer skipping, sparse KV windows and feature capture (self-speculation, "
+                       "MagicDec, EAGLE) run on the CPU for now");
+  const int64_t T = static_cast<int64_t>(batch.token_ids.size());
+  const int64_t R = static_cast<int64_t>(batch.logit_rows.size());
+  const int32_t B = static_cast<int32_t>(batch.seqs.size());
+  if (T == 0) return Status::Ok();
+  const bool masked = !batch.custom_mask.empty();
+  SD_RETURN_IF_ERROR(bind_cache(kv));
+  static const std::vector<int64_t> kNoMask;
+  SD_RETURN_IF_ERROR(pages_.build(batch.seqs, batch.qo_indptr, masked ? batch.mask_indptr : kNoMask, batch.window,
+                                  "forward"));
+  SD_RETURN_IF_ERROR(reserve_activations(T, R));
+
+  // The batch's tables, uploaded on the stream (the host arrays are staged before each call returns).
+  pages_.new_token_slots(&slots_host_);
+  SD_RETURN_IF_ERROR(ids_.write_async(batch.token_ids, stream_));
+  SD_RETURN_IF_ERROR(positions_.write_async(batch.positions, stream_));
+  SD_RETURN_IF_ERROR(slots_.write_async(slots_host_, stream_));
+  SD_RETURN_IF_ERROR(kv_indptr_.write_async(pages_.kv_indptr(), stream_));
+  SD_RETURN_IF_ERROR(kv_indices_.write_async(pages_.kv_indices(), stream_));
+  SD_RETURN_IF_ERROR(logit_rows_.write_async(batch.logit_rows, stream_));
+  if (masked) {
+    pack_mask_bits(batch.custom_mask.data(), batch.mask_indptr.data(), B, &mask_host_, &mask_indptr_host_);
+    if (mask_host_.empty()) mask_host_.push_back(0);  // a valid pointer even for an all-empty mask
+    SD_RETURN_IF_ERROR(mask_.write_async(mask_host_, stream_));
+    SD_RETURN_IF_ERROR(mask_indptr_.write_async(mask_indptr_host_, stream_));
+  }
+  SD_RETURN_IF_ERROR(plan_paged_attention(batch.qo_indptr.data(), pages_.kv_indptr().data(),
+                                          pages_.kv_last_page_len().data(), B, layout_.page_size, cfg_.num_heads,
+                                          cfg_.num_kv_heads, cfg_.head_dim, !masked, 0, num_sms_, &plan_));
+  SD_RETURN_IF_ERROR(sync(stream_, "forward: before the attention plan upload"));  // ws_.upload reallocates
+  SD_RETURN_IF_ERROR(ws_.upload(plan_));
+
+  const int64_t H = cfg_.hidden_size, V = cfg_.vocab_size;
+  SD_RETURN_IF_ERROR(embedding(embed_.dtype, embed_.data.get(), V, H, ids_.get(), T, x_.get(), nullptr, stream_));
+  for (int32_t l = 0; l < cfg_.num_layers; ++l) SD_RETURN_IF_ERROR(decoder_layer(l, T, masked));
+  if (R > 0) {
+    // Gather the logit rows (the embedding gather over x as an f32 table), norm, LM head.
+    SD_RETURN_IF_ERROR(embedding(DType::kF32, x_.get(), T, H, logit_rows_.get(), R, rows_.get(), nullptr, stream_));
+    SD_RETURN_IF_ERROR(rmsnorm(rows_.get(), final_norm_.get(), cfg_.rms_norm_eps, R, H, rows_.get(), stream_));
+    SD_RETURN_IF_ERROR(linear(rows_.get(), R, tied_ ? embed_ : lm_head_, nullptr, logits_.get()));
+    SD_RETURN_IF_ERROR(check(cudaMemcpyAsync(logits, logits_.get(), static_cast<size_t>(R * V) * sizeof(float),
+                                             cudaMemcpyDeviceToHost, stream_),
+                             "logits D2H"));
+  }
+  return sync(stream_, "forward");
+}
+
+Status DeviceLlama::copy_tokens(KVCache& kv, const SeqPages& seq, const std::vector<int64_t>& from,
+                                const std::vector<int64_t>& to) {
+  if (from.size() != to.size()) return InvalidArgument("copy_tokens: from and to differ in length");
+  if (from.empty()) return Status::Ok();
+  SD_RETURN_IF_ERROR(bind_cache(kv));
+  std::vector<int64_t> src(from.size()), dst(to.size());
+  for (size_t i = 0; i < from.size(); ++i) {
+    if (std::min(from[i], to[i]) < 0 || std::max(from[i], to[i]) >= seq.num_tokens())
+      return InvalidArgument("copy_tokens: token index outside the sequence");
+    src[i] = seq.flat_slot(from[i]);
+    dst[i] = seq.flat_slot(to[i]);
+  }
+  SD_RETURN_IF_ERROR(copy_src_.write_async(src, stream_));
+  SD_RETURN_IF_ERROR(copy_dst_.write_async(dst, stream_));
+  SD_RETURN_IF_ERROR(kv_copy_slots(kKVDType, k_cache_.get(), v_cache_.get(), cfg_.num_layers, layout_, copy_src_.get(),
+                                   copy_dst_.get(), static_cast<int64_t>(src.size()), stream_));
+  return sync(stream_, "copy_tokens");
+}
+
+}  // namespace
+
+Status create_device_llama(const ModelConfig& cfg, const Checkpoint& ckpt, WeightDTypes dtypes,
+                           const std::function<void(int, int)>& progress, std::unique_ptr<ForwardModel>* out) {
+  return DeviceLlama::create(cfg, ckpt, dtypes, progress, out);
+}
+
+}  // namespace sd::cuda

@@ -1,0 +1,161 @@
+"""LLM(device=...): the CUDA forward (weights and K/V on the GPU) behind the core's one dispatch
+point (model/forward_model.h, model/device_registry.h).
+
+Everywhere: "auto" runs on the CPU without a GPU, "cuda" without a GPU (or without the extension)
+is a RuntimeError that says which is missing, an unknown device a ValueError, and the core alone
+(no factory registered) refuses "cuda" with a RuntimeError.
+
+With a GPU (skipped without one), on tiny random-weight checkpoints with head_dim 64 (the CUDA
+attention takes 64 or 128):
+* prompt logits against the CPU engine in bfloat16: relative error <= 3e-2 (the GPU rounds the
+  GEMM inputs and the K/V to bf16; the CPU keeps f32 activations) and argmax agreement >= 0.95;
+* a token tree's rows (tree-mask attention) equal each chain's own prompt logits on the GPU;
+* T = 0: speculative decoding on the GPU (draft-model chain and tree, n-gram) is token-identical
+  to autoregressive decoding on the GPU, batched equals alone, and every KV block comes back;
+* bad input is refused the same way as on the CPU (out-of-range ids, int4 weights on the GPU).
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+
+from helpers import (argmax_agreement, assert_no_blocks_held, greedy_params, load_llm, prompt, relative_error,
+                     write_checkpoint, write_tokenizer)
+
+from specdec_native import _core, cuda
+from specdec_native import checkpoint as ckpt_mod
+
+needs_gpu = pytest.mark.skipif(not cuda.cuda_available(), reason="no CUDA GPU (or no CUDA extension) here")
+no_gpu = pytest.mark.skipif(cuda.gpu_count() > 0, reason="a GPU is present")
+
+# head_dim 64 (hidden 256 / 4 heads), GQA 2:1.
+GPU_SHAPE = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
+PROMPTS = [prompt(5, seed=1), prompt(23, seed=2), [7, 8, 9, 10] * 5 + [7, 8], prompt(40, seed=3)]
+MAX_TOKENS = [24, 17, 24, 21]
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cuda_model")
+    write_checkpoint(root / "target", "qwen2", seed=41, **GPU_SHAPE)  # Qwen2: q/k/v biases too
+    write_checkpoint(root / "draft", "qwen2", seed=42, num_hidden_layers=1, **GPU_SHAPE)
+    write_checkpoint(root / "tiny", "llama", seed=43)  # head_dim 16
+    for name in ("target", "draft", "tiny"):
+        write_tokenizer(root / name, vocab_size=256)
+    return root
+
+
+def _greedy():
+    return [greedy_params(n) for n in MAX_TOKENS]
+
+
+def _tokens(llm, prompts=PROMPTS, params=None):
+    return [o.token_ids for o in llm.generate(prompt_token_ids=prompts, sampling_params=params or _greedy())]
+
+
+# ---- the device choice (runs everywhere) ------------------------------------------------------
+
+def test_auto_picks_the_gpu_only_when_there_is_one(ckpts):
+    llm = load_llm(ckpts / "tiny", device="auto")
+    assert llm.device == ("cuda" if cuda.cuda_available() else "cpu")
+    if llm.device == "cpu":
+        assert _tokens(load_llm(ckpts / "tiny"), PROMPTS[:1], _greedy()[:1]) == _tokens(llm, PROMPTS[:1], _greedy()[:1])
+
+
+@no_gpu
+def test_cuda_without_a_gpu_is_a_clear_error(ckpts):
+    with pytest.raises(RuntimeError, match="no GPU"):
+        load_llm(ckpts / "tiny", device="cuda")
+
+
+def test_unknown_device_is_a_value_error(ckpts):
+    with pytest.raises(ValueError, match="device must be one of auto, cpu, cuda"):
+        load_llm(ckpts / "tiny", device="tpu")
+
+
+def _core_engine(path, device):
+    ck = ckpt_mod.load(path)
+    opts = _core.EngineOptions()
+    opts.device = device
+    opts.num_threads = 2
+    return _core.Engine(ckpt_mod.model_config(ck), ck.shards, opts, ck.eos_token_ids, None)
+
+
+@pytest.mark.skipif(_core.has_model_factory("cuda"), reason="the CUDA model is registered in this process")
+def test_core_refuses_cuda_without_the_extension(ckpts):
+    with pytest.raises(RuntimeError, match="CUDA extension is not loaded"):
+        _core_engine(ckpts / "tiny", "cuda")
+
+
+def test_core_refuses_unknown_devices(ckpts):
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
+        _core_engine(ckpts / "tiny", "tpu")
+    assert _core_engine(ckpts / "tiny", "cpu").options.device == "cpu"
+
+
+def test_register_takes_only_a_model_factory_capsule():
+    new_capsule = ctypes.pythonapi.PyCapsule_New
+    new_capsule.restype = ctypes.py_object
+    new_capsule.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    wrong = new_capsule(ctypes.c_void_p(1), b"some.other.capsule", None)
+    with pytest.raises(ValueError, match="specdec_native.ModelFactory"):
+        _core._register_model_factory("cuda", wrong)
+    with pytest.raises(TypeError):
+        _core._register_model_factory("cuda", object())
+
+
+# ---- on the GPU -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gpu(ckpts):
+    return load_llm(ckpts / "target", device="cuda")
+
+
+@needs_gpu
+def test_gpu_prompt_logits_match_the_cpu(ckpts, gpu):
+    cpu = load_llm(ckpts / "target", dtype="bfloat16")
+    assert gpu.device == "cuda" and gpu.engine.dtype == "bfloat16"
+    for ids in PROMPTS + [prompt(150, seed=9)]:  # 150 tokens: several pages, the cuBLAS path
+        g, c = gpu.prompt_logits(ids), cpu.prompt_logits(ids)
+        assert relative_error(g, c) <= 3e-2
+        assert argmax_agreement(g, c) >= 0.95
+
+
+@needs_gpu
+def test_gpu_tree_rows_equal_each_chains_logits(gpu):
+    ctx = prompt(19, seed=5)
+    tokens, parents = [11, 12, 13, 21, 22], [-1, 0, 1, -1, 3]  # two chains under the root
+    rows = gpu.engine.tree_logits(ctx, tokens, parents)
+    chains = {0: [11], 1: [11, 12], 2: [11, 12, 13], 3: [21], 4: [21, 22]}
+    np.testing.assert_allclose(rows[0], gpu.prompt_logits(ctx)[-1], rtol=2e-3, atol=2e-3)
+    for node, path in chains.items():
+        np.testing.assert_allclose(rows[1 + node], gpu.prompt_logits(ctx + path)[-1], rtol=2e-3, atol=2e-3)
+
+
+@needs_gpu
+@pytest.mark.parametrize("spec", [
+    {"method": "draft", "num_speculative_tokens": 4},
+    {"method": "draft", "num_speculative_tokens": 3, "tree": {"top_k": 3, "max_nodes": 10}},
+    {"method": "ngram", "num_speculative_tokens": 4},
+])
+def test_gpu_speculation_is_token_identical_to_gpu_autoregressive(ckpts, gpu, spec):
+    reference = _tokens(gpu)
+    draft = str(ckpts / "draft") if spec["method"] == "draft" else None
+    llm = load_llm(ckpts / "target", device="cuda", draft=draft, speculative=spec)
+    assert _tokens(llm) == reference
+    alone = [_tokens(llm, [p], [sp])[0] for p, sp in zip(PROMPTS, _greedy())]
+    assert alone == reference
+    assert_no_blocks_held(llm.engine)
+
+
+@needs_gpu
+def test_gpu_bad_input(ckpts, gpu):
+    with pytest.raises(ValueError, match="out of range"):
+        gpu.generate(prompt_token_ids=[[1, 2, 256]], sampling_params=greedy_params(2))
+    with pytest.raises(RuntimeError, match="int8 / int4 run on the CPU"):
+        load_llm(ckpts / "target", device="cuda", dtype="int4")
+    with pytest.raises(RuntimeError, match="head_dim 64 or 128"):
+        load_llm(ckpts / "tiny", device="cuda")
+    assert _tokens(gpu, PROMPTS[:1], _greedy()[:1])  # still serves after the errors
