@@ -103,7 +103,7 @@ class DeviceLlama final : public ForwardModel {
   std::vector<uint8_t> mask_host_;
   AttentionPlan plan_;
   AttentionWorkspace ws_;
-  DeviceBuffer<int32_t> ids_, positions_, kv_indptr_, kv_indices_, logit_rows_;
+  DeviceBuffer<int32_t> ids_, positions_, kv_indptr_, kv_indices_, logit_rows_, argmax_;
   DeviceBuffer<int64_t> slots_, mask_indptr_, copy_src_, copy_dst_;
   DeviceBuffer<uint8_t> mask_;
   // Activations (f32) and the half-precision copy of a GEMM's input.
@@ -274,6 +274,8 @@ Status DeviceLlama::forward(const ForwardBatch& batch, KVCache& kv, float* logit
   const int64_t T = static_cast<int64_t>(batch.token_ids.size());
   const int64_t R = static_cast<int64_t>(batch.logit_rows.size());
   const int32_t B = static_cast<int32_t>(batch.seqs.size());
+  if (logits == nullptr && batch.argmax == nullptr && R > 0)
+    return InvalidArgument("forward: logit rows asked for without a logits or argmax output");
   if (T == 0) return Status::Ok();
   const bool masked = !batch.custom_mask.empty();
   SD_RETURN_IF_ERROR(bind_cache(kv));
@@ -310,9 +312,17 @@ Status DeviceLlama::forward(const ForwardBatch& batch, KVCache& kv, float* logit
     SD_RETURN_IF_ERROR(embedding(DType::kF32, x_.get(), T, H, logit_rows_.get(), R, rows_.get(), nullptr, stream_));
     SD_RETURN_IF_ERROR(rmsnorm(rows_.get(), final_norm_.get(), cfg_.rms_norm_eps, R, H, rows_.get(), stream_));
     SD_RETURN_IF_ERROR(linear(rows_.get(), R, tied_ ? embed_ : lm_head_, nullptr, logits_.get()));
-    SD_RETURN_IF_ERROR(check(cudaMemcpyAsync(logits, logits_.get(), static_cast<size_t>(R * V) * sizeof(float),
-                                             cudaMemcpyDeviceToHost, stream_),
-                             "logits D2H"));
+    if (batch.argmax != nullptr) {  // greedy verification: R ids come back instead of R x V floats
+      SD_RETURN_IF_ERROR(argmax_.reserve(static_cast<size_t>(R)));
+      SD_RETURN_IF_ERROR(argmax(logits_.get(), R, V, argmax_.get(), stream_));
+      SD_RETURN_IF_ERROR(check(cudaMemcpyAsync(batch.argmax, argmax_.get(), static_cast<size_t>(R) * sizeof(int32_t),
+                                               cudaMemcpyDeviceToHost, stream_),
+                               "argmax D2H"));
+    }
+    if (logits != nullptr)
+      SD_RETURN_IF_ERROR(check(cudaMemcpyAsync(logits, logits_.get(), static_cast<size_t>(R * V) * sizeof(float),
+                                               cudaMemcpyDeviceToHost, stream_),
+                               "logits D2H"));
   }
   return sync(stream_, "forward");
 }

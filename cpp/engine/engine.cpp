@@ -238,9 +238,19 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
   }
   fb.logit_rows.resize(fb.token_ids.size());
   for (size_t i = 0; i < fb.logit_rows.size(); ++i) fb.logit_rows[i] = static_cast<int32_t>(i);
-  logits_.resize(fb.token_ids.size() * static_cast<size_t>(V));
+  // Lossless verification of greedy requests reads each row's argmax only: the model returns
+  // those ids (on a GPU: T ints downloaded instead of T x V logits).
+  bool argmax_only = acceptance_.mode == AcceptanceMode::kLossless;
+  for (const Sequence* s : running) argmax_only = argmax_only && s->req.sampling.greedy();
+  std::vector<int32_t> row_argmax;
+  if (argmax_only) {
+    row_argmax.resize(fb.token_ids.size());
+    fb.argmax = row_argmax.data();
+  } else {
+    logits_.resize(fb.token_ids.size() * static_cast<size_t>(V));
+  }
   const int64_t feature_width = capture_features(&fb);
-  SD_RETURN_IF_ERROR(model_->forward(fb, *kv_, logits_.data()));
+  SD_RETURN_IF_ERROR(model_->forward(fb, *kv_, argmax_only ? nullptr : logits_.data()));
   const double forward_seconds = now_seconds() - t0;
 
   // 3. Verify, keep the accepted path's KV in sequence order, commit.
@@ -250,11 +260,13 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
     const GenerationRequest& req = r.req;
     GenerationResult& res = r.res;
     const double tv = now_seconds();
-    const float* rows = logits_.data() + static_cast<int64_t>(fb.qo_indptr[k]) * V;
+    const float* rows = argmax_only ? nullptr : logits_.data() + static_cast<int64_t>(fb.qo_indptr[k]) * V;
     VerifyOutcome v;
     const bool greedy = req.sampling.greedy();
     std::vector<int32_t> best;  // each row's argmax, at T = 0
-    if (greedy)
+    if (argmax_only)
+      best.assign(row_argmax.begin() + fb.qo_indptr[k], row_argmax.begin() + fb.qo_indptr[k + 1]);
+    else if (greedy)
       for (int32_t i = 0; i <= t.size(); ++i) best.push_back(argmax(rows + i * V, V));
     if (acceptance_.mode != AcceptanceMode::kLossless) {
       // Lossy rules: p per row (processed when sampling; the softmax at T = 1 when greedy,

@@ -22,6 +22,10 @@ struct ForwardBatch {
   std::vector<uint8_t> custom_mask;
   std::vector<int64_t> mask_indptr;
   std::vector<int32_t> logit_rows;  // which of the T tokens need logits
+  // Greedy verification needs only each logit row's argmax: when set, argmax[i] receives row
+  // logit_rows[i]'s argmax (the lowest index among equal maxima) and the forward's `logits`
+  // may be nullptr (a device model then downloads the ids alone).
+  int32_t* argmax = nullptr;
   // Self-speculation drafts run a cheaper version of the same model over the same cache:
   std::vector<int32_t> layers;  // the decoder layers to run, ascending (empty: all); others are skipped
   KVWindow window;              // sparse attention (sinks + recent pages); not with a custom mask

@@ -20,8 +20,9 @@ class ForwardModel {
  public:
   virtual ~ForwardModel() = default;
 
-  // logits: [logit_rows.size(), vocab_size] f32 in host memory (nullptr when logit_rows is
-  // empty). batch.captured is host memory too. Not reentrant (one call at a time).
+  // logits: [logit_rows.size(), vocab_size] f32 in host memory (may be nullptr when logit_rows
+  // is empty or batch.argmax is set). batch.captured and batch.argmax are host memory too.
+  // Not reentrant (one call at a time).
   virtual Status forward(const ForwardBatch& batch, KVCache& kv, float* logits) = 0;
   // Moves accepted tokens into sequence order: for i in 0 .. from.size() IN ORDER, token from[i]'s
   // K and V go to token to[i] of `seq`, in every layer (KVCache::copy_token where the K/V live).

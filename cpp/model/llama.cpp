@@ -6,6 +6,7 @@
 
 #include "model/scratch.h"
 #include "ops/ops.h"
+#include "sampling/sampler.h"
 
 namespace sd {
 
@@ -77,6 +78,8 @@ Status LlamaModel::forward(const ForwardBatch& batch, KVCache& kv, float* logits
 
   SD_RETURN_IF_ERROR(validate_forward_batch(batch, cfg_));
   if (!kv.config().host_storage) return InvalidArgument("forward: the KV cache has no host storage (it was made for a device model)");
+  if (logits == nullptr && batch.argmax == nullptr && !batch.logit_rows.empty())
+    return InvalidArgument("forward: logit rows asked for without a logits or argmax output");
   const bool masked = !batch.custom_mask.empty();
   static const std::vector<int64_t> kNoMask;
   SD_RETURN_IF_ERROR(pages_.build(batch.seqs, batch.qo_indptr, masked ? batch.mask_indptr : kNoMask, batch.window, "forward"));
@@ -125,7 +128,15 @@ Status LlamaModel::forward(const ForwardBatch& batch, KVCache& kv, float* logits
     std::copy(x_.data() + batch.logit_rows[static_cast<size_t>(r)] * H,
               x_.data() + (batch.logit_rows[static_cast<size_t>(r)] + 1) * H, last_.data() + r * H);
   ops::rmsnorm(last_.data(), w_.final_norm.data(), cfg_.rms_norm_eps, R, H, last_.data());
-  ops::matmul(w_.head(), last_.data(), R, H, logits, cfg_.vocab_size, nullptr);
+  const int64_t V = cfg_.vocab_size;
+  float* out = logits;
+  if (out == nullptr) {  // the argmax alone was asked for
+    grow(head_out_, R * V);
+    out = head_out_.data();
+  }
+  ops::matmul(w_.head(), last_.data(), R, H, out, V, nullptr);
+  if (batch.argmax != nullptr)
+    for (int64_t r = 0; r < R; ++r) batch.argmax[r] = argmax(out + r * V, V);
   return Status::Ok();
 }
 

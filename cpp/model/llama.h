@@ -43,7 +43,7 @@ class LlamaModel : public ForwardModel {
   LlamaWeights w_;
   std::vector<float> inv_freq_;
   // scratch, grown on demand
-  std::vector<float> x_, h_, qkv_, q_, attn_, tmp_, gate_up_, act_, last_;
+  std::vector<float> x_, h_, qkv_, q_, attn_, tmp_, gate_up_, act_, last_, head_out_;
   BatchPages pages_;
 };
 
