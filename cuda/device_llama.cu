@@ -4,7 +4,9 @@
 // host each forward and uploaded with the token ids. Same math as LlamaModel::forward, layer by
 // layer: RMSNorm -> fused qkv GEMM (+ bias) -> RoPE on q and k -> KV append -> paged attention
 // (tree masks bit-packed) -> o GEMM + residual -> RMSNorm -> gate_up GEMM -> SiLU * up -> down
-// GEMM + residual; then the logit rows: gather, final RMSNorm, LM head, one download.
+// GEMM + residual; then the logit rows: gather, final RMSNorm, LM head, one download (or only
+// each row's argmax). A batch may run a subset of the layers or attend a sparse KV window (the
+// self-speculation drafts) and capture layers' outputs into host memory, as on the CPU.
 // GEMMs: the GEMV kernel for M <= 8 (decode, small verify batches), cuBLAS tensor cores above
 // (activations rounded to the weights' dtype first); GEMV everywhere when libcublas is missing.
 // Activations are f32 throughout; K/V are stored in bf16.
@@ -268,9 +270,6 @@ Status DeviceLlama::decoder_layer(int32_t l, int64_t T, bool masked) {
 
 Status DeviceLlama::forward(const ForwardBatch& batch, KVCache& kv, float* logits) {
   SD_RETURN_IF_ERROR(validate_forward_batch(batch, cfg_));
-  if (!batch.layers.empty() || batch.window.active() || !batch.capture_layers.empty())
-    return Unsupported("device 'cuda': layer skipping, sparse KV windows and feature capture (self-speculation, "
-                       "MagicDec, EAGLE) run on the CPU for now");
   const int64_t T = static_cast<int64_t>(batch.token_ids.size());
   const int64_t R = static_cast<int64_t>(batch.logit_rows.size());
   const int32_t B = static_cast<int32_t>(batch.seqs.size());
@@ -306,7 +305,20 @@ Status DeviceLlama::forward(const ForwardBatch& batch, KVCache& kv, float* logit
 
   const int64_t H = cfg_.hidden_size, V = cfg_.vocab_size;
   SD_RETURN_IF_ERROR(embedding(embed_.dtype, embed_.data.get(), V, H, ids_.get(), T, x_.get(), nullptr, stream_));
-  for (int32_t l = 0; l < cfg_.num_layers; ++l) SD_RETURN_IF_ERROR(decoder_layer(l, T, masked));
+  // The layers to run (all, or the self-speculation draft's subset); captured outputs go
+  // straight to the host buffer, row t holding the capture layers side by side.
+  const int32_t num_run = batch.layers.empty() ? cfg_.num_layers : static_cast<int32_t>(batch.layers.size());
+  const int64_t C = static_cast<int64_t>(batch.capture_layers.size());
+  for (int32_t li = 0; li < num_run; ++li) {
+    const int32_t l = batch.layers.empty() ? li : batch.layers[static_cast<size_t>(li)];
+    SD_RETURN_IF_ERROR(decoder_layer(l, T, masked));
+    for (int64_t j = 0; j < C; ++j)
+      if (batch.capture_layers[static_cast<size_t>(j)] == l)
+        SD_RETURN_IF_ERROR(check(cudaMemcpy2DAsync(batch.captured + j * H, C * H * sizeof(float), x_.get(),
+                                                   H * sizeof(float), H * sizeof(float), static_cast<size_t>(T),
+                                                   cudaMemcpyDeviceToHost, stream_),
+                                 "captured features D2H"));
+  }
   if (R > 0) {
     // Gather the logit rows (the embedding gather over x as an f32 table), norm, LM head.
     SD_RETURN_IF_ERROR(embedding(DType::kF32, x_.get(), T, H, logit_rows_.get(), R, rows_.get(), nullptr, stream_));

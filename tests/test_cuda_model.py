@@ -10,8 +10,9 @@ attention takes 64 or 128):
 * prompt logits against the CPU engine in bfloat16: relative error <= 3e-2 (the GPU rounds the
   GEMM inputs and the K/V to bf16; the CPU keeps f32 activations) and argmax agreement >= 0.95;
 * a token tree's rows (tree-mask attention) equal each chain's own prompt logits on the GPU;
-* T = 0: speculative decoding on the GPU (draft-model chain and tree, n-gram) is token-identical
-  to autoregressive decoding on the GPU, batched equals alone, and every KV block comes back;
+* T = 0: speculative decoding on the GPU (draft-model chain and tree, n-gram, layer-skip and
+  sparse-KV self-speculation) is token-identical to autoregressive decoding on the GPU, batched
+  equals alone, and every KV block comes back; an EAGLE head on a GPU target is a clear error;
 * bad input is refused the same way as on the CPU (out-of-range ids, int4 weights on the GPU).
 """
 from __future__ import annotations
@@ -139,6 +140,8 @@ def test_gpu_tree_rows_equal_each_chains_logits(gpu):
     {"method": "draft", "num_speculative_tokens": 4},
     {"method": "draft", "num_speculative_tokens": 3, "tree": {"top_k": 3, "max_nodes": 10}},
     {"method": "ngram", "num_speculative_tokens": 4},
+    {"method": "layer_skip", "draft_layers": 1, "num_speculative_tokens": 3},
+    {"method": "sparse_kv", "sink_tokens": 16, "window_tokens": 16, "num_speculative_tokens": 3},
 ])
 def test_gpu_speculation_is_token_identical_to_gpu_autoregressive(ckpts, gpu, spec):
     reference = _tokens(gpu)
@@ -158,4 +161,6 @@ def test_gpu_bad_input(ckpts, gpu):
         load_llm(ckpts / "target", device="cuda", dtype="int4")
     with pytest.raises(RuntimeError, match="head_dim 64 or 128"):
         load_llm(ckpts / "tiny", device="cuda")
+    with pytest.raises(RuntimeError, match="EAGLE heads run on the CPU"):
+        load_llm(ckpts / "target", device="cuda", draft=str(ckpts / "draft"), speculative={"method": "eagle"})
     assert _tokens(gpu, PROMPTS[:1], _greedy()[:1])  # still serves after the errors

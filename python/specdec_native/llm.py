@@ -26,7 +26,7 @@ class LLM:
       embedding and LM head stay int8).
     device: "cpu" (default), "cuda" (weights and KV on the GPU; needs the CUDA extension and a
       GPU, else RuntimeError) or "auto" (the GPU when one is present). Drafters run on the same
-      device; EAGLE heads and self-speculation need "cpu" for now.
+      device; EAGLE heads need "cpu" for now.
     max_model_len: context length served (default: the checkpoint's).
     max_num_seqs: sequences decoded together in one batched forward (continuous batching:
       requests join and leave between steps).
