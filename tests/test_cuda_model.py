@@ -9,7 +9,8 @@ With a GPU (skipped without one), on tiny random-weight checkpoints with head_di
 attention takes 64 or 128):
 * prompt logits against the CPU engine in bfloat16: relative error <= 3e-2 (the GPU rounds the
   GEMM inputs and the K/V to bf16; the CPU keeps f32 activations) and argmax agreement >= 0.95;
-* a token tree's rows (tree-mask attention) equal each chain's own prompt logits on the GPU;
+* a token tree's rows (tree-mask attention) equal each chain's own prompt logits on the GPU
+  (within 1e-2: the same rows through other work splits and GEMM shapes);
 * T = 0: speculative decoding on the GPU (draft-model chain and tree, n-gram, layer-skip and
   sparse-KV self-speculation) is token-identical to autoregressive decoding on the GPU, batched
   equals alone, and every KV block comes back; an EAGLE head on a GPU target is a clear error;
@@ -130,9 +131,11 @@ def test_gpu_tree_rows_equal_each_chains_logits(gpu):
     tokens, parents = [11, 12, 13, 21, 22], [-1, 0, 1, -1, 3]  # two chains under the root
     rows = gpu.engine.tree_logits(ctx, tokens, parents)
     chains = {0: [11], 1: [11, 12], 2: [11, 12, 13], 3: [21], 4: [21, 22]}
-    np.testing.assert_allclose(rows[0], gpu.prompt_logits(ctx)[-1], rtol=2e-3, atol=2e-3)
+    # Same keys and arithmetic per row, but other work splits and GEMM shapes: bf16 roundings of
+    # the GEMM inputs may differ by an ulp. A wrong mask would move the logits by O(1).
+    np.testing.assert_allclose(rows[0], gpu.prompt_logits(ctx)[-1], rtol=1e-2, atol=1e-2)
     for node, path in chains.items():
-        np.testing.assert_allclose(rows[1 + node], gpu.prompt_logits(ctx + path)[-1], rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(rows[1 + node], gpu.prompt_logits(ctx + path)[-1], rtol=1e-2, atol=1e-2)
 
 
 @needs_gpu
