@@ -7,8 +7,8 @@
 // GEMM + residual; then the logit rows: gather, final RMSNorm, LM head, one download (or only
 // each row's argmax). A batch may run a subset of the layers or attend a sparse KV window (the
 // self-speculation drafts) and capture layers' outputs into host memory, as on the CPU.
-// GEMMs: the GEMV kernel for M <= 8 (decode, small verify batches), cuBLAS tensor cores above
-// (activations rounded to the weights' dtype first); GEMV everywhere when libcublas is missing.
+// GEMMs: the GEMV kernel for up to 16 rows (decode, small verify batches), cuBLAS tensor cores
+// above (activations rounded to the weights' dtype first); GEMV everywhere without libcublas.
 // Activations are f32 throughout; K/V are stored in bf16.
 //
 // NOT YET RUN ON A GPU: written and compiled without one (see docs/cuda.md for the runs owed).
@@ -32,7 +32,16 @@ namespace sd::cuda {
 
 namespace {
 
-constexpr int64_t kGemvMaxRows = 8;  // GEMV up to this many tokens, cuBLAS above
+// Batch invariance, which T = 0 token identity between speculative and autoregressive decoding
+// rests on: a row's arithmetic must not depend on what else is in the forward.
+//  - GEMMs of up to kGemvMaxRows rows run the GEMV, whose per-row sums do not depend on the row
+//    count (decode, and verification at small batch: 16 rows is a 15-node tree at batch 1);
+//    cuBLAS above (prefill, large batches) rounds its inputs to bf16 and picks its own
+//    algorithm per shape, so rows computed there are not bit-identical to GEMV rows.
+//  - Attention splits every request's keys at the same fixed chunk boundaries (the plan would
+//    otherwise size chunks by the batch's total work).
+constexpr int64_t kGemvMaxRows = 16;
+constexpr int32_t kAttnChunk = 256;
 constexpr DType kKVDType = DType::kBF16;
 
 // A row-major [rows, cols] weight in bf16 or f16 (uint16 bit patterns).
@@ -299,7 +308,7 @@ Status DeviceLlama::forward(const ForwardBatch& batch, KVCache& kv, float* logit
   }
   SD_RETURN_IF_ERROR(plan_paged_attention(batch.qo_indptr.data(), pages_.kv_indptr().data(),
                                           pages_.kv_last_page_len().data(), B, layout_.page_size, cfg_.num_heads,
-                                          cfg_.num_kv_heads, cfg_.head_dim, !masked, 0, num_sms_, &plan_));
+                                          cfg_.num_kv_heads, cfg_.head_dim, !masked, kAttnChunk, num_sms_, &plan_));
   SD_RETURN_IF_ERROR(sync(stream_, "forward: before the attention plan upload"));  // ws_.upload reallocates
   SD_RETURN_IF_ERROR(ws_.upload(plan_));
 

@@ -12,8 +12,9 @@ attention takes 64 or 128):
 * a token tree's rows (tree-mask attention) equal each chain's own prompt logits on the GPU
   (within 1e-2: the same rows through other work splits and GEMM shapes);
 * T = 0: speculative decoding on the GPU (draft-model chain and tree, n-gram, layer-skip and
-  sparse-KV self-speculation) is token-identical to autoregressive decoding on the GPU, batched
-  equals alone, and every KV block comes back; an EAGLE head on a GPU target is a clear error;
+  sparse-KV self-speculation) is token-identical to autoregressive decoding on the GPU, request
+  by request (verification forwards of <= 16 rows, the batch-invariant GEMV path), batched runs
+  complete, and every KV block comes back; an EAGLE head on a GPU target is a clear error;
 * bad input is refused the same way as on the CPU (out-of-range ids, int4 weights on the GPU).
 """
 from __future__ import annotations
@@ -147,12 +148,17 @@ def test_gpu_tree_rows_equal_each_chains_logits(gpu):
     {"method": "sparse_kv", "sink_tokens": 16, "window_tokens": 16, "num_speculative_tokens": 3},
 ])
 def test_gpu_speculation_is_token_identical_to_gpu_autoregressive(ckpts, gpu, spec):
-    reference = _tokens(gpu)
+    # One request at a time: a verification forward then has at most 16 rows, where every GEMM
+    # row runs the GEMV's row-count-independent arithmetic (cuda/device_llama.cu). Batched
+    # prefill mixes in cuBLAS rows, so batched and alone need not agree bit for bit on the GPU.
+    def alone(llm):
+        return [_tokens(llm, [p], [sp])[0] for p, sp in zip(PROMPTS, _greedy())]
+
+    reference = alone(gpu)
     draft = str(ckpts / "draft") if spec["method"] == "draft" else None
     llm = load_llm(ckpts / "target", device="cuda", draft=draft, speculative=spec)
-    assert _tokens(llm) == reference
-    alone = [_tokens(llm, [p], [sp])[0] for p, sp in zip(PROMPTS, _greedy())]
-    assert alone == reference
+    assert alone(llm) == reference
+    assert [len(t) for t in _tokens(llm)] == MAX_TOKENS  # batched runs through
     assert_no_blocks_held(llm.engine)
 
 
