@@ -82,6 +82,7 @@ class DeviceLlama final : public ForwardModel {
   const Matrix* host_embedding() const override { return nullptr; }
   int64_t weight_bytes_per_token(const std::vector<int32_t>& layers) const override;
   using ForwardModel::weight_bytes_per_token;
+  int64_t max_kv_blocks(int32_t page_size) const override;
 
  private:
   DeviceLlama() = default;
@@ -174,6 +175,16 @@ int64_t DeviceLlama::weight_bytes_per_token(const std::vector<int32_t>& layers) 
     n += bytes(g.qkv) + bytes(g.o) + bytes(g.gate_up) + bytes(g.down);
   }
   return n;
+}
+
+int64_t DeviceLlama::max_kv_blocks(int32_t page_size) const {
+  size_t free_bytes = 0, total = 0;
+  if (cudaMemGetInfo(&free_bytes, &total) != cudaSuccess) return 0;
+  // K and V of one block in every layer; 20% of the free memory is left for activations, the
+  // attention workspace, cuBLAS and a draft model (whose own cache has as many blocks).
+  const int64_t block = 2 * static_cast<int64_t>(cfg_.num_layers) * page_size * cfg_.num_kv_heads * cfg_.head_dim *
+                        static_cast<int64_t>(dtype_size(kKVDType));
+  return static_cast<int64_t>(0.8 * static_cast<double>(free_bytes)) / block;
 }
 
 Status DeviceLlama::bind_cache(const KVCache& kv) {

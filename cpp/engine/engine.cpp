@@ -41,7 +41,10 @@ Status Engine::create(const ModelConfig& cfg, const std::vector<std::string>& sh
   if (e->opts_.max_model_len <= 0) e->opts_.max_model_len = cfg.max_position_embeddings;
   if (e->opts_.num_blocks == 0) {
     const int64_t per_seq = (e->opts_.max_model_len + opts.page_size - 1) / opts.page_size;
-    e->opts_.num_blocks = static_cast<int32_t>(std::min<int64_t>(per_seq * opts.max_num_seqs + 1, 1 << 24));
+    e->opts_.num_blocks = static_cast<int32_t>(std::min<int64_t>(
+        {per_seq * opts.max_num_seqs + 1, 1 << 24, e->model_->max_kv_blocks(opts.page_size)}));
+    if (e->opts_.num_blocks < 2)
+      return OutOfBlocks("no room for KV blocks on device '" + e->model_->device() + "' after the weights");
   }
   e->kv_.reset(new KVCache(e->model_->kv_config(e->opts_.page_size, e->opts_.num_blocks)));
   if (opts.enable_prefix_caching) e->prefix_cache_.reset(new RadixCache(opts.page_size, &e->kv_->allocator()));

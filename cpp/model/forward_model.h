@@ -5,6 +5,7 @@
 // uses the host KVCache only for its page bookkeeping (the BlockAllocator).
 #pragma once
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,10 @@ class ForwardModel {
   // Bytes of weights one decode step reads; with `layers`: of a forward that runs only those.
   virtual int64_t weight_bytes_per_token(const std::vector<int32_t>& layers) const = 0;
   int64_t weight_bytes_per_token() const { return weight_bytes_per_token({}); }
+  // The most KV blocks of `page_size` tokens this model's device can hold now (a device model:
+  // 80% of the free GPU memory, leaving room for activations and a draft model; the CPU: no
+  // limit, pages are committed as they are written). Bounds the default num_blocks.
+  virtual int64_t max_kv_blocks(int32_t page_size) const { return std::numeric_limits<int64_t>::max(); }
 
   // The cache this model's forward expects (on a device: page bookkeeping only).
   KVCacheConfig kv_config(int32_t page_size, int32_t num_blocks) const {
