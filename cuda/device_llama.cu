@@ -45,19 +45,35 @@ constexpr int32_t kAttnChunk = 256;
 constexpr DType kKVDType = DType::kBF16;
 
 // A row-major [rows, cols] weight in bf16 or f16 (uint16 bit patterns).
+// A row-major [rows, cols] weight: bf16 / f16 (2 bytes each), or int8 with one f32 scale per
+// 32 columns of a row (the GEMV's kQ8 layout, cuda/attention_ops.h).
 struct DeviceMatrix {
-  DeviceBuffer<uint16_t> data;
+  DeviceBuffer<uint8_t> data;
+  DeviceBuffer<float> scales;  // kQ8 only: [rows, cols / 32]
   DType dtype = DType::kBF16;
   int64_t rows = 0, cols = 0;
 };
 
-Status upload_matrix(const Matrix& m, DeviceMatrix* out) {
-  if (m.packed || (m.dtype != DType::kBF16 && m.dtype != DType::kF16))
-    return Status(StatusCode::kInternal, "device model: expected a row-major bf16 / f16 weight from the loader");
-  out->dtype = m.dtype;
+// m: row-major from the loader, bf16 / f16 (uploaded as is) or f32 (quantized to int8 here when
+// `dtype` is kQ8).
+Status upload_matrix(const Matrix& m, DType dtype, DeviceMatrix* out) {
+  out->dtype = dtype;
   out->rows = m.rows;
   out->cols = m.cols;
-  return out->data.upload(static_cast<const uint16_t*>(m.data), static_cast<size_t>(m.rows * m.cols));
+  const size_t n = static_cast<size_t>(m.rows * m.cols);
+  if (!m.packed && dtype == DType::kQ8 && m.dtype == DType::kF32) {
+    if (m.cols % 32 != 0)
+      return Unsupported("device 'cuda': int8 weights need in_features divisible by 32, a matrix has " +
+                         std::to_string(m.cols));
+    std::vector<int8_t> q(n);
+    std::vector<float> scales(n / 32);
+    quantize_q8_rows(static_cast<const float*>(m.data), m.rows, m.cols, q.data(), scales.data());
+    SD_RETURN_IF_ERROR(out->scales.upload(scales));
+    return out->data.upload(reinterpret_cast<const uint8_t*>(q.data()), n);
+  }
+  if (m.packed || m.dtype != dtype || (dtype != DType::kBF16 && dtype != DType::kF16))
+    return Status(StatusCode::kInternal, "device model: unexpected weight layout from the loader");
+  return out->data.upload(static_cast<const uint8_t*>(m.data), n * 2);
 }
 
 struct DeviceLayer {
@@ -125,31 +141,36 @@ class DeviceLlama final : public ForwardModel {
 
 Status DeviceLlama::create(const ModelConfig& cfg, const Checkpoint& ckpt, WeightDTypes dtypes,
                            const std::function<void(int, int)>& progress, std::unique_ptr<ForwardModel>* out) {
-  if (dtypes.layers == DType::kQ8 || dtypes.layers == DType::kQ4)
-    return Unsupported("device 'cuda' runs bfloat16 or float16 weights; int8 / int4 run on the CPU for now");
+  if (dtypes.layers == DType::kQ4)
+    return Unsupported("device 'cuda' runs bfloat16, float16 or int8 weights; int4 runs on the CPU for now");
   if (cfg.head_dim != 64 && cfg.head_dim != 128)
     return Unsupported("device 'cuda': the attention kernel takes head_dim 64 or 128, the model has " +
                        std::to_string(cfg.head_dim));
-  const DType d = dtypes.layers == DType::kF16 ? DType::kF16 : DType::kBF16;  // f32 checkpoints run in bf16
+  // f32 checkpoints run in bf16. int8: the layers are quantized here from f32 rows (the GEMV's
+  // layout), the embedding and LM head stay bf16 (the gather reads 16-bit tables).
+  const bool q8 = dtypes.layers == DType::kQ8;
+  const DType tables = dtypes.layers == DType::kF16 ? DType::kF16 : DType::kBF16;
+  const DType layers = q8 ? DType::kQ8 : tables;
   LlamaWeights host;
-  SD_RETURN_IF_ERROR(load_llama_weights(cfg, ckpt, WeightDTypes{d, d, true}, progress, &host));
+  SD_RETURN_IF_ERROR(load_llama_weights(cfg, ckpt, WeightDTypes{q8 ? DType::kF32 : tables, tables, true}, progress,
+                                        &host));
 
   std::unique_ptr<DeviceLlama> m(new DeviceLlama());
   m->cfg_ = cfg;
-  m->dtype_ = d;
+  m->dtype_ = layers;
   m->tied_ = host.tied;
-  SD_RETURN_IF_ERROR(upload_matrix(host.embed.view(), &m->embed_));
-  if (!host.tied) SD_RETURN_IF_ERROR(upload_matrix(host.lm_head.view(), &m->lm_head_));
+  SD_RETURN_IF_ERROR(upload_matrix(host.embed.view(), tables, &m->embed_));
+  if (!host.tied) SD_RETURN_IF_ERROR(upload_matrix(host.lm_head.view(), tables, &m->lm_head_));
   SD_RETURN_IF_ERROR(m->final_norm_.upload(host.final_norm));
   SD_RETURN_IF_ERROR(m->inv_freq_.upload(rope_inv_freq(cfg)));
   m->layers_.resize(host.layers.size());
   for (size_t l = 0; l < host.layers.size(); ++l) {
     LayerWeights& h = host.layers[l];
     DeviceLayer& g = m->layers_[l];
-    SD_RETURN_IF_ERROR(upload_matrix(h.qkv.view(), &g.qkv));
-    SD_RETURN_IF_ERROR(upload_matrix(h.o.view(), &g.o));
-    SD_RETURN_IF_ERROR(upload_matrix(h.gate_up.view(), &g.gate_up));
-    SD_RETURN_IF_ERROR(upload_matrix(h.down.view(), &g.down));
+    SD_RETURN_IF_ERROR(upload_matrix(h.qkv.view(), layers, &g.qkv));
+    SD_RETURN_IF_ERROR(upload_matrix(h.o.view(), layers, &g.o));
+    SD_RETURN_IF_ERROR(upload_matrix(h.gate_up.view(), layers, &g.gate_up));
+    SD_RETURN_IF_ERROR(upload_matrix(h.down.view(), layers, &g.down));
     if (!h.qkv_bias.empty()) SD_RETURN_IF_ERROR(g.qkv_bias.upload(h.qkv_bias));
     SD_RETURN_IF_ERROR(g.input_norm.upload(h.input_norm));
     SD_RETURN_IF_ERROR(g.post_attention_norm.upload(h.post_attention_norm));
@@ -167,7 +188,7 @@ Status DeviceLlama::create(const ModelConfig& cfg, const Checkpoint& ckpt, Weigh
 }
 
 int64_t DeviceLlama::weight_bytes_per_token(const std::vector<int32_t>& layers) const {
-  auto bytes = [](const DeviceMatrix& w) { return static_cast<int64_t>(w.data.bytes()); };
+  auto bytes = [](const DeviceMatrix& w) { return static_cast<int64_t>(w.data.bytes() + w.scales.bytes()); };
   int64_t n = bytes(tied_ ? embed_ : lm_head_);
   for (size_t l = 0; l < layers_.size(); ++l) {
     if (!layers.empty() && std::find(layers.begin(), layers.end(), static_cast<int32_t>(l)) == layers.end()) continue;
@@ -229,7 +250,9 @@ Status DeviceLlama::reserve_activations(int64_t T, int64_t R) {
 }
 
 Status DeviceLlama::linear(const float* X, int64_t M, const DeviceMatrix& W, const float* bias, float* Y) {
-  if (M <= kGemvMaxRows || !cublas_) return gemv(W.dtype, X, M, W.data.get(), nullptr, W.rows, W.cols, bias, Y, stream_);
+  // int8 weights: the GEMV at every M (cuBLAS takes bf16 / f16 here).
+  if (M <= kGemvMaxRows || !cublas_ || W.dtype == DType::kQ8)
+    return gemv(W.dtype, X, M, W.data.get(), W.scales.get(), W.rows, W.cols, bias, Y, stream_);
   SD_RETURN_IF_ERROR(to_half(W.dtype, X, M * W.cols, half_in_.get(), stream_));
   return gemm_cublas(W.dtype, half_in_.get(), M, W.data.get(), W.rows, W.cols, bias, Y, stream_);
 }
