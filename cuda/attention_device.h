@@ -42,7 +42,7 @@ Status paged_attention(const AttentionPlan& plan, const AttentionWorkspace& ws, 
 // ---------------------------------------------------------------------------------------------
 // GEMM: Y[M, N] = X[M, K] * W[N, K]^T (+ bias[N]), device layouts in cuda/attention_ops.h.
 
-// GEMV path (decode / small verify batches; any M, best at M <= 8): X f32 [M, K] (row stride
+// GEMV path (decode / small verify batches; any M, best at M <= 16): X f32 [M, K] (row stride
 // K), one warp per 4 output rows, 128-bit weight loads. w_scales only for kQ8.
 Status gemv(DType w_dtype, const float* X, int64_t M, const void* W, const float* w_scales, int64_t N,
             int64_t K, const float* bias, float* Y, cudaStream_t stream);

@@ -127,7 +127,7 @@ Status time_paged_attention_host(const HostAttentionInputs& in, int iters, Atten
 //        consecutive columns of a row: quantize_q8_block, like the CPU's Q8_0); K % 32 == 0.
 
 enum class GemmBackend { kAuto = 0, kGemv = 1, kCublas = 2 };
-// kAuto: GEMV when M <= 8 or the weights are int8, else cuBLAS (GEMV when cuBLAS is not found).
+// kAuto: GEMV when M <= 16 or the weights are int8, else cuBLAS (GEMV when cuBLAS is not found).
 Status parse_gemm_backend(const std::string& name, GemmBackend* out);
 
 // Quantizes W f32 [N, K] (K % 32 == 0) to the device kQ8 layout (q [N, K], scales [N, K/32]).

@@ -237,8 +237,8 @@ void register_attention(py::module_& m) {
       py::arg("backend") = "auto",
       "y = x @ weight.T + bias on the GPU: weight f32 [out, in] stored on the device as dtype "
       "(bfloat16, float16, or int8 with one f32 scale per 32 columns: see quantize_int8). backend: "
-      "'gemv' (f32 x, any M, made for M <= 8), 'cublas' (x rounded to dtype, tensor cores), 'auto' "
-      "(gemv for M <= 8 or int8, else cublas when libcublas is found).");
+      "'gemv' (f32 x, any M, made for M <= 16), 'cublas' (x rounded to dtype, tensor cores), 'auto' "
+      "(gemv for M <= 16 or int8, else cublas when libcublas is found).");
 
   m.def(
       "time_gemm",

@@ -1,12 +1,14 @@
 // GEMM on the GPU: Y[M, N] = X[M, K] * W[N, K]^T (+ bias), f32 accumulation.
-//  - gemv: the bandwidth-bound path for M = 1..8 (decode, small verify batches) over bf16 / f16
-//    weights or int8 weights with one f32 scale per 32 columns; larger M runs in groups of 8.
+//  - gemv: the bandwidth-bound path for M = 1..16 (decode, small verify batches) over bf16 / f16
+//    weights or int8 weights with one f32 scale per 32 columns; larger M runs in groups of 16.
+//    A row's sums do not depend on M (the batch invariance the GPU model relies on).
 //  - gemm_cublas: tensor cores through the runtime-loaded libcublas (cublasGemmEx).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda/attention_device.h"
@@ -20,7 +22,7 @@ constexpr int kGemvWarps = 4;
 constexpr int kGemvThreads = kGemvWarps * 32;
 constexpr int kGemvRowsPerWarp = 4;  // one weight load of each row per step; X loads shared by 4 rows
 constexpr int kGemvRowsPerBlock = kGemvWarps * kGemvRowsPerWarp;
-constexpr int kGemvMaxM = 8;
+constexpr int kGemvMaxM = 16;  // rows per pass over the weights (one instantiation per count)
 constexpr unsigned kFull = 0xffffffffu;
 
 __device__ __forceinline__ float warp_sum(float x) {
@@ -57,7 +59,7 @@ __device__ __forceinline__ void unpack8(const uint4& w, float* f, __half*) {
   }
 }
 
-// Y[m, n] for m < M (a compile-time group of up to 8 tokens), one warp per 4 rows n; lane l
+// Y[m, n] for m < M (a compile-time group of up to 16 tokens), one warp per 4 rows n; lane l
 // reads 16 bytes (8 weights) of each row per step, 256 columns per warp step. K % 8 == 0.
 template <class WT, int M>
 __global__ void __launch_bounds__(kGemvThreads) gemv16_kernel(const float* __restrict__ X, const WT* __restrict__ W,
@@ -185,6 +187,16 @@ Status launch_gemv_m(DType t, const float* X, const void* W, const float* scales
   return check_launch("gemv kernel");
 }
 
+// launch_gemv_m<mm>: the instantiation for the run-time row count mm in 1 .. kGemvMaxM.
+template <int... Ms>
+Status launch_gemv_rows(int mm, DType t, const float* X, const void* W, const float* scales, int N, int K,
+                        const float* bias, float* Y, cudaStream_t s, std::integer_sequence<int, Ms...>) {
+  Status st = InvalidArgument("gemv: rows per pass out of range");
+  ((Ms > 0 && mm == Ms ? (st = launch_gemv_m<(Ms > 0 ? Ms : 1)>(t, X, W, scales, N, K, bias, Y, s), true) : false) ||
+   ...);
+  return st;
+}
+
 }  // namespace
 
 Status gemv(DType w_dtype, const float* X, int64_t M, const void* W, const float* w_scales, int64_t N, int64_t K,
@@ -214,18 +226,8 @@ Status gemv(DType w_dtype, const float* X, int64_t M, const void* W, const float
     const int mm = static_cast<int>(M - m0 < kGemvMaxM ? M - m0 : kGemvMaxM);
     const float* x = X + m0 * K;
     float* y = Y + m0 * N;
-    Status st;
-    switch (mm) {
-      case 1: st = launch_gemv_m<1>(w_dtype, x, W, w_scales, n, k, bias, y, stream); break;
-      case 2: st = launch_gemv_m<2>(w_dtype, x, W, w_scales, n, k, bias, y, stream); break;
-      case 3: st = launch_gemv_m<3>(w_dtype, x, W, w_scales, n, k, bias, y, stream); break;
-      case 4: st = launch_gemv_m<4>(w_dtype, x, W, w_scales, n, k, bias, y, stream); break;
-      case 5: st = launch_gemv_m<5>(w_dtype, x, W, w_scales, n, k, bias, y, stream); break;
-      case 6: st = launch_gemv_m<6>(w_dtype, x, W, w_scales, n, k, bias, y, stream); break;
-      case 7: st = launch_gemv_m<7>(w_dtype, x, W, w_scales, n, k, bias, y, stream); break;
-      default: st = launch_gemv_m<8>(w_dtype, x, W, w_scales, n, k, bias, y, stream); break;
-    }
-    SD_RETURN_IF_ERROR(st);
+    SD_RETURN_IF_ERROR(launch_gemv_rows(mm, w_dtype, x, W, w_scales, n, k, bias, y, stream,
+                                        std::make_integer_sequence<int, kGemvMaxM + 1>{}));
   }
   return Status::Ok();
 }
