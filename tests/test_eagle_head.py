@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
-from helpers import MALFORMED_EAGLE_HEADS, edit_config, edit_tensors, random_eagle_head, small_eagle_config  # noqa: E402
+from helpers import MALFORMED_EAGLE_HEADS, random_eagle_head, small_eagle_config  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from specdec_native.eagle import train as T  # noqa: E402
@@ -214,3 +214,21 @@ def test_stdlib_prompts_grow_by_rounds_over_files():
     small, large = stdlib_prompts(40), stdlib_prompts(1200)
     assert len(small) == 40 and large[:40] == small
     assert len(large) == 1200 and len(set(large)) > 1180  # a few definitions repeat across modules
+
+
+def test_code_prompts_from_other_sources(tmp_path):
+    """--prompt-sources mines any Python tree like the standard library: its documented public
+    definitions become prompts (tests folders skipped); no roots means the standard library."""
+    from specdec_native.eagle.data import code_prompts, stdlib_prompts
+
+    pkg = tmp_path / "pkg"
+    (pkg / "tests").mkdir(parents=True)
+    doc = "Return the sum of the squares of the numbers in the iterable, as an int."
+    (pkg / "maths.py").write_text(f'def sum_squares(xs):\n    """{doc}"""\n    return sum(x * x for x in xs)\n\n'
+                                  f'def _private(xs):\n    """{doc}"""\n    return 0\n')
+    (pkg / "tests" / "test_maths.py").write_text(f'def test_it():\n    """{doc}"""\n')
+    prompts = code_prompts(10, [pkg])
+    assert len(prompts) == 1 and "sum_squares" in prompts[0] and "maths" in prompts[0]
+    assert code_prompts(30) == stdlib_prompts(30)
+    with pytest.raises(ValueError, match="not a directory"):
+        code_prompts(5, [tmp_path / "missing"])

@@ -55,15 +55,24 @@ def _documented_definitions(path: Path) -> List[Tuple[str, str, str, str]]:
 
 
 def stdlib_prompts(limit: int, seed: int = 0, per_file: int = 2) -> List[str]:
-    """Up to `limit` prompts built from functions and classes (with docstrings) of the standard
-    library's source: "explain this code" and "write this from its docstring", alternating.
-    Files are visited in a seeded order, `per_file` definitions from each per round, in as many
-    rounds as it takes (about 3,000 definitions qualify), so a larger limit extends the list a
-    smaller one gives."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = _stdlib_files(root)
+    """code_prompts over the standard library's own sources (about 3,000 definitions qualify)."""
+    return code_prompts(limit, None, seed=seed, per_file=per_file)
+
+
+def code_prompts(limit: int, roots: Optional[Sequence[Union[str, Path]]] = None, seed: int = 0,
+                 per_file: int = 2) -> List[str]:
+    """Up to `limit` prompts built from functions and classes (with docstrings) of the Python
+    sources under `roots` (default: the standard library): "explain this code" and "write this
+    from its docstring", alternating. Files are visited in a seeded order, `per_file` definitions
+    from each per round, in as many rounds as it takes, so a larger limit extends the list a
+    smaller one gives. Test folders and nested site-packages are skipped."""
+    roots = [Path(sysconfig.get_paths()["stdlib"])] if not roots else [Path(r) for r in roots]
+    for root in roots:
+        if not root.is_dir():
+            raise ValueError(f"prompt source {root} is not a directory")
+    files = [(root, f) for root in roots for f in _stdlib_files(root)]
     random.Random(seed).shuffle(files)
-    defs = [(".".join(f.relative_to(root).with_suffix("").parts), _documented_definitions(f)) for f in files]
+    defs = [(".".join(f.relative_to(root).with_suffix("").parts), _documented_definitions(f)) for root, f in files]
     prompts: List[str] = []
     for start in range(0, max((len(d) for _, d in defs), default=0), per_file):
         for module, found in defs:

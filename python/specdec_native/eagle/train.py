@@ -305,7 +305,8 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
                 seed: int = 0, save_every: int = 50, gen_batch_size: Optional[int] = None, progress: bool = True,
                 log: Callable = print, data_backend: str = "engine", engine_dtype: str = "int4",
                 threads: Optional[int] = None, prepare_only: bool = False,
-                head_intermediate_size: Optional[int] = None, extend_data: bool = False) -> Dict:
+                head_intermediate_size: Optional[int] = None, extend_data: bool = False,
+                prompt_sources: Optional[Sequence[str]] = None) -> Dict:
     """Trains (or resumes training of) an EAGLE-3 head for `target` into directory `out`; returns
     the run's metrics (also written to OUT/metrics.json).
 
@@ -329,6 +330,10 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
     engine = None
     if data_backend == "engine":
         engine = _EngineTarget(target, engine_dtype, threads, gen_batch_size or 16, progress)
+    if prompt_sources:  # Python source trees to mine instead of the standard library
+        if prompts is not None or prompts_file is not None:
+            raise ValueError("give prompts, a prompts file or prompt sources, not several")
+        prompts = D.code_prompts(max_prompts + eval_prompts, prompt_sources, seed=seed)
     data = _prepare_data(out, target, model, tokenizer, prompts, prompts_file, max_prompts, eval_prompts,
                          max_new_tokens, max_prompt_tokens, draft_vocab_size, seed, gen_batch_size or 8, device,
                          progress, log, data_backend, engine, engine_dtype, extend_data)
@@ -445,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="head directory (also holds checkpoint.pt; re-run to resume)")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--prompt-sources", nargs="+", metavar="DIR",
+                   help="Python source trees to build prompts from, as from the standard library (e.g. a "
+                        "site-packages folder: more prompts than the standard library's ~3,000)")
     p.add_argument("--prompts", help="JSONL of {\"prompt\": ...} (or {\"input_ids\": [...]}) lines; "
                                      "default: docstrings and code of the Python standard library")
     p.add_argument("--max-prompts", type=int, default=64, help="training prompts")
@@ -486,7 +494,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         metrics = train_draft(args.target, args.out, args.steps, args.device, prompts_file=args.prompts,
-                              max_prompts=args.max_prompts, eval_prompts=args.eval_prompts,
+                              prompt_sources=args.prompt_sources, max_prompts=args.max_prompts, eval_prompts=args.eval_prompts,
                               max_new_tokens=args.max_new_tokens, ttt_steps=args.ttt_steps,
                               draft_vocab_size=args.draft_vocab_size, lr=args.lr, batch_size=args.batch_size,
                               eval_k=args.eval_k, aux_layer_ids=args.aux_layers,
