@@ -232,3 +232,34 @@ def test_code_prompts_from_other_sources(tmp_path):
     assert code_prompts(30) == stdlib_prompts(30)
     with pytest.raises(ValueError, match="not a directory"):
         code_prompts(5, [tmp_path / "missing"])
+
+
+def test_completion_prompts_skip_the_chat_template(tmp_path):
+    """Every third mined prompt is a Completion (signature + docstring, dedented even for a
+    method), encoded without the chat template; JSONL takes {"completion": ...} lines too."""
+    import transformers
+    from helpers import write_tokenizer
+
+    from specdec_native.eagle.data import Completion, code_prompts, encode_prompts, jsonl_prompts
+
+    doc = "Return the sum of the squares of the numbers in the iterable, as an int."
+    src = "".join(f'def f{i}(xs):\n    """{doc}"""\n    return {i}\n\n' for i in range(2))
+    src += f'class Box:\n    def area(self):\n        """{doc}"""\n        return 0\n'
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "m.py").write_text(src)
+    prompts = code_prompts(3, [tmp_path / "src"], per_file=3)
+    assert [isinstance(p, Completion) for p in prompts] == [False, False, True]
+    assert str(prompts[2]).endswith('"""\n') and str(prompts[2]).startswith("def ") and "return" not in prompts[2]
+
+    (tmp_path / "tok").mkdir()
+    write_tokenizer(tmp_path / "tok", vocab_size=256)
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tok" / "tokenizer.json"))
+    tok.chat_template = "{% for m in messages %}<user> {{ m['content'] }} {% endfor %}<assistant>"
+    text = "alpha beta"
+    raw, chat = encode_prompts([Completion(text), text], tok, 256, 100)
+    assert raw == list(tok(text)["input_ids"]) and chat != raw
+
+    lines = tmp_path / "p.jsonl"
+    lines.write_text('{"completion": "def f():\\n"}\n{"prompt": "hi"}\n')
+    got = jsonl_prompts(lines)
+    assert isinstance(got[0], Completion) and not isinstance(got[1], Completion)

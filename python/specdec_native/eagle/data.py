@@ -14,6 +14,7 @@ import json
 import os
 import random
 import sysconfig
+import textwrap
 from collections import Counter
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -21,7 +22,14 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 from tqdm.auto import tqdm
 
-Prompt = Union[str, List[int]]
+
+
+class Completion(str):
+    """A prompt the target continues as it is, without the chat template: a code prefix (a
+    definition's signature and docstring) to complete, as a code-completion user sends it."""
+
+
+Prompt = Union[str, Completion, List[int]]
 _SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "turtledemo",
               "__pycache__", "ensurepip", "tkinter", "config-3"}
 
@@ -35,9 +43,10 @@ def _stdlib_files(root: Path) -> List[Path]:
     return out
 
 
-def _documented_definitions(path: Path) -> List[Tuple[str, str, str, str]]:
-    """(kind, name, docstring, source) of the public functions and classes in a file whose
-    docstring is 40-600 characters and whose source is at most 1200, in ast.walk order."""
+def _documented_definitions(path: Path) -> List[Tuple[str, str, str, str, str]]:
+    """(kind, name, docstring, source, head) of the public functions and classes in a file whose
+    docstring is 40-600 characters and whose source is at most 1200, in ast.walk order; head is
+    the source up to the end of the docstring, dedented."""
     try:
         src = path.read_text(encoding="utf-8")
         tree = ast.parse(src)
@@ -50,7 +59,11 @@ def _documented_definitions(path: Path) -> List[Tuple[str, str, str, str]]:
         doc = ast.get_docstring(node)
         code = ast.get_source_segment(src, node)
         if doc and code and 40 <= len(doc) <= 600 and len(code) <= 1200:
-            out.append(("class" if isinstance(node, ast.ClassDef) else "function", node.name, doc, code))
+            # The first line of a segment starts at the definition; a method's later lines keep
+            # their class indentation: put it back on the first line, then dedent.
+            lines = (" " * node.col_offset + code).splitlines()
+            head = textwrap.dedent("\n".join(lines[:node.body[0].end_lineno - node.lineno + 1])) + "\n"
+            out.append(("class" if isinstance(node, ast.ClassDef) else "function", node.name, doc, code, head))
     return out
 
 
@@ -60,10 +73,12 @@ def stdlib_prompts(limit: int, seed: int = 0, per_file: int = 2) -> List[str]:
 
 
 def code_prompts(limit: int, roots: Optional[Sequence[Union[str, Path]]] = None, seed: int = 0,
-                 per_file: int = 2) -> List[str]:
+                 per_file: int = 2) -> List[Prompt]:
     """Up to `limit` prompts built from functions and classes (with docstrings) of the Python
-    sources under `roots` (default: the standard library): "explain this code" and "write this
-    from its docstring", alternating. Files are visited in a seeded order, `per_file` definitions
+    sources under `roots` (default: the standard library), three kinds in turn: "explain this
+    code" and "write this from its docstring" (chat), and the definition's signature and
+    docstring as a Completion (raw code for the target to continue: a head trained on chat
+    answers alone accepts little on code completion). Files are visited in a seeded order, `per_file` definitions
     from each per round, in as many rounds as it takes, so a larger limit extends the list a
     smaller one gives. Test folders and nested site-packages are skipped."""
     roots = [Path(sysconfig.get_paths()["stdlib"])] if not roots else [Path(r) for r in roots]
@@ -73,22 +88,26 @@ def code_prompts(limit: int, roots: Optional[Sequence[Union[str, Path]]] = None,
     files = [(root, f) for root in roots for f in _stdlib_files(root)]
     random.Random(seed).shuffle(files)
     defs = [(".".join(f.relative_to(root).with_suffix("").parts), _documented_definitions(f)) for root, f in files]
-    prompts: List[str] = []
+    prompts: List[Prompt] = []
     for start in range(0, max((len(d) for _, d in defs), default=0), per_file):
         for module, found in defs:
-            for kind, name, doc, code in found[start:start + per_file]:
+            for kind, name, doc, code, head in found[start:start + per_file]:
                 if len(prompts) >= limit:
                     return prompts
-                if len(prompts) % 2 == 0:
+                turn = len(prompts) % 3
+                if turn == 0:
                     prompts.append(f"Explain what this code from the Python `{module}` module does:\n\n"
                                    f"```python\n{code}\n```")
-                else:
+                elif turn == 1:
                     prompts.append(f"Write a Python {kind} `{name}` that does the following:\n\n{doc}")
+                else:
+                    prompts.append(Completion(head))
     return prompts
 
 
 def jsonl_prompts(path) -> List[Prompt]:
-    """One JSON object a line: {"prompt": "text"} or {"input_ids": [token ids]}."""
+    """One JSON object a line: {"prompt": "text"} (a chat turn), {"completion": "text"} (raw text
+    to continue, no chat template) or {"input_ids": [token ids]}."""
     out: List[Prompt] = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -100,22 +119,29 @@ def jsonl_prompts(path) -> List[Prompt]:
                 raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
             if isinstance(obj, dict) and isinstance(obj.get("prompt"), str):
                 out.append(obj["prompt"])
+            elif isinstance(obj, dict) and isinstance(obj.get("completion"), str):
+                out.append(Completion(obj["completion"]))
             elif isinstance(obj, dict) and isinstance(obj.get("input_ids"), list) and obj["input_ids"] and all(
                     isinstance(i, int) and not isinstance(i, bool) for i in obj["input_ids"]):
                 out.append(list(obj["input_ids"]))
             else:
-                raise ValueError(f"{path}:{n}: expected {{\"prompt\": str}} or {{\"input_ids\": [int, ...]}}")
+                raise ValueError(f"{path}:{n}: expected {{\"prompt\": str}}, {{\"completion\": str}} or "
+                                 f"{{\"input_ids\": [int, ...]}}")
     if not out:
         raise ValueError(f"{path}: no prompts")
     return out
 
 
 def encode_prompts(prompts: Sequence[Prompt], tokenizer, vocab_size: int, max_tokens: int) -> List[List[int]]:
-    """Token ids per prompt (chat template when the tokenizer has one); prompts longer than
-    max_tokens are dropped."""
+    """Token ids per prompt (chat template when the tokenizer has one, except for a Completion);
+    prompts longer than max_tokens are dropped."""
     out = []
     for p in prompts:
-        if isinstance(p, str):
+        if isinstance(p, Completion):
+            if tokenizer is None:
+                raise ValueError("text prompts need a tokenizer; the target has none (give token ids instead)")
+            ids = list(tokenizer(str(p))["input_ids"])
+        elif isinstance(p, str):
             if tokenizer is None:
                 raise ValueError("text prompts need a tokenizer; the target has none (give token ids instead)")
             if getattr(tokenizer, "chat_template", None):
