@@ -15,6 +15,8 @@ attention takes 64 or 128):
   sparse-KV self-speculation) is token-identical to autoregressive decoding on the GPU, request
   by request (verification forwards of <= 16 rows, the batch-invariant GEMV path), batched runs
   complete, and every KV block comes back; an EAGLE head on a GPU target is a clear error;
+* T > 0: the target as its own draft is accepted every time (p == q row for row), and seeded
+  runs repeat;
 * int8 layers on the GPU: logits close to the CPU's int8 engine (5e-2: the CPU also quantizes
   activations), fewer weight bytes, and speculation token-identical to GPU autoregressive;
 * bad input is refused the same way as on the CPU (out-of-range ids, int4 weights on the GPU).
@@ -178,6 +180,23 @@ def test_gpu_speculation_is_token_identical_to_gpu_autoregressive(ckpts, gpu, sp
     llm = load_llm(ckpts / "target", device="cuda", draft=draft, speculative=spec)
     assert alone(llm) == reference
     assert [len(t) for t in _tokens(llm)] == MAX_TOKENS  # batched runs through
+    assert_no_blocks_held(llm.engine)
+
+
+@needs_gpu
+def test_gpu_sampling_self_draft_is_always_accepted_and_seeded_runs_repeat(ckpts):
+    # The target as its own draft: p == q row for row (the draft's one-row forwards and the
+    # verification's GEMV rows compute the same sums), so lossless sampling accepts every draft.
+    from specdec_native import SamplingParams
+
+    llm = load_llm(ckpts / "target", device="cuda", draft=str(ckpts / "target"),
+                   speculative={"method": "draft", "num_speculative_tokens": 3})
+    params = [SamplingParams(max_tokens=n, temperature=0.8, top_k=40 if i % 2 else 0, seed=7 + i, ignore_eos=True)
+              for i, n in enumerate(MAX_TOKENS)]
+    outs = [llm.generate(prompt_token_ids=[p], sampling_params=[sp])[0] for p, sp in zip(PROMPTS, params)]
+    assert all(o.metrics["drafted"] > 0 and o.metrics["accepted"] == o.metrics["drafted"] for o in outs)
+    again = [llm.generate(prompt_token_ids=[p], sampling_params=[sp])[0].token_ids for p, sp in zip(PROMPTS, params)]
+    assert again == [o.token_ids for o in outs]
     assert_no_blocks_held(llm.engine)
 
 
