@@ -10,6 +10,7 @@ Two backends produce the responses and features: transformers (`generate_respons
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
 import random
@@ -67,6 +68,15 @@ def _documented_definitions(path: Path) -> List[Tuple[str, str, str, str, str]]:
     return out
 
 
+@functools.lru_cache(maxsize=4)
+def _mined_definitions(roots: Tuple[str, ...], seed: int) -> List[Tuple[str, List]]:
+    """(module, its documented definitions) per file under `roots`, files in a seeded order
+    (parsed once per process: the standard library takes tens of seconds)."""
+    files = [(Path(root), f) for root in roots for f in _stdlib_files(Path(root))]
+    random.Random(seed).shuffle(files)
+    return [(".".join(f.relative_to(root).with_suffix("").parts), _documented_definitions(f)) for root, f in files]
+
+
 def stdlib_prompts(limit: int, seed: int = 0, per_file: int = 2) -> List[str]:
     """code_prompts over the standard library's own sources (about 3,000 definitions qualify)."""
     return code_prompts(limit, None, seed=seed, per_file=per_file)
@@ -85,9 +95,7 @@ def code_prompts(limit: int, roots: Optional[Sequence[Union[str, Path]]] = None,
     for root in roots:
         if not root.is_dir():
             raise ValueError(f"prompt source {root} is not a directory")
-    files = [(root, f) for root in roots for f in _stdlib_files(root)]
-    random.Random(seed).shuffle(files)
-    defs = [(".".join(f.relative_to(root).with_suffix("").parts), _documented_definitions(f)) for root, f in files]
+    defs = _mined_definitions(tuple(str(r) for r in roots), seed)
     prompts: List[Prompt] = []
     for start in range(0, max((len(d) for _, d in defs), default=0), per_file):
         for module, found in defs:
