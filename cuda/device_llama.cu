@@ -6,7 +6,8 @@
 // (tree masks bit-packed) -> o GEMM + residual -> RMSNorm -> gate_up GEMM -> SiLU * up -> down
 // GEMM + residual; then the logit rows: gather, final RMSNorm, LM head, one download (or only
 // each row's argmax). A batch may run a subset of the layers or attend a sparse KV window (the
-// self-speculation drafts) and capture layers' outputs into host memory, as on the CPU.
+// self-speculation drafts) and capture layers' outputs into host memory, as on the CPU (an
+// EAGLE head drafts on the CPU from those features, with the host copy of the embedding).
 // GEMMs: the GEMV kernel for up to 16 rows (decode, small verify batches), cuBLAS tensor cores
 // above (activations rounded to the weights' dtype first); GEMV everywhere without libcublas.
 // Activations are f32 throughout; K/V are stored in bf16.
@@ -95,7 +96,8 @@ class DeviceLlama final : public ForwardModel {
   const ModelConfig& config() const override { return cfg_; }
   DType dtype() const override { return dtype_; }
   std::string device() const override { return "cuda"; }
-  const Matrix* host_embedding() const override { return nullptr; }
+  // A host copy (row-major, the tables' dtype) for an EAGLE head, which drafts on the CPU.
+  const Matrix* host_embedding() const override { return &host_embed_.view(); }
   int64_t weight_bytes_per_token(const std::vector<int32_t>& layers) const override;
   using ForwardModel::weight_bytes_per_token;
   int64_t max_kv_blocks(int32_t page_size) const override;
@@ -114,6 +116,7 @@ class DeviceLlama final : public ForwardModel {
   ModelConfig cfg_;
   DType dtype_ = DType::kBF16;
   DeviceMatrix embed_, lm_head_;
+  OwnedMatrix host_embed_;
   bool tied_ = false;
   DeviceBuffer<float> final_norm_, inv_freq_;
   std::vector<DeviceLayer> layers_;
@@ -161,6 +164,7 @@ Status DeviceLlama::create(const ModelConfig& cfg, const Checkpoint& ckpt, Weigh
   m->tied_ = host.tied;
   SD_RETURN_IF_ERROR(upload_matrix(host.embed.view(), tables, &m->embed_));
   if (!host.tied) SD_RETURN_IF_ERROR(upload_matrix(host.lm_head.view(), tables, &m->lm_head_));
+  m->host_embed_ = std::move(host.embed);
   SD_RETURN_IF_ERROR(m->final_norm_.upload(host.final_norm));
   SD_RETURN_IF_ERROR(m->inv_freq_.upload(rope_inv_freq(cfg)));
   m->layers_.resize(host.layers.size());

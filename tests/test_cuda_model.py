@@ -12,9 +12,10 @@ attention takes 64 or 128):
 * a token tree's rows (tree-mask attention) equal each chain's own prompt logits on the GPU
   (within 1e-2: the same rows through other work splits and GEMM shapes);
 * T = 0: speculative decoding on the GPU (draft-model chain and tree, n-gram, layer-skip and
-  sparse-KV self-speculation) is token-identical to autoregressive decoding on the GPU, request
-  by request (verification forwards of <= 16 rows, the batch-invariant GEMV path), batched runs
-  complete, and every KV block comes back; an EAGLE head on a GPU target is a clear error;
+  sparse-KV self-speculation, an EAGLE-3 head as chain and tree: the head drafts on the CPU from
+  the GPU target's captured features) is token-identical to autoregressive decoding on the GPU,
+  request by request (verification forwards of <= 16 rows, the batch-invariant GEMV path),
+  batched runs complete, and every KV block comes back;
 * T > 0: the target as its own draft is accepted every time (p == q row for row), and seeded
   runs repeat;
 * int8 layers on the GPU: logits close to the CPU's int8 engine (5e-2: the CPU also quantizes
@@ -28,8 +29,8 @@ import ctypes
 import numpy as np
 import pytest
 
-from helpers import (argmax_agreement, assert_no_blocks_held, greedy_params, load_llm, prompt, relative_error,
-                     write_checkpoint, write_tokenizer)
+from helpers import (argmax_agreement, assert_no_blocks_held, greedy_params, load_llm, prompt, random_eagle_head,
+                     relative_error, small_eagle_config, write_checkpoint, write_tokenizer)
 
 from specdec_native import _core, cuda
 from specdec_native import checkpoint as ckpt_mod
@@ -51,6 +52,12 @@ def ckpts(tmp_path_factory):
     write_checkpoint(root / "tiny", "llama", seed=43)  # head_dim 16
     for name in ("target", "draft", "tiny"):
         write_tokenizer(root / name, vocab_size=256)
+    from specdec_native.eagle.checkpoint import save_head
+
+    head = random_eagle_head(small_eagle_config(hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                                                num_key_value_heads=2, vocab_size=256, draft_vocab_size=200,
+                                                aux_layer_ids=(0, 1, 1), max_position_embeddings=256), seed=4)
+    save_head(head, root / "eagle")
     return root
 
 
@@ -167,6 +174,8 @@ def test_gpu_tree_rows_equal_each_chains_logits(gpu):
     {"method": "ngram", "num_speculative_tokens": 4},
     {"method": "layer_skip", "draft_layers": 1, "num_speculative_tokens": 3},
     {"method": "sparse_kv", "sink_tokens": 16, "window_tokens": 16, "num_speculative_tokens": 3},
+    {"method": "eagle", "num_speculative_tokens": 3},
+    {"method": "eagle", "num_speculative_tokens": 3, "tree": {"top_k": 2, "max_nodes": 6}},
 ])
 def test_gpu_speculation_is_token_identical_to_gpu_autoregressive(ckpts, gpu, spec):
     # One request at a time: a verification forward then has at most 16 rows, where every GEMM
@@ -176,7 +185,7 @@ def test_gpu_speculation_is_token_identical_to_gpu_autoregressive(ckpts, gpu, sp
         return [_tokens(llm, [p], [sp])[0] for p, sp in zip(PROMPTS, _greedy())]
 
     reference = alone(gpu)
-    draft = str(ckpts / "draft") if spec["method"] == "draft" else None
+    draft = {"draft": str(ckpts / "draft"), "eagle": str(ckpts / "eagle")}.get(spec["method"])
     llm = load_llm(ckpts / "target", device="cuda", draft=draft, speculative=spec)
     assert alone(llm) == reference
     assert [len(t) for t in _tokens(llm)] == MAX_TOKENS  # batched runs through
@@ -208,6 +217,4 @@ def test_gpu_bad_input(ckpts, gpu):
         load_llm(ckpts / "target", device="cuda", dtype="int4")
     with pytest.raises(RuntimeError, match="head_dim 64 or 128"):
         load_llm(ckpts / "tiny", device="cuda")
-    with pytest.raises(RuntimeError, match="EAGLE heads run on the CPU"):
-        load_llm(ckpts / "target", device="cuda", draft=str(ckpts / "draft"), speculative={"method": "eagle"})
     assert _tokens(gpu, PROMPTS[:1], _greedy()[:1])  # still serves after the errors

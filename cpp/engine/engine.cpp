@@ -125,8 +125,8 @@ Status Engine::attach_eagle_head(const std::string& dir, const std::string& dtyp
   if (dtype != "auto" && !parse_dtype_name(dtype, &dt))
     return InvalidArgument("dtype must be auto, float32, bfloat16, float16, int8 or int4; got '" + dtype + "'");
   if (model_->host_embedding() == nullptr)
-    return Unsupported("EAGLE heads run on the CPU over a CPU target for now; the target runs on '" +
-                       model_->device() + "'");
+    return Unsupported("EAGLE heads draft on the CPU with the target's embedding table, which the target on '" +
+                       model_->device() + "' does not keep in host memory");
   std::unique_ptr<Eagle3Head> head;
   SD_RETURN_IF_ERROR(Eagle3Head::load(dir, config(), dt, &head));
   drafter_.reset(new EagleDrafter(std::move(head), model_.get(), opts_.page_size, opts_.num_blocks, opts));
