@@ -33,8 +33,8 @@ def _generate(args) -> int:
 
     model = args.model or default_model()
     speculative = _speculative_from_args(args)
-    llm = LLM(model, dtype=args.dtype, num_threads=args.threads, max_model_len=args.max_model_len,
-              draft=args.draft, speculative=speculative)
+    llm = LLM(model, dtype=args.dtype, device=args.device, num_threads=args.threads,
+              max_model_len=args.max_model_len, draft=args.draft, speculative=speculative)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, min_p=args.min_p, seed=args.seed, stop=args.stop or None,
                             ignore_eos=args.ignore_eos)
@@ -67,7 +67,7 @@ def _serve(args) -> int:
 
     model = args.model or default_model()
     speculative = _speculative_from_args(args)
-    engine = AsyncLLM(model, draft=args.draft, speculative=speculative, dtype=args.dtype,
+    engine = AsyncLLM(model, draft=args.draft, speculative=speculative, dtype=args.dtype, device=args.device,
                       max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs, num_threads=args.threads)
     server.serve(engine, args.served_model_name or args.model or os.path.basename(model),
                  host=args.host, port=args.port, log_level=args.log_level)
@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt")
     g.add_argument("--model", help="HF checkpoint directory or .gguf file (default: SmolLM2-135M-Instruct)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "int8", "int4"])
+    g.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where the model runs")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     g.add_argument("--max-tokens", type=int, default=64)
     g.add_argument("--temperature", type=float, default=0.0)
@@ -152,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "int8", "int4"])
+    s.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where the model runs")
     s.add_argument("--max-model-len", type=int, default=None)
     s.add_argument("--max-num-seqs", type=int, default=8, help="sequences decoded together")
     s.add_argument("--threads", type=int, default=None)
