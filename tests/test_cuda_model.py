@@ -84,6 +84,14 @@ def test_cuda_without_a_gpu_is_a_clear_error(ckpts):
         load_llm(ckpts / "tiny", device="cuda")
 
 
+@no_gpu
+def test_cli_device_cuda_without_a_gpu_fails_cleanly(ckpts, capsys):
+    from specdec_native import cli
+
+    assert cli.main(["generate", "--model", str(ckpts / "tiny"), "--device", "cuda", "--max-tokens", "2", "hi"]) == 2
+    assert "no GPU" in capsys.readouterr().err
+
+
 def test_unknown_device_is_a_value_error(ckpts):
     with pytest.raises(ValueError, match="device must be one of auto, cpu, cuda"):
         load_llm(ckpts / "tiny", device="tpu")
