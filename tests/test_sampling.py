@@ -163,6 +163,25 @@ def test_processed_probs_large_vocab():
         np.testing.assert_allclose(p, ref, rtol=1e-4, atol=1e-9)
 
 
+@pytest.mark.parametrize("scale", [12.0, 3.0, 1.0, 0.05])
+def test_top_p_alone_on_a_152k_vocabulary(scale):
+    """Top-p without top-k sorts only the candidates the nucleus needs, growing the sorted prefix
+    (256, 2048, ...): the kept set must be the full sort's whether the nucleus holds a few tokens
+    (peaked), hundreds or thousands, or nearly everything (scale 0.05: almost flat)."""
+    rng = np.random.default_rng(int(scale * 100))
+    V = 151936
+    for top_p in (0.5, 0.9, 0.99):
+        cfg = dict(temperature=0.9, top_p=top_p)
+        for _ in range(20):
+            logits = (rng.standard_normal(V) * scale).astype(np.float32)
+            ref, margin = reference_probs(logits, **cfg)
+            if margin > 1e-7 and len(np.unique(logits)) == V:
+                break
+        p = ops.processed_probs(logits, **cfg)
+        np.testing.assert_array_equal(p == 0, ref == 0)
+        np.testing.assert_allclose(p, ref, rtol=1e-4, atol=1e-9)
+
+
 def test_temperature_zero_is_one_hot_at_first_argmax():
     logits = np.array([1.0, 3.0, -2.0, 3.0, 2.0], np.float32)
     p = ops.processed_probs(logits, temperature=0.0)

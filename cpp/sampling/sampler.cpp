@@ -46,26 +46,42 @@ void processed_probs(const float* logits, int64_t vocab, const SamplingConfig& c
     std::vector<int32_t> order(static_cast<size_t>(vocab));
     std::iota(order.begin(), order.end(), 0);
     auto by_prob = [&](int32_t a, int32_t b) { return probs[a] > probs[b] || (probs[a] == probs[b] && a < b); };
+    // Keep the smallest prefix whose mass reaches top_p (HF drops tokens whose cumulative mass
+    // from the bottom is <= 1 - top_p; the top token always stays). Returns {kept, reached}
+    // over the first `sorted` candidates of `order`, which are in by_prob order.
+    auto nucleus = [&](int64_t sorted, double total) {
+      double cum = 0;
+      int64_t n = 0;
+      while (n < sorted) {
+        cum += probs[order[static_cast<size_t>(n)]] / total;
+        ++n;
+        if (cum >= cfg.top_p) return std::make_pair(n, true);
+      }
+      return std::make_pair(n, false);
+    };
     int64_t keep = vocab;
     if (use_top_k) {
       keep = cfg.top_k;
       std::partial_sort(order.begin(), order.begin() + keep, order.end(), by_prob);
-    } else {
-      std::sort(order.begin(), order.end(), by_prob);
-    }
-    if (use_top_p) {
-      double total = 0;
-      for (int64_t i = 0; i < keep; ++i) total += probs[order[static_cast<size_t>(i)]];
-      // Keep the smallest prefix whose mass reaches top_p (HF drops tokens whose cumulative
-      // mass from the bottom is <= 1 - top_p; the top token always stays).
-      double cum = 0;
-      int64_t n = 0;
-      while (n < keep) {
-        cum += probs[order[static_cast<size_t>(n)]] / total;
-        ++n;
-        if (cum >= cfg.top_p) break;
+      if (use_top_p) {
+        double total = 0;
+        for (int64_t i = 0; i < keep; ++i) total += probs[order[static_cast<size_t>(i)]];
+        keep = nucleus(keep, total).first;
       }
-      keep = n;
+    } else {
+      // Top-p alone: sort only as many candidates as the nucleus needs (a few dozen for a
+      // model's peaked distributions), growing 8x until it is reached; a flat distribution
+      // ends in a full sort. The kept set is the full sort's.
+      double total = 0;
+      for (int64_t i = 0; i < vocab; ++i) total += probs[i];
+      for (int64_t m = std::min<int64_t>(vocab, 256);; m = std::min<int64_t>(vocab, 8 * m)) {
+        std::partial_sort(order.begin(), order.begin() + m, order.end(), by_prob);
+        const auto kept = nucleus(m, total);
+        if (kept.second || m == vocab) {
+          keep = kept.first;
+          break;
+        }
+      }
     }
     for (int64_t i = keep; i < vocab; ++i) probs[order[static_cast<size_t>(i)]] = 0.0f;
   }
