@@ -4,7 +4,7 @@ llama.cpp's autoregressive decoding of the same GGUF. Beside each row: mean acce
 the head's draft cost ratio c (one drafted token's time / one autoregressive step's).
 
     python bench/bench_eagle.py --head HEAD_DIR [--target smollm2|qwen1.5b|PATH] [--k 3 | --k 1,2,4,8]
-                                [--trees 4:8:4,4:16:5] [--prompts heldout|code] [--tokens 64]
+                                [--trees 4:8:4,4:16:5] [--prompts heldout,code,code2] [--tokens 64]
                                 [--peers llamacpp]
 
 --trees adds EAGLE-2 dynamic trees from the same head, each top_k:max_nodes:depth. --k takes a
@@ -46,15 +46,60 @@ def load_prompts(head: Path, which: str, llm):
     return [prompt_ids(llm, *PROMPTS[which])]
 
 
+def measure(engines, prompts, tokens_per_request):
+    """One request at a time (batch 1), configurations interleaved; a row per configuration."""
+    from specdec_native import SamplingParams
+
+    params = SamplingParams(max_tokens=tokens_per_request, temperature=0, ignore_eos=True)
+    for llm in engines.values():  # warm up
+        llm.generate(prompt_token_ids=prompts[:1], sampling_params=SamplingParams(max_tokens=4, temperature=0))
+    keys = ("seconds", "tokens", "draft_s", "drafted", "verify_s", "passes")
+    acc = {name: dict.fromkeys(keys, 0.0) for name in engines}
+    accepted_len = {name: [] for name in engines}
+    for p in prompts:
+        for name, llm in engines.items():
+            t = time.perf_counter()
+            o = llm.generate(prompt_token_ids=[p], sampling_params=params)[0]
+            a = acc[name]
+            a["seconds"] += time.perf_counter() - t
+            a["tokens"] += len(o.token_ids)
+            a["draft_s"] += o.metrics.get("draft_seconds", 0.0)
+            a["drafted"] += o.metrics.get("drafted", 0)
+            a["verify_s"] += o.metrics.get("verify_seconds", 0.0)
+            a["passes"] += o.metrics.get("steps", 0)
+            accepted_len[name].append(o.metrics.get("mean_accepted_length", 1.0))
+    ar = acc["autoregressive"]
+    ar_step = ar["seconds"] / ar["tokens"]
+    # The forward alone, from the engine's own timing (no drafting, no Python): what verification costs.
+    ar_pass = ar["verify_s"] / max(ar["passes"], 1)
+    rows = []
+    for name, a in acc.items():
+        tps = a["tokens"] / a["seconds"]
+        row = {"config": name, "tokens_per_s": tps, "vs_autoregressive": tps * ar_step,
+               "mean_accepted_length": statistics.mean(accepted_len[name]),
+               "draft_cost_ratio": (a["draft_s"] / a["drafted"]) / ar_step if a["drafted"] else 0.0,
+               "draft_share": a["draft_s"] / a["seconds"],
+               "pass_cost": (a["verify_s"] / max(a["passes"], 1)) / ar_pass if ar_pass else 0.0,
+               "nodes_per_pass": a["drafted"] / max(a["passes"], 1)}
+        rows.append(row)
+        print(f"{name:22s} {tps:7.1f} tok/s  {row['vs_autoregressive']:5.2f}x AR  "
+              f"{row['mean_accepted_length']:4.2f} tokens/pass  c = {row['draft_cost_ratio']:.3f} per drafted token  "
+              f"drafting {row['draft_share']:.0%} of the time  pass = {row['pass_cost']:.2f} AR steps "
+              f"({row['nodes_per_pass']:.1f} nodes)", flush=True)
+    return rows
+
+
 def main() -> int:
-    from specdec_native import LLM, SamplingParams
+    from specdec_native import LLM
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--head", required=True)
     ap.add_argument("--target", default="smollm2")
     ap.add_argument("--k", default="3", help="chain length(s) of the head, comma-separated")
     ap.add_argument("--trees", default="4:8:4,4:16:5", help="EAGLE-2 trees top_k:max_nodes:depth, comma-separated ('' for none)")
-    ap.add_argument("--prompts", default="heldout", help="heldout (the head's data.pt) or one of " + ",".join(PROMPTS))
+    ap.add_argument("--prompts", default="heldout",
+                    help="comma-separated sets, each measured in turn: heldout (the head's data.pt) or one of "
+                         + ",".join(PROMPTS))
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--dtype", default="int4")
     ap.add_argument("--threads", type=int, default=2)
@@ -79,53 +124,24 @@ def main() -> int:
         configs[f"0.5B draft k={k}"] = dict(draft=fetch_models.qwen_coder_gguf("0.5b"),
                                             speculative={"method": "draft", "num_speculative_tokens": k})
     engines = {name: LLM(target, **common, **extra) for name, extra in configs.items()}
-    prompts = load_prompts(Path(args.head), args.prompts, engines["autoregressive"])
-    params = SamplingParams(max_tokens=args.tokens, temperature=0, ignore_eos=True)
-    for llm in engines.values():  # warm up
-        llm.generate(prompt_token_ids=prompts[:1], sampling_params=SamplingParams(max_tokens=4, temperature=0))
-    seconds = {name: 0.0 for name in engines}
-    tokens = {name: 0 for name in engines}
-    accepted_len = {name: [] for name in engines}
-    draft_s = {name: 0.0 for name in engines}
-    drafted = {name: 0 for name in engines}
-    verify_s = {name: 0.0 for name in engines}
-    passes = {name: 0 for name in engines}
-    for p in prompts:  # one request at a time (batch 1), configurations interleaved
-        for name, llm in engines.items():
-            t = time.perf_counter()
-            o = llm.generate(prompt_token_ids=[p], sampling_params=params)[0]
-            seconds[name] += time.perf_counter() - t
-            tokens[name] += len(o.token_ids)
-            accepted_len[name].append(o.metrics.get("mean_accepted_length", 1.0))
-            draft_s[name] += o.metrics.get("draft_seconds", 0.0)
-            drafted[name] += o.metrics.get("drafted", 0)
-            verify_s[name] += o.metrics.get("verify_seconds", 0.0)
-            passes[name] += o.metrics.get("steps", 0)
-    ar_step = seconds["autoregressive"] / tokens["autoregressive"]
-    # The forward alone, from the engine's own timing (no drafting, no Python): what verification costs.
-    ar_pass = verify_s["autoregressive"] / max(passes["autoregressive"], 1)
-    rows = []
-    for name in engines:
-        tps = tokens[name] / seconds[name]
-        row = {"config": name, "tokens_per_s": tps, "vs_autoregressive": tps * ar_step,
-               "mean_accepted_length": statistics.mean(accepted_len[name]),
-               "draft_cost_ratio": (draft_s[name] / drafted[name]) / ar_step if drafted[name] else 0.0,
-               "draft_share": draft_s[name] / seconds[name],
-               "pass_cost": (verify_s[name] / max(passes[name], 1)) / ar_pass if ar_pass else 0.0,
-               "nodes_per_pass": drafted[name] / max(passes[name], 1)}
-        rows.append(row)
-        print(f"{name:22s} {tps:7.1f} tok/s  {row['vs_autoregressive']:5.2f}x AR  "
-              f"{row['mean_accepted_length']:4.2f} tokens/pass  c = {row['draft_cost_ratio']:.3f} per drafted token  "
-              f"drafting {row['draft_share']:.0%} of the time  pass = {row['pass_cost']:.2f} AR steps "
-              f"({row['nodes_per_pass']:.1f} nodes)", flush=True)
-    if "llamacpp" in args.peers:
-        gguf = target if target.endswith(".gguf") else None
-        if gguf:
-            tps = run_llamacpp(gguf, args.threads, args.tokens)
-            rows.append({"config": "llama.cpp autoregressive", "tokens_per_s": tps, "vs_autoregressive": tps * ar_step})
+    llamacpp = None
+    if "llamacpp" in args.peers and target.endswith(".gguf"):
+        llamacpp = run_llamacpp(target, args.threads, args.tokens)
+    sets = {}
+    for which in filter(None, args.prompts.split(",")):
+        prompts = load_prompts(Path(args.head), which, engines["autoregressive"])
+        print(f"-- prompts: {which} ({len(prompts)})", flush=True)
+        rows = measure(engines, prompts, args.tokens)
+        if llamacpp is not None:
+            ar_tps = rows[0]["tokens_per_s"]
+            rows.append({"config": "llama.cpp autoregressive", "tokens_per_s": llamacpp,
+                         "vs_autoregressive": llamacpp / ar_tps})
+            print(f"  llama.cpp autoregressive ({Path(target).name})   {llamacpp:.2f} tok/s; "
+                  f"best here {max(r['tokens_per_s'] for r in rows) / llamacpp:.2f}x of it", flush=True)
+        sets[which] = {"prompts": len(prompts), "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "prompts": len(prompts), "rows": rows}, indent=1))
+    out.write_text(json.dumps({"args": vars(args), "sets": sets}, indent=1))
     print(f"wrote {out}")
     return 0
 
