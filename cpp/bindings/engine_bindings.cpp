@@ -13,6 +13,7 @@
 #include "bindings/status_to_python.h"
 #include "engine/engine.h"
 #include "model/device_registry.h"
+#include "model/shadow_model.h"
 
 namespace py = pybind11;
 
@@ -55,6 +56,10 @@ void register_engine(py::module_& m) {
       py::arg("device"), py::arg("factory"),
       "Registers a device extension's model factory (specdec_native.cuda does this for 'cuda').");
   m.def("has_model_factory", &sd::has_model_factory, py::arg("device"));
+  m.def(
+      "_register_shadow_device", [] { sd::register_model_factory("shadow", &sd::create_shadow_model); },
+      "Tests only: device 'shadow' runs the CPU model over a private mirror of the engine's KV pages, "
+      "with the engine's cache holding no storage, as for a GPU model.");
   py::class_<sd::RopeScaling>(m, "RopeScaling")
       .def(py::init<>())
       .def_readwrite("type", &sd::RopeScaling::type)

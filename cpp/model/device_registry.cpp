@@ -42,13 +42,14 @@ bool has_model_factory(const std::string& device) {
 Status create_model(const std::string& device, const ModelConfig& cfg, const Checkpoint& ckpt, WeightDTypes dtypes,
                     const std::function<void(int, int)>& progress, std::unique_ptr<ForwardModel>* out) {
   if (device == "cpu") return create_cpu_model(cfg, ckpt, dtypes, progress, out);
-  if (device != "cuda") return InvalidArgument("device must be 'cpu' or 'cuda', got '" + device + "'");
   ModelFactory factory = nullptr;
   {
     std::lock_guard<std::mutex> lock(registry_mutex());
     auto it = registry().find(device);
     if (it != registry().end()) factory = it->second;
   }
+  if (factory == nullptr && device != "cuda")
+    return InvalidArgument("device must be 'cpu' or 'cuda', got '" + device + "'");
   if (factory == nullptr)
     return Unsupported("device 'cuda': the CUDA extension is not loaded (this build has no CUDA extension, or no "
                        "GPU is visible); use device='cpu' or 'auto'");

@@ -25,7 +25,8 @@ inline constexpr const char* kModelFactoryCapsule = "specdec_native.ModelFactory
 void register_model_factory(const std::string& device, ModelFactory factory);
 bool has_model_factory(const std::string& device);
 
-// InvalidArgument for a device name other than "cpu" and "cuda"; Unsupported when the device's
+// "cpu", or a registered device ("cuda" from the CUDA extension; "shadow", a test device,
+// model/shadow_model.h). InvalidArgument for any other name; Unsupported for "cuda" when its
 // extension is not loaded (no GPU, or a CPU-only build).
 Status create_model(const std::string& device, const ModelConfig& cfg, const Checkpoint& ckpt, WeightDTypes dtypes,
                     const std::function<void(int, int)>& progress, std::unique_ptr<ForwardModel>* out);
