@@ -197,3 +197,19 @@ def test_extend_data_adds_sequences_and_computes_only_their_features(target, tmp
     with pytest.raises(ValueError, match="no prompts beyond the 10"):
         (out / "checkpoint.pt").unlink()
         T.train_draft(path, out, steps=2, prompts=prompts[:6], extend_data=True, **dict(run, max_prompts=10))
+
+
+def test_features_are_saved_chunk_by_chunk(target, tmp_path, monkeypatch):
+    """Features are computed FEATURE_CHUNK sequences at a time and features.pt is rewritten after
+    each chunk, so a run stopped during the (long) feature pass keeps what it computed; a run
+    stopped before training resumes with only the missing sequences."""
+    path, model, prompts = target
+    out = tmp_path / "head"
+    monkeypatch.setattr(T, "FEATURE_CHUNK", 2)
+    saves = []
+    real_save = T.S.save_features
+    monkeypatch.setattr(T.S, "save_features", lambda *a: saves.append(len(a[3])) or real_save(*a))
+    T.train_draft(path, out, steps=0, prompts=prompts[:6], **dict(RUN, max_prompts=4, eval_prompts=2))
+    assert saves == [2, 4, 6]  # three chunks of 2 sequences, each written
+    stored = torch.load(out / "features.pt", weights_only=False)
+    assert len(stored["feats"]) == 6

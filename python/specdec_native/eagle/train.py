@@ -192,6 +192,9 @@ def _backend_name(data_backend: str, engine_dtype: str) -> str:
     return f"engine ({engine_dtype})" if data_backend == "engine" else data_backend
 
 
+FEATURE_CHUNK = 512  # sequences whose features are computed between two saves of features.pt
+
+
 def _prompt_ids(tokenizer, vocab: int, prompts, prompts_file, limit: int, max_prompt_tokens: int,
                 seed: int) -> List[List[int]]:
     """Up to `limit` encoded prompts (given, from the JSONL file, or the standard library's), shuffled."""
@@ -369,14 +372,19 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
     if len(todo) < len(seqs):
         log(f"reusing {out / 'features.pt'}: target features of {len(seqs) - len(todo)} sequences")
     if todo:
+        # In chunks, each saved: a stopped run keeps the features it computed.
+        longest = max(len(s["ids"]) for s in todo) + 1
+        for i in range(0, len(todo), FEATURE_CHUNK):
+            part = todo[i:i + FEATURE_CHUNK]
+            if engine is not None:
+                new = D.engine_features(engine.get(longest), model, part, aux_ids, progress)
+            else:
+                new = D.target_features(model, part, aux_ids, device=device, progress=progress)
+            feats.update((S.sequence_key(s), f) for s, f in zip(part, new))
+            feats = S.save_features(out, backend, aux_ids, feats)
         if engine is not None:
-            new = D.engine_features(engine.get(max(len(s["ids"]) for s in todo) + 1), model, todo, aux_ids, progress)
             engine.close()
-        else:
-            new = D.target_features(model, todo, aux_ids, device=device, progress=progress)
-        feats.update((S.sequence_key(s), f) for s, f in zip(todo, new))
         log(f"target features of {len(todo)} sequences in {time.time() - t0:.0f}s ({backend})")
-        feats = S.save_features(out, backend, aux_ids, feats)
     feats = [feats[S.sequence_key(s)] for s in seqs]
     train_feats, held_feats = feats[:len(data["train"])], feats[len(data["train"]):]
     del model
