@@ -400,9 +400,9 @@ Status DeviceLlama::copy_tokens(KVCache& kv, const SeqPages& seq, const std::vec
   }
   SD_RETURN_IF_ERROR(copy_src_.write_async(src, stream_));
   SD_RETURN_IF_ERROR(copy_dst_.write_async(dst, stream_));
-  SD_RETURN_IF_ERROR(kv_copy_slots(kKVDType, k_cache_.get(), v_cache_.get(), cfg_.num_layers, layout_, copy_src_.get(),
-                                   copy_dst_.get(), static_cast<int64_t>(src.size()), stream_));
-  return sync(stream_, "copy_tokens");
+  // No sync: the next forward runs after it on the same stream (and reports its faults).
+  return kv_copy_slots(kKVDType, k_cache_.get(), v_cache_.get(), cfg_.num_layers, layout_, copy_src_.get(),
+                       copy_dst_.get(), static_cast<int64_t>(src.size()), stream_);
 }
 
 }  // namespace
