@@ -45,7 +45,6 @@ constexpr int64_t kGemvMaxRows = 16;
 constexpr int32_t kAttnChunk = 256;
 constexpr DType kKVDType = DType::kBF16;
 
-// A row-major [rows, cols] weight in bf16 or f16 (uint16 bit patterns).
 // A row-major [rows, cols] weight: bf16 / f16 (2 bytes each), or int8 with one f32 scale per
 // 32 columns of a row (the GEMV's kQ8 layout, cuda/attention_ops.h).
 struct DeviceMatrix {
@@ -272,18 +271,15 @@ Status DeviceLlama::decoder_layer(int32_t l, int64_t T, bool masked) {
   SD_RETURN_IF_ERROR(rope(qkv_.get(), positions_.get(), T, nq, D, qkv_w, inv_freq_.get(), stream_));
   SD_RETURN_IF_ERROR(rope(qkv_.get() + nq * D, positions_.get(), T, nkv, D, qkv_w, inv_freq_.get(), stream_));
   // Split the fused rows: q [T, nq D], k and v [T, nkv D].
-  const size_t row = static_cast<size_t>(qkv_w) * sizeof(float);
-  SD_RETURN_IF_ERROR(check(cudaMemcpy2DAsync(q_.get(), nq * D * sizeof(float), qkv_.get(), row, nq * D * sizeof(float),
-                                             static_cast<size_t>(T), cudaMemcpyDeviceToDevice, stream_),
-                           "split q"));
-  SD_RETURN_IF_ERROR(check(cudaMemcpy2DAsync(k_new_.get(), nkv * D * sizeof(float), qkv_.get() + nq * D, row,
-                                             nkv * D * sizeof(float), static_cast<size_t>(T),
-                                             cudaMemcpyDeviceToDevice, stream_),
-                           "split k"));
-  SD_RETURN_IF_ERROR(check(cudaMemcpy2DAsync(v_new_.get(), nkv * D * sizeof(float), qkv_.get() + (nq + nkv) * D, row,
-                                             nkv * D * sizeof(float), static_cast<size_t>(T),
-                                             cudaMemcpyDeviceToDevice, stream_),
-                           "split v"));
+  auto split = [&](float* dst, int64_t col0, int64_t width) {
+    const size_t bytes = static_cast<size_t>(width) * sizeof(float);
+    return check(cudaMemcpy2DAsync(dst, bytes, qkv_.get() + col0, static_cast<size_t>(qkv_w) * sizeof(float), bytes,
+                                   static_cast<size_t>(T), cudaMemcpyDeviceToDevice, stream_),
+                 "split qkv");
+  };
+  SD_RETURN_IF_ERROR(split(q_.get(), 0, nq * D));
+  SD_RETURN_IF_ERROR(split(k_new_.get(), nq * D, nkv * D));
+  SD_RETURN_IF_ERROR(split(v_new_.get(), (nq + nkv) * D, nkv * D));
   SD_RETURN_IF_ERROR(kv_append(kKVDType, k_layer(l), v_layer(l), layout_, k_new_.get(), v_new_.get(), slots_.get(), T,
                                nullptr, stream_));
 
@@ -316,12 +312,10 @@ Status DeviceLlama::decoder_layer(int32_t l, int64_t T, bool masked) {
 }
 
 Status DeviceLlama::forward(const ForwardBatch& batch, KVCache& kv, float* logits) {
-  SD_RETURN_IF_ERROR(validate_forward_batch(batch, cfg_));
+  SD_RETURN_IF_ERROR(validate_forward_batch(batch, cfg_, logits));
   const int64_t T = static_cast<int64_t>(batch.token_ids.size());
   const int64_t R = static_cast<int64_t>(batch.logit_rows.size());
   const int32_t B = static_cast<int32_t>(batch.seqs.size());
-  if (logits == nullptr && batch.argmax == nullptr && R > 0)
-    return InvalidArgument("forward: logit rows asked for without a logits or argmax output");
   if (T == 0) return Status::Ok();
   const bool masked = !batch.custom_mask.empty();
   SD_RETURN_IF_ERROR(bind_cache(kv));
@@ -388,16 +382,12 @@ Status DeviceLlama::forward(const ForwardBatch& batch, KVCache& kv, float* logit
 
 Status DeviceLlama::copy_tokens(KVCache& kv, const SeqPages& seq, const std::vector<int64_t>& from,
                                 const std::vector<int64_t>& to) {
-  if (from.size() != to.size()) return InvalidArgument("copy_tokens: from and to differ in length");
-  if (from.empty()) return Status::Ok();
+  SD_RETURN_IF_ERROR(validate_copy_tokens(seq, from, to));
+  std::vector<int64_t> src, dst;  // the moves (a token already in place, as along a chain, is skipped)
+  for (size_t i = 0; i < from.size(); ++i)
+    if (from[i] != to[i]) src.push_back(seq.flat_slot(from[i])), dst.push_back(seq.flat_slot(to[i]));
+  if (src.empty()) return Status::Ok();
   SD_RETURN_IF_ERROR(bind_cache(kv));
-  std::vector<int64_t> src(from.size()), dst(to.size());
-  for (size_t i = 0; i < from.size(); ++i) {
-    if (std::min(from[i], to[i]) < 0 || std::max(from[i], to[i]) >= seq.num_tokens())
-      return InvalidArgument("copy_tokens: token index outside the sequence");
-    src[i] = seq.flat_slot(from[i]);
-    dst[i] = seq.flat_slot(to[i]);
-  }
   SD_RETURN_IF_ERROR(copy_src_.write_async(src, stream_));
   SD_RETURN_IF_ERROR(copy_dst_.write_async(dst, stream_));
   // No sync: the next forward runs after it on the same stream (and reports its faults).

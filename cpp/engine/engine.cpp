@@ -294,12 +294,12 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
       v = verify_sampling(t, probs_.data(), V, req.sampling.seed, res.tokens.size(), &scratch_);
     }
     const int64_t m = static_cast<int64_t>(v.accepted.size());
-    std::vector<int64_t> from, to;  // the accepted path into sequence order (a chain is there already)
+    std::vector<int64_t> from(static_cast<size_t>(m)), to(static_cast<size_t>(m));  // accepted path -> sequence order
     for (int64_t j = 0; j < m; ++j) {
-      const int64_t src = prefix[k] + 1 + v.accepted[static_cast<size_t>(j)], dst = prefix[k] + 1 + j;
-      if (src != dst) from.push_back(src), to.push_back(dst);
+      from[static_cast<size_t>(j)] = prefix[k] + 1 + v.accepted[static_cast<size_t>(j)];
+      to[static_cast<size_t>(j)] = prefix[k] + 1 + j;
     }
-    if (!from.empty()) SD_RETURN_IF_ERROR(model_->copy_tokens(*kv_, r.pages, from, to));
+    SD_RETURN_IF_ERROR(model_->copy_tokens(*kv_, r.pages, from, to));
     r.pages.truncate(kv_->allocator(), prefix[k] + 1 + m);
     if (drafter_) drafter_->accept(r.slot, t, v.accepted);
     if (feature_width > 0) {  // the root's and the accepted nodes' features, in sequence order

@@ -5,7 +5,7 @@
 
 namespace sd {
 
-Status validate_forward_batch(const ForwardBatch& batch, const ModelConfig& cfg) {
+Status validate_forward_batch(const ForwardBatch& batch, const ModelConfig& cfg, const float* logits) {
   const int64_t T = static_cast<int64_t>(batch.token_ids.size());
   const int32_t B = static_cast<int32_t>(batch.seqs.size());
   if (static_cast<int64_t>(batch.positions.size()) != T ||
@@ -17,6 +17,8 @@ Status validate_forward_batch(const ForwardBatch& batch, const ModelConfig& cfg)
                              std::to_string(cfg.vocab_size) + ")");
   for (int32_t r : batch.logit_rows)
     if (r < 0 || r >= T) return InvalidArgument("forward: logit row out of range");
+  if (logits == nullptr && batch.argmax == nullptr && !batch.logit_rows.empty())
+    return InvalidArgument("forward: logit rows asked for without a logits or argmax output");
   if (!batch.capture_layers.empty() && batch.captured == nullptr) return InvalidArgument("forward: capture_layers needs an output buffer");
   for (int32_t l : batch.capture_layers)
     if (l < 0 || l >= cfg.num_layers ||
@@ -25,6 +27,14 @@ Status validate_forward_batch(const ForwardBatch& batch, const ModelConfig& cfg)
   for (size_t i = 0; i < batch.layers.size(); ++i)
     if (batch.layers[i] < 0 || batch.layers[i] >= cfg.num_layers || (i > 0 && batch.layers[i] <= batch.layers[i - 1]))
       return InvalidArgument("forward: layers must be ascending indices in [0, " + std::to_string(cfg.num_layers) + ")");
+  return Status::Ok();
+}
+
+Status validate_copy_tokens(const SeqPages& seq, const std::vector<int64_t>& from, const std::vector<int64_t>& to) {
+  if (from.size() != to.size()) return InvalidArgument("copy_tokens: from and to differ in length");
+  for (size_t i = 0; i < from.size(); ++i)
+    if (std::min(from[i], to[i]) < 0 || std::max(from[i], to[i]) >= seq.num_tokens())
+      return InvalidArgument("copy_tokens: token index outside the sequence");
   return Status::Ok();
 }
 

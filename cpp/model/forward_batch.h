@@ -36,8 +36,11 @@ struct ForwardBatch {
   float* captured = nullptr;
 };
 
-// The checks every model runs first: shapes agree, ids and logit rows in range, captured and
-// run layers valid.
-Status validate_forward_batch(const ForwardBatch& batch, const ModelConfig& cfg);
+// The checks every model runs first: shapes agree, ids and logit rows in range, an output for
+// the logit rows (`logits` or batch.argmax), captured and run layers valid.
+Status validate_forward_batch(const ForwardBatch& batch, const ModelConfig& cfg, const float* logits);
+
+// ForwardModel::copy_tokens' checks: from and to pair up, every index inside `seq`.
+Status validate_copy_tokens(const SeqPages& seq, const std::vector<int64_t>& from, const std::vector<int64_t>& to);
 
 }  // namespace sd

@@ -1,6 +1,6 @@
 // The one dispatch point between the CPU and a device: what the engine and the drafters need
 // of a Llama-family model. LlamaModel (model/llama.h) runs on the CPU over the host KVCache;
-// a device model (cuda/device_llama.h, registered at run time by the CUDA extension:
+// a device model (cuda/device_llama.cu, registered at run time by the CUDA extension:
 // model/device_registry.h) keeps its weights and the K/V of the cache's pages on the GPU and
 // uses the host KVCache only for its page bookkeeping (the BlockAllocator).
 #pragma once
@@ -26,13 +26,14 @@ class ForwardModel {
   // Not reentrant (one call at a time).
   virtual Status forward(const ForwardBatch& batch, KVCache& kv, float* logits) = 0;
   // Moves accepted tokens into sequence order: for i in 0 .. from.size() IN ORDER, token from[i]'s
-  // K and V go to token to[i] of `seq`, in every layer (KVCache::copy_token where the K/V live).
+  // K and V go to token to[i] of `seq`, in every layer (KVCache::copy_token where the K/V live);
+  // a pair with from == to is a no-op (a chain's accepted tokens are already in place).
   virtual Status copy_tokens(KVCache& kv, const SeqPages& seq, const std::vector<int64_t>& from,
                              const std::vector<int64_t>& to) = 0;
 
   virtual const ModelConfig& config() const = 0;
   virtual DType dtype() const = 0;
-  // "cpu" or "cuda".
+  // "cpu", "cuda", or "shadow" (model/shadow_model.h, tests only).
   virtual std::string device() const = 0;
   // The embedding table in host memory (EAGLE heads embed with the target's), or nullptr
   // where it lives on a device only.

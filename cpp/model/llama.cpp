@@ -61,12 +61,8 @@ int64_t LlamaModel::weight_bytes_per_token(const std::vector<int32_t>& layers) c
 
 Status LlamaModel::copy_tokens(KVCache& kv, const SeqPages& seq, const std::vector<int64_t>& from,
                                const std::vector<int64_t>& to) {
-  if (from.size() != to.size()) return InvalidArgument("copy_tokens: from and to differ in length");
-  for (size_t i = 0; i < from.size(); ++i) {
-    if (std::min(from[i], to[i]) < 0 || std::max(from[i], to[i]) >= seq.num_tokens())
-      return InvalidArgument("copy_tokens: token index outside the sequence");
-    kv.copy_token(seq, from[i], to[i]);
-  }
+  SD_RETURN_IF_ERROR(validate_copy_tokens(seq, from, to));
+  for (size_t i = 0; i < from.size(); ++i) kv.copy_token(seq, from[i], to[i]);
   return Status::Ok();
 }
 
@@ -76,10 +72,8 @@ Status LlamaModel::forward(const ForwardBatch& batch, KVCache& kv, float* logits
   const int64_t nq = cfg_.num_heads, nkv = cfg_.num_kv_heads;
   const int64_t qkv_w = (nq + 2 * nkv) * D;
 
-  SD_RETURN_IF_ERROR(validate_forward_batch(batch, cfg_));
+  SD_RETURN_IF_ERROR(validate_forward_batch(batch, cfg_, logits));
   if (!kv.config().host_storage) return InvalidArgument("forward: the KV cache has no host storage (it was made for a device model)");
-  if (logits == nullptr && batch.argmax == nullptr && !batch.logit_rows.empty())
-    return InvalidArgument("forward: logit rows asked for without a logits or argmax output");
   const bool masked = !batch.custom_mask.empty();
   static const std::vector<int64_t> kNoMask;
   SD_RETURN_IF_ERROR(pages_.build(batch.seqs, batch.qo_indptr, masked ? batch.mask_indptr : kNoMask, batch.window, "forward"));

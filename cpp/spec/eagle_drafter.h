@@ -28,7 +28,7 @@ struct EagleOptions : DraftShape {};
 class EagleDrafter : public Drafter {
  public:
   // `target` outlives the drafter (its embedding table is the head's input embedding) and
-  // keeps that table in host memory (Engine::attach_eagle checks).
+  // keeps that table in host memory (Engine::attach_eagle_head checks).
   EagleDrafter(std::unique_ptr<Eagle3Head> head, const ForwardModel* target, int32_t page_size, int32_t num_blocks,
                const EagleOptions& o);
   Status propose(int32_t seq, const DraftRequest& req, TokenTree* tree) override {

@@ -145,19 +145,15 @@ def encode_prompts(prompts: Sequence[Prompt], tokenizer, vocab_size: int, max_to
     prompts longer than max_tokens are dropped."""
     out = []
     for p in prompts:
-        if isinstance(p, Completion):
+        if isinstance(p, str):
             if tokenizer is None:
                 raise ValueError("text prompts need a tokenizer; the target has none (give token ids instead)")
-            ids = list(tokenizer(str(p))["input_ids"])
-        elif isinstance(p, str):
-            if tokenizer is None:
-                raise ValueError("text prompts need a tokenizer; the target has none (give token ids instead)")
-            if getattr(tokenizer, "chat_template", None):
+            if getattr(tokenizer, "chat_template", None) and not isinstance(p, Completion):
                 enc = tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
                                                     tokenize=True, return_dict=True)
                 ids = list(enc["input_ids"])
             else:
-                ids = list(tokenizer(p)["input_ids"])
+                ids = list(tokenizer(str(p))["input_ids"])
         else:
             ids = [int(i) for i in p]
         if any(not 0 <= i < vocab_size for i in ids):

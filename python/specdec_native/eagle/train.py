@@ -195,12 +195,24 @@ def _backend_name(data_backend: str, engine_dtype: str) -> str:
 FEATURE_CHUNK = 512  # sequences whose features are computed between two saves of features.pt
 
 
-def _prompt_ids(tokenizer, vocab: int, prompts, prompts_file, limit: int, max_prompt_tokens: int,
+PromptSource = Callable[[int], Sequence[D.Prompt]]  # at least `limit` prompts where it has them
+
+
+def _prompt_source(prompts, prompts_file, prompt_sources, seed: int) -> PromptSource:
+    """Where the prompts come from: given, a JSONL file, Python source trees, or the standard library."""
+    if prompt_sources and (prompts is not None or prompts_file is not None):
+        raise ValueError("give prompts, a prompts file or prompt sources, not several")
+    if prompts is not None:
+        return lambda limit: prompts
+    if prompts_file is not None:
+        return lambda limit: D.jsonl_prompts(prompts_file)
+    return lambda limit: D.code_prompts(limit, prompt_sources or None, seed=seed)
+
+
+def _prompt_ids(tokenizer, vocab: int, source: PromptSource, limit: int, max_prompt_tokens: int,
                 seed: int) -> List[List[int]]:
-    """Up to `limit` encoded prompts (given, from the JSONL file, or the standard library's), shuffled."""
-    if prompts is None:
-        prompts = D.jsonl_prompts(prompts_file) if prompts_file is not None else D.stdlib_prompts(limit, seed=seed)
-    prompts = list(prompts)
+    """Up to `limit` encoded prompts from `source`, shuffled."""
+    prompts = list(source(limit))
     random.Random(seed).shuffle(prompts)
     return D.encode_prompts(prompts[:limit], tokenizer, vocab, max_prompt_tokens)
 
@@ -221,7 +233,7 @@ def _with_vocab(data: Dict, vocab: int, draft_vocab_size: int) -> float:
     return covered
 
 
-def _extend_data(out: Path, data: Dict, model, tokenizer, prompts, prompts_file, wanted: int,
+def _extend_data(out: Path, data: Dict, model, tokenizer, source: PromptSource, wanted: int,
                  max_new_tokens: int, max_prompt_tokens: int, seed: int, gen_batch_size: int, device,
                  progress: bool, log: Callable, data_backend: str, engine: Optional[_EngineTarget]) -> Dict:
     """Adds training sequences to OUT's data until it holds `wanted` (train + held out): prompts
@@ -236,7 +248,7 @@ def _extend_data(out: Path, data: Dict, model, tokenizer, prompts, prompts_file,
                          f"adding data rebuilds; add data in a new --out (copy data.pt and features.pt there)")
     S.upgrade_features(out, have)  # a format-1 features.pt is found by order, which adding changes
     known = {tuple(s["ids"][:s["prompt_len"]]) for s in have}
-    fresh = [p for p in _prompt_ids(tokenizer, model.config.vocab_size, prompts, prompts_file, wanted + len(have),
+    fresh = [p for p in _prompt_ids(tokenizer, model.config.vocab_size, source, wanted + len(have),
                                     max_prompt_tokens, seed) if tuple(p) not in known]
     fresh = fresh[:wanted - len(have)]
     if not fresh:
@@ -253,7 +265,7 @@ def _extend_data(out: Path, data: Dict, model, tokenizer, prompts, prompts_file,
     return data
 
 
-def _prepare_data(out: Path, target: str, model, tokenizer, prompts, prompts_file, max_prompts: int,
+def _prepare_data(out: Path, target: str, model, tokenizer, source: PromptSource, max_prompts: int,
                   eval_prompts: int, max_new_tokens: int, max_prompt_tokens: int, draft_vocab_size: Optional[int],
                   seed: int, gen_batch_size: int, device, progress: bool, log: Callable,
                   data_backend: str = "transformers", engine: Optional[_EngineTarget] = None,
@@ -274,13 +286,12 @@ def _prepare_data(out: Path, target: str, model, tokenizer, prompts, prompts_fil
             raise ValueError(f"{out} was started with draft_vocab_size={int(data['t2d'].sum())}, "
                              f"not {draft_vocab_size}; use another --out")
         if extend:
-            return _extend_data(out, data, model, tokenizer, prompts, prompts_file, max_prompts + eval_prompts,
+            return _extend_data(out, data, model, tokenizer, source, max_prompts + eval_prompts,
                                 max_new_tokens, max_prompt_tokens, seed, gen_batch_size, device, progress, log,
                                 data_backend, engine)
         log(f"reusing {path}: {len(data['train'])} training and {len(data['heldout'])} held-out sequences")
         return data
-    encoded = _prompt_ids(tokenizer, vocab, prompts, prompts_file, max_prompts + eval_prompts, max_prompt_tokens,
-                          seed)
+    encoded = _prompt_ids(tokenizer, vocab, source, max_prompts + eval_prompts, max_prompt_tokens, seed)
     if len(encoded) <= eval_prompts:
         raise ValueError(f"need more than {eval_prompts} usable prompts (<= {max_prompt_tokens} tokens), "
                          f"got {len(encoded)}")
@@ -333,11 +344,8 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
     engine = None
     if data_backend == "engine":
         engine = _EngineTarget(target, engine_dtype, threads, gen_batch_size or 16, progress)
-    if prompt_sources:  # Python source trees to mine instead of the standard library
-        if prompts is not None or prompts_file is not None:
-            raise ValueError("give prompts, a prompts file or prompt sources, not several")
-        prompts = D.code_prompts(max_prompts + eval_prompts, prompt_sources, seed=seed)
-    data = _prepare_data(out, target, model, tokenizer, prompts, prompts_file, max_prompts, eval_prompts,
+    source = _prompt_source(prompts, prompts_file, prompt_sources, seed)
+    data = _prepare_data(out, target, model, tokenizer, source, max_prompts, eval_prompts,
                          max_new_tokens, max_prompt_tokens, draft_vocab_size, seed, gen_batch_size or 8, device,
                          progress, log, data_backend, engine, engine_dtype, extend_data)
     if prepare_only:
