@@ -234,6 +234,12 @@ def test_code_prompts_from_other_sources(tmp_path):
         code_prompts(5, [tmp_path / "missing"])
 
 
+def test_prompt_sources_exclude_other_prompts(tiny_target, tmp_path):
+    target, prompts = tiny_target
+    with pytest.raises(ValueError, match="not several"):
+        T.train_draft(target, tmp_path / "head", steps=1, prompts=prompts, prompt_sources=[str(tmp_path)], **RUN)
+
+
 def test_completion_prompts_skip_the_chat_template(tmp_path):
     """Every third mined prompt is a Completion (signature + docstring, dedented even for a
     method), encoded without the chat template; JSONL takes {"completion": ...} lines too."""
