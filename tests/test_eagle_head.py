@@ -13,7 +13,7 @@ from helpers import MALFORMED_EAGLE_HEADS, random_eagle_head, small_eagle_config
 from safetensors.torch import load_file  # noqa: E402
 
 from specdec_native.eagle import train as T  # noqa: E402
-from specdec_native.eagle.checkpoint import expected_shapes, load_head, save_head  # noqa: E402
+from specdec_native.eagle.checkpoint import expected_shapes, load_head, save_head, warm_start  # noqa: E402
 from specdec_native.eagle.config import check_compatible, default_aux_layer_ids  # noqa: E402
 from specdec_native.eagle.data import vocab_map  # noqa: E402
 
@@ -43,6 +43,33 @@ def test_save_load_round_trip(tmp_path, with_embed):
     assert a.keys() == b.keys()
     for k in a:
         assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+
+
+def test_warm_start_copies_layers_and_the_rows_of_shared_target_tokens(tmp_path):
+    """warm_start: every layer of the saved head; lm_head rows matched by TARGET id across two
+    different draft vocabularies (rows of tokens the old head lacks keep their values); a head
+    of another shape or other aux layers is a ValueError."""
+    old = random_head(seed=1)
+    save_head(old, tmp_path / "old")
+    new = random_head(small_config(draft_vocab_size=48), seed=2)
+    before = new.lm_head.weight.detach().clone()
+    rows = warm_start(new, tmp_path / "old")
+    for name, t in old.state_dict().items():
+        if name not in ("lm_head.weight", "d2t", "t2d", "embed_tokens.weight"):
+            assert torch.equal(new.state_dict()[name], t), name
+    old_ids = old.to_target_ids(torch.arange(40)).tolist()
+    shared = 0
+    for d, tid in enumerate(new.to_target_ids(torch.arange(48)).tolist()):
+        if tid in old_ids:
+            shared += 1
+            assert torch.equal(new.lm_head.weight[d], old.lm_head.weight[old_ids.index(tid)])
+        else:
+            assert torch.equal(new.lm_head.weight[d], before[d])
+    assert rows == shared and 0 < shared < 48
+    with pytest.raises(ValueError, match="another shape.*intermediate_size: 48 vs 24"):
+        warm_start(random_head(small_config(intermediate_size=24)), tmp_path / "old")
+    with pytest.raises(ValueError, match="aux_layer_ids"):
+        warm_start(random_head(small_config(aux_layer_ids=(0, 1, 2))), tmp_path / "old")
 
 
 def test_loaded_head_without_embeddings_says_so(tmp_path):
@@ -191,6 +218,23 @@ def test_resume_continues_the_step_counter(tiny_target, tmp_path):
     assert ck["step"] == 10 and [h["step"] for h in ck["history"]] == list(range(1, 11))
     with pytest.raises(ValueError, match="draft_vocab_size=128"):
         T.train_draft(target, out, steps=10, **dict(RUN, draft_vocab_size=64))
+
+
+def test_a_new_run_warm_starts_from_another_head(tiny_target, tmp_path):
+    """init_from: a new run starts from the other head's weights (its held-out estimate before
+    training is the other head's), a resumed run ignores it."""
+    target, prompts = tiny_target
+    first = T.train_draft(target, tmp_path / "a", steps=30, prompts=prompts, **RUN)
+    logs = []
+    warm = T.train_draft(target, tmp_path / "b", steps=0, prompts=prompts, init_from=tmp_path / "a",
+                         **dict(RUN, log=logs.append))
+    assert any("warm start from" in m and "128 of 128 lm_head rows" in m for m in logs), logs
+    assert warm["heldout_before"] == first["heldout"]
+    a, b = load_head(tmp_path / "a").state_dict(), load_head(tmp_path / "b").state_dict()
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    logs.clear()
+    T.train_draft(target, tmp_path / "b", steps=2, init_from=tmp_path / "missing", **dict(RUN, log=logs.append))
+    assert any("resuming from step 0" in m for m in logs) and not any("warm start" in m for m in logs)
 
 
 def test_main_cli_reports_bad_input(tmp_path, capsys):

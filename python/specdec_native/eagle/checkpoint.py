@@ -153,3 +153,29 @@ def _check_vocab_map(d2t: torch.Tensor, t2d: torch.Tensor, where) -> None:
     if int(t2d.sum()) != d2t.numel() or not bool(t2d[target_ids].all()) or target_ids.unique().numel() != d2t.numel():
         raise ValueError(f"{where}: d2t and t2d disagree (t2d must mark exactly the {d2t.numel()} distinct "
                          f"target ids that d2t maps to)")
+
+
+def warm_start(head: Eagle3Head, path) -> int:
+    """Copies the weights of the head saved at `path` into `head` (a warm start, e.g. after its
+    data grew and the draft vocabulary was rebuilt): every layer as is, and the lm_head rows of
+    the target tokens both draft vocabularies hold, matched by target id (the other rows keep
+    their initialization). The two heads must have the same shapes apart from the draft
+    vocabulary, and read the same aux layers. Returns how many lm_head rows were copied."""
+    src = load_head(path)
+    have, want = src.config, head.config
+    fields = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+              "target_hidden_size", "vocab_size", "aux_layer_ids")
+    diff = [f"{f}: {getattr(have, f)} vs {getattr(want, f)}" for f in fields if getattr(have, f) != getattr(want, f)]
+    if diff:
+        raise ValueError(f"{path}: cannot warm-start from a head of another shape ({'; '.join(diff)})")
+    src_state = src.state_dict()
+    with torch.no_grad():
+        for name, t in head.state_dict().items():
+            if name not in ("lm_head.weight", "d2t", "t2d", EMBED):
+                t.copy_(src_state[name])
+        src_row = torch.full((want.vocab_size,), -1, dtype=torch.long)  # target id -> row in src's lm_head
+        src_row[src.to_target_ids(torch.arange(have.draft_vocab_size))] = torch.arange(have.draft_vocab_size)
+        rows = src_row[head.to_target_ids(torch.arange(want.draft_vocab_size))]
+        hit = rows >= 0
+        head.lm_head.weight[hit] = src.lm_head.weight[rows[hit]].to(head.lm_head.weight.dtype)
+    return int(hit.sum())

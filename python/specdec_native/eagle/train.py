@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from . import data as D
 from . import store as S
-from .checkpoint import save_head
+from .checkpoint import save_head, warm_start
 from .config import config_from_target
 from .head import Eagle3Head
 
@@ -320,7 +320,7 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
                 log: Callable = print, data_backend: str = "engine", engine_dtype: str = "int4",
                 threads: Optional[int] = None, prepare_only: bool = False,
                 head_intermediate_size: Optional[int] = None, extend_data: bool = False,
-                prompt_sources: Optional[Sequence[str]] = None) -> Dict:
+                prompt_sources: Optional[Sequence[str]] = None, init_from=None) -> Dict:
     """Trains (or resumes training of) an EAGLE-3 head for `target` into directory `out`; returns
     the run's metrics (also written to OUT/metrics.json).
 
@@ -330,7 +330,8 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
     prepare_only: stop once OUT/data.pt (prompts, responses, draft vocabulary) is written.
     extend_data: add prompts to an existing OUT/data.pt up to max_prompts + eval_prompts
     sequences (responses and, later, features only for the new ones; the draft vocabulary is
-    rebuilt, so OUT must not hold a checkpoint yet)."""
+    rebuilt, so OUT must not hold a checkpoint yet).
+    init_from: a head directory whose weights start a new run (warm_start); a resumed run ignores it."""
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA device")
     if data_backend not in DATA_BACKENDS:
@@ -407,6 +408,9 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
         opt.load_state_dict(ck["optimizer"])
         start, history = ck["step"], ck["history"]
         log(f"resuming from step {start} ({ckpt_path})")
+    elif init_from is not None:
+        rows = warm_start(head, init_from)
+        log(f"warm start from {init_from}: all layers, {rows} of {cfg.draft_vocab_size} lm_head rows")
     metrics: Dict = {"start_step": start}
     if start == 0:
         metrics["heldout_before"] = accepted_lengths(head, data["heldout"], held_feats, eval_k, device)
@@ -500,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add prompts to OUT's data up to --max-prompts (+ --eval-prompts): responses and "
                         "features only for the new ones, the held-out ones kept, the draft vocabulary rebuilt "
                         "(so OUT must not hold a checkpoint.pt yet)")
+    p.add_argument("--init-from", metavar="HEAD_DIR",
+                   help="start a new run from this head's weights (same shape; lm_head rows matched by "
+                        "target token), e.g. a head trained on fewer prompts; ignored when resuming")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -518,7 +525,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                               progress=not args.no_progress, data_backend=args.data_backend,
                               engine_dtype=args.engine_dtype, threads=args.threads,
                               gen_batch_size=args.gen_batch_size, prepare_only=args.prepare_only,
-                              head_intermediate_size=args.head_intermediate_size, extend_data=args.extend_data)
+                              head_intermediate_size=args.head_intermediate_size, extend_data=args.extend_data,
+                              init_from=args.init_from)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
