@@ -145,6 +145,8 @@ Status DeviceLlama::create(const ModelConfig& cfg, const Checkpoint& ckpt, Weigh
                            const std::function<void(int, int)>& progress, std::unique_ptr<ForwardModel>* out) {
   if (dtypes.layers == DType::kQ4)
     return Unsupported("device 'cuda' runs bfloat16, float16 or int8 weights; int4 runs on the CPU for now");
+  if (!dtypes.head_vocab.empty())
+    return Unsupported("device 'cuda': a reduced draft vocabulary (draft_vocab) runs on the CPU for now");
   if (cfg.head_dim != 64 && cfg.head_dim != 128)
     return Unsupported("device 'cuda': the attention kernel takes head_dim 64 or 128, the model has " +
                        std::to_string(cfg.head_dim));
@@ -154,7 +156,7 @@ Status DeviceLlama::create(const ModelConfig& cfg, const Checkpoint& ckpt, Weigh
   const DType tables = dtypes.layers == DType::kF16 ? DType::kF16 : DType::kBF16;
   const DType layers = q8 ? DType::kQ8 : tables;
   LlamaWeights host;
-  SD_RETURN_IF_ERROR(load_llama_weights(cfg, ckpt, WeightDTypes{q8 ? DType::kF32 : tables, tables, true}, progress,
+  SD_RETURN_IF_ERROR(load_llama_weights(cfg, ckpt, WeightDTypes{q8 ? DType::kF32 : tables, tables, true, {}}, progress,
                                         &host));
 
   std::unique_ptr<DeviceLlama> m(new DeviceLlama());

@@ -435,7 +435,7 @@ def _expected_tv(p, n):
 
 
 @pytest.mark.parametrize("case", ["chain", "static_tree", "chain_top_k_top_p", "layer_skip", "sparse_kv", "eagle",
-                                  "eagle_tree"])
+                                  "eagle_tree", "draft_vocab"])
 def test_sampled_tokens_follow_the_target_distribution(small, case):
     """RUNS seeds of one prompt, 3 tokens each. Token 1 comes from the prefill; token 2 from the
     first speculative step; token 3 from the same step (draft accepted) or the next. Grouped by
@@ -456,6 +456,8 @@ def test_sampled_tokens_follow_the_target_distribution(small, case):
         kw = {"page_size": 1}
     elif case == "eagle":  # a random EAGLE-3 head over the target's features, drafting 12 of the 16 tokens
         draft, spec = str(small["eagle"]), {"method": "eagle", "num_speculative_tokens": 3, "tree": "chain"}
+    elif case == "draft_vocab":  # the noisy draft with an LM head of 11 of the 16 tokens (its q: 0 elsewhere)
+        spec = {"num_speculative_tokens": 3, "draft_vocab": [0, 1, 2, 3, 5, 7, 9, 11, 12, 13, 14]}
     elif case == "eagle_tree":  # ... or a dynamic tree from it (deterministic children, one-hot q)
         draft, spec = str(small["eagle"]), {"method": "eagle", "num_speculative_tokens": 2,
                                             "tree": {"top_k": 4, "max_nodes": 6}}
@@ -489,7 +491,7 @@ def test_sampled_tokens_follow_the_target_distribution(small, case):
             prefix = [int(t) for t in prefix]
             sel = toks[np.all(toks[:, :pos] == np.array(prefix, dtype=np.int64), axis=1)]
             p = dist(small["llm"], STAT_PROMPT + prefix)
-            q = (dist(small["draft_llm"], STAT_PROMPT + prefix) if draft == str(small["noisy"]) else
+            q = (dist(small["draft_llm"], STAT_PROMPT + prefix) if draft == str(small["noisy"]) and case != "draft_vocab" else
                  np.asarray(chain_llm.engine.draft_chain(STAT_PROMPT + prefix, 1)[1][0], np.float64))
             h = np.bincount(sel[:, pos], minlength=16) / len(sel)
             noise = _expected_tv(p, len(sel))

@@ -162,7 +162,9 @@ void register_engine(py::module_& m) {
       .def_readwrite("top_k", &sd::DraftShape::top_k)
       .def_readwrite("max_nodes", &sd::DraftShape::max_nodes)
       .def_readwrite("min_confidence", &sd::DraftShape::min_confidence);
-  py::class_<sd::DraftModelOptions, sd::DraftShape>(m, "DraftModelOptions").def(py::init<>());
+  py::class_<sd::DraftModelOptions, sd::DraftShape>(m, "DraftModelOptions")
+      .def(py::init<>())
+      .def_readwrite("vocab", &sd::DraftModelOptions::vocab);
   py::class_<sd::EagleOptions, sd::DraftShape>(m, "EagleOptions").def(py::init<>());
 
   py::class_<sd::SelfDraftOptions>(m, "SelfDraftOptions")

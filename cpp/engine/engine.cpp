@@ -90,7 +90,7 @@ Status Engine::attach_draft_model(const ModelConfig& cfg, const std::vector<std:
   DType dt;
   SD_RETURN_IF_ERROR(resolve_dtype(dtype, *ckpt, &dt));
   std::unique_ptr<ForwardModel> model;
-  SD_RETURN_IF_ERROR(create_model(opts_.device, cfg, *ckpt, WeightDTypes::for_draft(dt), progress, &model));
+  SD_RETURN_IF_ERROR(create_model(opts_.device, cfg, *ckpt, WeightDTypes::for_draft(dt, opts.vocab), progress, &model));
   DraftModelOptions o = opts;
   o.prefill_chunk = opts_.prefill_chunk;
   o.prefix_caching = opts_.enable_prefix_caching;

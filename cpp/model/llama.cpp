@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 
 #include "model/scratch.h"
@@ -123,6 +124,21 @@ Status LlamaModel::forward(const ForwardBatch& batch, KVCache& kv, float* logits
               x_.data() + (batch.logit_rows[static_cast<size_t>(r)] + 1) * H, last_.data() + r * H);
   ops::rmsnorm(last_.data(), w_.final_norm.data(), cfg_.rms_norm_eps, R, H, last_.data());
   const int64_t V = cfg_.vocab_size;
+  const std::vector<int32_t>& kept = w_.head_vocab;
+  if (!kept.empty()) {  // a reduced vocabulary: its logits, scattered into rows of -inf
+    const int64_t N = static_cast<int64_t>(kept.size());
+    grow(head_out_, R * N);
+    ops::matmul(w_.head(), last_.data(), R, H, head_out_.data(), N, nullptr);
+    for (int64_t r = 0; r < R; ++r) {
+      const float* row = head_out_.data() + r * N;
+      if (batch.argmax != nullptr) batch.argmax[r] = kept[static_cast<size_t>(argmax(row, N))];
+      if (logits == nullptr) continue;
+      float* dst = logits + r * V;
+      std::fill(dst, dst + V, -std::numeric_limits<float>::infinity());
+      for (int64_t i = 0; i < N; ++i) dst[kept[static_cast<size_t>(i)]] = row[i];
+    }
+    return Status::Ok();
+  }
   float* out = logits;
   if (out == nullptr) {  // the argmax alone was asked for
     grow(head_out_, R * V);

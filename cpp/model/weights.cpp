@@ -140,6 +140,31 @@ Status resolve_dtype(const std::string& name, const Checkpoint& ckpt, DType* out
   return Status::Ok();
 }
 
+TensorView gather_rows(const TensorView& t, const std::vector<int32_t>& ids, std::vector<uint8_t>* storage) {
+  const int64_t row_bytes = t.nbytes / t.shape[0];
+  storage->resize(static_cast<size_t>(row_bytes) * ids.size());
+  for (size_t i = 0; i < ids.size(); ++i)
+    std::memcpy(storage->data() + i * row_bytes, t.data + ids[i] * row_bytes, static_cast<size_t>(row_bytes));
+  TensorView v = t;
+  v.shape[0] = static_cast<int64_t>(ids.size());
+  v.data = storage->data();
+  v.nbytes = row_bytes * v.shape[0];
+  return v;
+}
+
+Status validate_head_vocab(const std::vector<int32_t>& ids, int64_t vocab_size) {
+  if (ids.empty()) return InvalidArgument("the draft vocabulary is empty");
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab_size)
+      return InvalidArgument("draft vocabulary token id " + std::to_string(ids[i]) + " is out of range [0, " +
+                             std::to_string(vocab_size) + ")");
+    if (i > 0 && ids[i] <= ids[i - 1])
+      return InvalidArgument("the draft vocabulary must list distinct token ids in increasing order (" +
+                             std::to_string(ids[i - 1]) + " before " + std::to_string(ids[i]) + ")");
+  }
+  return Status::Ok();
+}
+
 Status load_llama_weights(const ModelConfig& cfg, const Checkpoint& ckpt, WeightDTypes dtypes,
                           const std::function<void(int, int)>& progress, LlamaWeights* out) {
   const DType target = dtypes.layers, table_dtype = dtypes.tables;
@@ -152,10 +177,16 @@ Status load_llama_weights(const ModelConfig& cfg, const Checkpoint& ckpt, Weight
   const TensorView* embed = nullptr;
   SD_RETURN_IF_ERROR(require(ckpt, "model.embed_tokens.weight", {cfg.vocab_size, H}, &embed));
   SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({embed}, H, table_dtype, &out->embed, pack));
-  const TensorView* head = ckpt.find("lm_head.weight");
-  out->tied = cfg.tie_word_embeddings;
-  if (!cfg.tie_word_embeddings) {
-    SD_RETURN_IF_ERROR(require(ckpt, "lm_head.weight", {cfg.vocab_size, H}, &head));
+  const TensorView* head = embed;
+  if (!cfg.tie_word_embeddings) SD_RETURN_IF_ERROR(require(ckpt, "lm_head.weight", {cfg.vocab_size, H}, &head));
+  out->head_vocab = dtypes.head_vocab;
+  out->tied = cfg.tie_word_embeddings && out->head_vocab.empty();
+  if (!out->head_vocab.empty()) {
+    SD_RETURN_IF_ERROR(validate_head_vocab(out->head_vocab, cfg.vocab_size));
+    std::vector<uint8_t> rows;
+    const TensorView kept = gather_rows(*head, out->head_vocab, &rows);
+    SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({&kept}, H, table_dtype, &out->lm_head, pack));
+  } else if (!out->tied) {
     SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({head}, H, table_dtype, &out->lm_head, pack));
   }
   SD_RETURN_IF_ERROR(load_vector(ckpt, "model.norm.weight", H, &out->final_norm));

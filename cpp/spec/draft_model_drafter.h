@@ -9,6 +9,7 @@
 #pragma once
 #include <map>
 #include <memory>
+#include <vector>
 
 #include "kv/kv_cache.h"
 #include "kv/radix_cache.h"
@@ -20,6 +21,9 @@
 namespace sd {
 
 struct DraftModelOptions : DraftShape {
+  // Non-empty: the token ids (sorted, distinct) the draft's LM head keeps (FR-Spec's reduced
+  // draft vocabulary: a smaller head read per drafted token; drafts stay inside it, lossless).
+  std::vector<int32_t> vocab;
   int32_t prefill_chunk = 512;
   bool prefix_caching = true;  // keep finished sequences' pages in the draft's own prefix cache
 };

@@ -7,6 +7,7 @@ from typing import Iterator, List, Optional, Sequence, Union
 
 from . import _core
 from . import checkpoint as ckpt_mod
+from . import draft_vocab
 from .outputs import RequestOutput, result_metrics
 from .request_tracker import RequestTracker
 from .sampling_params import SamplingParams
@@ -141,6 +142,8 @@ class LLM:
                 raise ValueError("the draft's tokenizer maps tokens to different ids than the target's: "
                                  "a draft must share the target's vocabulary")
         o = _draft_shape(_core.DraftModelOptions(), spec)
+        if spec.draft_vocab is not None:
+            o.vocab = draft_vocab.resolve(spec.draft_vocab, self.config.vocab_size)
         self.engine.attach_draft_model(draft_config, draft_ckpt.shards, spec.draft_dtype or dtype, o,
                                        _progress_bar(f"loading draft {os.path.basename(str(draft))}") if progress else None)
 

@@ -39,6 +39,10 @@ class SpeculativeConfig:
       Tree children are the draft's top-ranked tokens, verified losslessly. For "ngram", {"max_branches": B} keeps up to B distinct continuations.
     prompt_lookup_min / prompt_lookup_max: n-gram sizes tried, longest first ("ngram").
     draft_dtype: the draft model's dtype (default: the target's).
+    draft_vocab: "draft" only: the token ids the draft's LM head keeps (FR-Spec's reduced
+      vocabulary, specdec_native.draft_vocab): a list of ids, a JSON file of one, or an EAGLE-3
+      head directory (its t2d). Drafting reads a smaller head; drafts stay inside the set and
+      verification is unchanged, so the output stays lossless. CPU only for now.
     adaptive: chains only: each step drafts the k <= num_speculative_tokens that the cost model
       (1 - a^(k+1)) / ((1 - a)(k c + v(k+1))) expects to be fastest, with a = the request's
       measured acceptance, c = draft/target step cost, v = measured verify-width cost. Still
@@ -67,6 +71,7 @@ class SpeculativeConfig:
     prompt_lookup_min: int = 1
     prompt_lookup_max: int = 4
     draft_dtype: Optional[str] = None
+    draft_vocab: Optional[object] = None
     adaptive: bool = False
     acceptance: str = "lossless"
     typical_epsilon: float = 0.09
@@ -96,6 +101,8 @@ class SpeculativeConfig:
         return self.method in SELF_METHODS
 
     def _check_self_draft(self):
+        if self.draft_vocab is not None and self.method != "draft":
+            raise ValueError(f"draft_vocab reduces a draft model's LM head: it needs method 'draft', not {self.method!r}")
         c = self.draft_confidence
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0.0 <= c < 1.0:
             raise ValueError(f"draft_confidence must be a number in [0, 1), got {c!r}")

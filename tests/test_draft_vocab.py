@@ -1,0 +1,125 @@
+"""A draft model's reduced vocabulary (SpeculativeConfig(draft_vocab=...), FR-Spec): the draft's
+LM head keeps only the given rows. Checked against transformers' full logits of the same draft
+(its drafts are the argmax over the kept tokens, its q their softmax), T = 0 token identity with
+the target alone, the head's bytes, the three ways to name the set, and bad input. The T > 0
+statistical test is test_speculative.py's test_sampled_tokens_follow_the_target_distribution
+("draft_vocab")."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import (assert_no_blocks_held, greedy_params, hf_logits, load_llm, prompt, random_eagle_head,
+                     small_eagle_config, torch, transformers, write_checkpoint, write_noisy_copy, write_tokenizer)
+
+from specdec_native import SpeculativeConfig
+from specdec_native.draft_vocab import most_frequent, resolve
+from specdec_native.eagle.checkpoint import save_head
+
+V = 256
+KEPT = sorted(set(range(0, V, 3)) | {5, 17})  # 88 of the 256 tokens
+PROMPTS = [prompt(6, seed=1), prompt(19, seed=2), prompt(33, seed=3)]
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("draft_vocab")
+    target = write_checkpoint(root / "target", "llama", seed=31)
+    write_noisy_copy(target, root / "noisy", scale=0.1, seed=5)
+    for name in ("target", "noisy"):
+        write_tokenizer(root / name, vocab_size=V)
+    return {"target": root / "target", "noisy": root / "noisy"}
+
+
+def _spec(**kw):
+    return dict({"num_speculative_tokens": 4, "draft_vocab": KEPT}, **kw)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int4"])
+def test_greedy_output_is_the_targets_and_drafts_stay_inside(ckpts, dtype):
+    alone = load_llm(ckpts["target"], dtype=dtype)
+    reference = [o.token_ids for o in alone.generate(prompt_token_ids=PROMPTS,
+                                                     sampling_params=[greedy_params(24)] * 3)]
+    llm = load_llm(ckpts["target"], dtype=dtype, draft=str(ckpts["noisy"]), speculative=_spec())
+    outs = llm.generate(prompt_token_ids=PROMPTS, sampling_params=[greedy_params(24)] * 3)
+    assert [o.token_ids for o in outs] == reference
+    assert sum(o.metrics["accepted"] for o in outs) > 0
+    assert_no_blocks_held(llm.engine)
+    for p in PROMPTS:
+        tokens, _ = llm.engine.draft_chain(p, 4)
+        assert tokens and set(tokens) <= set(KEPT)
+
+
+def test_drafts_and_q_are_the_full_logits_restricted_to_the_kept_rows(ckpts):
+    """The first drafted token is transformers' argmax over KEPT; its q is the softmax of the
+    kept logits and 0 elsewhere (float32 on both sides)."""
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(ckpts["noisy"]), torch_dtype=torch.float32)
+    llm = load_llm(ckpts["target"], draft=str(ckpts["noisy"]), speculative=_spec(num_speculative_tokens=1))
+    kept = np.array(KEPT)
+    for p in PROMPTS:
+        logits = hf_logits(hf, p)[-1].astype(np.float64)
+        tokens, qs = llm.engine.draft_chain(p, 1)
+        assert tokens[0] == kept[np.argmax(logits[kept])]
+        want = np.zeros(V)
+        e = np.exp(logits[kept] - logits[kept].max())
+        want[kept] = e / e.sum()
+        np.testing.assert_allclose(np.asarray(qs[0], np.float64), want, atol=1e-5)
+        assert np.asarray(qs[0])[np.setdiff1d(np.arange(V), kept)].max() == 0
+
+
+def test_the_head_read_per_drafted_token_shrinks_with_the_set(ckpts):
+    full = load_llm(ckpts["target"], draft=str(ckpts["noisy"]), speculative={"num_speculative_tokens": 2})
+    small = load_llm(ckpts["target"], draft=str(ckpts["noisy"]), speculative=_spec(num_speculative_tokens=2))
+    H = full.engine.config.hidden_size
+    assert (full.engine.draft_weight_bytes_per_token - small.engine.draft_weight_bytes_per_token
+            == (V - len(KEPT)) * H * 4)  # float32 rows
+
+
+def test_a_json_file_and_an_eagle_head_name_the_same_kind_of_set(tmp_path):
+    (tmp_path / "ids.json").write_text(json.dumps([9, 2, 4]))
+    assert resolve(tmp_path / "ids.json", 16) == [2, 4, 9]
+    head = random_eagle_head(small_eagle_config(vocab_size=64, draft_vocab_size=40))
+    save_head(head, tmp_path / "head")
+    assert resolve(str(tmp_path / "head"), 64) == head.t2d.nonzero().flatten().tolist()
+    assert resolve(np.array([3, 1]), 16) == [1, 3]
+    assert most_frequent([[5, 5, 7, 1], [7, 5, 2]], 2, always=[15]) == [5, 7, 15]
+
+
+@pytest.mark.parametrize("vocab, message", [
+    ([], "empty"),
+    ([1, 256], "out of range"),
+    ([-1, 3], "out of range"),
+    ([4, 4], "twice"),
+    ([[1, 2]], "list of token ids"),
+    ([1.5, 2.0], "list of token ids"),
+    ("missing.json", "no such file"),
+])
+def test_bad_draft_vocab(ckpts, tmp_path, vocab, message):
+    if vocab == "missing.json":
+        vocab = str(tmp_path / vocab)
+    with pytest.raises(ValueError, match=message):
+        load_llm(ckpts["target"], draft=str(ckpts["noisy"]), speculative=_spec(draft_vocab=vocab))
+
+
+def test_bad_draft_vocab_files_and_methods(ckpts, tmp_path):
+    (tmp_path / "bad.json").write_text('{"ids": [1]}')
+    with pytest.raises(ValueError, match="JSON list of integer"):
+        resolve(tmp_path / "bad.json", V)
+    (tmp_path / "head").mkdir()
+    with pytest.raises(ValueError, match="EAGLE-3 head"):
+        resolve(tmp_path / "head", V)
+    with pytest.raises(ValueError, match="needs method 'draft'"):
+        SpeculativeConfig(method="ngram", draft_vocab=[1, 2])
+    with pytest.raises(ValueError, match="size must be >= 1"):
+        most_frequent([[1]], 0)
+
+
+def test_a_good_set_after_a_bad_one_still_loads(ckpts):
+    """A refused draft vocabulary leaves the target engine as it was."""
+    llm = load_llm(ckpts["target"])
+    with pytest.raises(ValueError):
+        llm._attach_draft_model(SpeculativeConfig(draft_vocab=[1, 999]), str(ckpts["noisy"]), "float32", False)
+    out = llm.generate(prompt_token_ids=PROMPTS[:1], sampling_params=[greedy_params(8)])
+    assert len(out[0].token_ids) == 8
