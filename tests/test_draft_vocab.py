@@ -123,3 +123,24 @@ def test_a_good_set_after_a_bad_one_still_loads(ckpts):
         llm._attach_draft_model(SpeculativeConfig(draft_vocab=[1, 999]), str(ckpts["noisy"]), "float32", False)
     out = llm.generate(prompt_token_ids=PROMPTS[:1], sampling_params=[greedy_params(8)])
     assert len(out[0].token_ids) == 8
+
+
+def test_cli_draft_vocab_equals_plain_generation(ckpts, tmp_path, capsys):
+    from specdec_native import cli
+
+    (tmp_path / "vocab.json").write_text(json.dumps(KEPT))
+
+    def run(*extra):
+        code = cli.main(["generate", "--model", str(ckpts["target"]), "--max-tokens", "12", "--ignore-eos", "--json",
+                         "--threads", "2", *extra, "w3 w4 w5"])
+        captured = capsys.readouterr()
+        return code, captured
+
+    code, plain = run()
+    assert code == 0
+    code, reduced = run("--draft", str(ckpts["noisy"]), "--draft-vocab", str(tmp_path / "vocab.json"))
+    assert code == 0
+    assert json.loads(reduced.out)["token_ids"] == json.loads(plain.out)["token_ids"]
+    assert json.loads(reduced.out)["metrics"]["drafted"] > 0
+    code, bad = run("--draft", str(ckpts["noisy"]), "--draft-vocab", str(tmp_path / "none.json"))
+    assert code == 2 and "no such file" in bad.err

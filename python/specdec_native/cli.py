@@ -108,6 +108,9 @@ def _add_speculation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window-tokens", type=int, default=256, help="sparse_kv: recent tokens kept")
     p.add_argument("--draft-confidence", type=float, default=0.0,
                    help="stop a drafted chain after a token the draft gives less than this probability")
+    p.add_argument("--draft-vocab", metavar="PATH",
+                   help="draft: keep only these tokens in the draft's LM head (a JSON list of token ids, or an "
+                        "EAGLE-3 head directory: its draft vocabulary); lossless, a cheaper draft step")
 
 
 def _speculative_from_args(args) -> Optional[dict]:
@@ -120,6 +123,8 @@ def _speculative_from_args(args) -> Optional[dict]:
         spec.update(sink_tokens=args.sink_tokens, window_tokens=args.window_tokens)
     if args.draft_layers is not None:
         spec["draft_layers"] = json.loads(args.draft_layers)
+    if args.draft_vocab is not None:
+        spec["draft_vocab"] = args.draft_vocab
     return spec
 
 
