@@ -1,6 +1,6 @@
 """Feature-level drafting (EAGLE-3 heads) on the CPU, side by side in one run: autoregressive vs
 an EAGLE-3 head vs n-gram (and the 0.5B draft model when the target is Qwen2.5-Coder-1.5B, also
-with its LM head cut to the head's draft vocabulary: FR-Spec's `draft_vocab`), plus
+with its LM head cut to the head's draft vocabulary or --draft-vocab's: FR-Spec's `draft_vocab`), plus
 llama.cpp's autoregressive decoding of the same GGUF. Beside each row: mean accepted length and
 the head's draft cost ratio c (one drafted token's time / one autoregressive step's).
 
@@ -102,6 +102,7 @@ def main() -> int:
                     help="comma-separated sets, each measured in turn: heldout (the head's data.pt) or one of "
                          + ",".join(PROMPTS))
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--draft-vocab", help="the 0.5B draft's reduced vocabulary (JSON list of ids; default: the head's)")
     ap.add_argument("--dtype", default="int4")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--peers", default="llamacpp")
@@ -126,7 +127,7 @@ def main() -> int:
                                             speculative={"method": "draft", "num_speculative_tokens": k})
         # FR-Spec: the same draft with an LM head of the head's draft vocabulary only (its t2d)
         configs[f"0.5B draft k={k}, draft vocab"] = dict(draft=fetch_models.qwen_coder_gguf("0.5b"), speculative={
-            "method": "draft", "num_speculative_tokens": k, "draft_vocab": args.head})
+            "method": "draft", "num_speculative_tokens": k, "draft_vocab": args.draft_vocab or args.head})
     engines = {name: LLM(target, **common, **extra) for name, extra in configs.items()}
     llamacpp = None
     if "llamacpp" in args.peers and target.endswith(".gguf"):
