@@ -144,3 +144,21 @@ def test_cli_draft_vocab_equals_plain_generation(ckpts, tmp_path, capsys):
     assert json.loads(reduced.out)["metrics"]["drafted"] > 0
     code, bad = run("--draft", str(ckpts["noisy"]), "--draft-vocab", str(tmp_path / "none.json"))
     assert code == 2 and "no such file" in bad.err
+
+
+@pytest.mark.parametrize("vocab, message", [([5, 3], "increasing order"), ([3, 3], "increasing order"),
+                                            ([0, 256], "out of range")])
+def test_the_core_refuses_a_bad_set_from_a_direct_caller(ckpts, vocab, message):
+    """The core checks the set itself (a caller of _core, past draft_vocab.resolve), before it
+    converts any weight, and the engine keeps working without a drafter."""
+    from specdec_native import _core
+    from specdec_native import checkpoint as ckpt_mod
+
+    llm = load_llm(ckpts["target"])
+    draft = ckpt_mod.load(ckpts["noisy"])
+    o = _core.DraftModelOptions()
+    o.num_tokens = 2
+    o.vocab = vocab
+    with pytest.raises(ValueError, match=message):
+        llm.engine.attach_draft_model(ckpt_mod.model_config(draft), draft.shards, "float32", o)
+    assert len(llm.generate(prompt_token_ids=PROMPTS[:1], sampling_params=[greedy_params(6)])[0].token_ids) == 6

@@ -174,6 +174,7 @@ Status load_llama_weights(const ModelConfig& cfg, const Checkpoint& ckpt, Weight
   const int64_t kv_rows = static_cast<int64_t>(cfg.num_kv_heads) * D;
   const int total = cfg.num_layers + 2;
 
+  if (!dtypes.head_vocab.empty()) SD_RETURN_IF_ERROR(validate_head_vocab(dtypes.head_vocab, cfg.vocab_size));
   const TensorView* embed = nullptr;
   SD_RETURN_IF_ERROR(require(ckpt, "model.embed_tokens.weight", {cfg.vocab_size, H}, &embed));
   SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({embed}, H, table_dtype, &out->embed, pack));
@@ -182,7 +183,6 @@ Status load_llama_weights(const ModelConfig& cfg, const Checkpoint& ckpt, Weight
   out->head_vocab = dtypes.head_vocab;
   out->tied = cfg.tie_word_embeddings && out->head_vocab.empty();
   if (!out->head_vocab.empty()) {
-    SD_RETURN_IF_ERROR(validate_head_vocab(out->head_vocab, cfg.vocab_size));
     std::vector<uint8_t> rows;
     const TensorView kept = gather_rows(*head, out->head_vocab, &rows);
     SD_RETURN_IF_ERROR(OwnedMatrix::from_tensors({&kept}, H, table_dtype, &out->lm_head, pack));

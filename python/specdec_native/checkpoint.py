@@ -23,12 +23,17 @@ class Checkpoint:
     max_model_len: int  # what this engine serves (the sliding window caps it; see below)
 
 
-def _read_json(path: Path, what: str) -> dict:
+def read_json(path: Path, what: str):
+    """The JSON value in `path`; ValueError naming `what` when the file is not JSON (or not UTF-8)."""
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: {what} is not valid JSON ({e})") from None
+
+
+def _read_json(path: Path, what: str) -> dict:
+    data = read_json(path, what)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: {what} must be a JSON object")
     return data

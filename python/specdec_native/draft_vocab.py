@@ -8,12 +8,13 @@ EAGLE-3 head directory (its t2d: the draft vocabulary its trainer chose from the
 responses). most_frequent() builds one from token sequences (e.g. the target's outputs)."""
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, List, Sequence, Union
 
 import numpy as np
+
+from .checkpoint import read_json
 
 DraftVocab = Union[Sequence[int], np.ndarray, str, Path]
 
@@ -61,10 +62,7 @@ def _from_path(path: Path) -> List[int]:
             return np.flatnonzero(f.get_tensor("t2d")).tolist()
     if not path.is_file():
         raise ValueError(f"draft_vocab {path}: no such file or directory")
-    try:
-        ids = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"draft_vocab {path}: not a JSON list of token ids ({e})") from None
+    ids = read_json(path, "draft_vocab")
     if not isinstance(ids, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
         raise ValueError(f"draft_vocab {path}: expected a JSON list of integer token ids")
     return ids

@@ -101,8 +101,6 @@ class SpeculativeConfig:
         return self.method in SELF_METHODS
 
     def _check_self_draft(self):
-        if self.draft_vocab is not None and self.method != "draft":
-            raise ValueError(f"draft_vocab reduces a draft model's LM head: it needs method 'draft', not {self.method!r}")
         c = self.draft_confidence
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0.0 <= c < 1.0:
             raise ValueError(f"draft_confidence must be a number in [0, 1), got {c!r}")
@@ -187,6 +185,8 @@ class SpeculativeConfig:
     def _check_shape(self):
         if self.method not in METHODS:
             raise ValueError(f"speculative method must be one of {METHODS}, got {self.method!r}")
+        if self.draft_vocab is not None and self.method != "draft":
+            raise ValueError(f"draft_vocab reduces a draft model's LM head: it needs method 'draft', not {self.method!r}")
         k = self.num_speculative_tokens
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 64:
             raise ValueError(f"num_speculative_tokens must be an integer in [1, 64], got {k!r}")

@@ -27,6 +27,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from ..checkpoint import read_json
 from .config import Eagle3Config, check_compatible
 from .head import Eagle3Head
 
@@ -81,11 +82,7 @@ def read_config(path) -> Eagle3Config:
     cfg_file = path / CONFIG
     if not cfg_file.is_file():
         raise ValueError(f"{path}: missing {CONFIG}")
-    try:
-        data = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{cfg_file}: not valid JSON ({e})") from None
-    return Eagle3Config.from_dict(data, source=str(cfg_file))
+    return Eagle3Config.from_dict(read_json(cfg_file, CONFIG), source=str(cfg_file))
 
 
 def load_head(path, target_embeddings: Optional[torch.Tensor] = None, device="cpu",
