@@ -435,7 +435,7 @@ def _expected_tv(p, n):
 
 
 @pytest.mark.parametrize("case", ["chain", "static_tree", "chain_top_k_top_p", "layer_skip", "sparse_kv", "eagle",
-                                  "eagle_tree", "draft_vocab"])
+                                  "eagle_tree", "draft_vocab", "adaptive_tree"])
 def test_sampled_tokens_follow_the_target_distribution(small, case):
     """RUNS seeds of one prompt, 3 tokens each. Token 1 comes from the prefill; token 2 from the
     first speculative step; token 3 from the same step (draft accepted) or the next. Grouped by
@@ -461,7 +461,11 @@ def test_sampled_tokens_follow_the_target_distribution(small, case):
     elif case == "eagle_tree":  # ... or a dynamic tree from it (deterministic children, one-hot q)
         draft, spec = str(small["eagle"]), {"method": "eagle", "num_speculative_tokens": 2,
                                             "tree": {"top_k": 4, "max_nodes": 6}}
+    elif case == "adaptive_tree":  # a dynamic tree from the noisy draft, sized per step by the cost model
+        spec = {"num_speculative_tokens": 3, "tree": {"top_k": 3, "max_nodes": 8}, "adaptive": True}
     llm = load_llm(small["target"], draft=draft, speculative=spec, max_num_seqs=64, **kw)
+    if case == "adaptive_tree":  # a batch's verification free up to 448 tokens (7 per request), then linear
+        llm.engine.set_verify_costs([(n, 1.0) for n in range(1, 10)] + [(448, 1.0), (4096, 9.0)])
     # the draft's own distribution: its greedy chain's first q (trees carry none)
     chain_llm = llm if case != "eagle_tree" else load_llm(
         small["target"], draft=draft, speculative={"method": "eagle", "num_speculative_tokens": 1, "tree": "chain"})
@@ -474,7 +478,10 @@ def test_sampled_tokens_follow_the_target_distribution(small, case):
     rate, _ = _totals(outs)
     accepted = sum(o.metrics["accepted"] for o in outs)
     # drafts are both accepted and rejected (a tree's siblings are mostly rejected by design)
-    assert 0.05 < rate < 0.95 or (case == "eagle_tree" and accepted >= RUNS // 10), (rate, accepted)
+    assert 0.05 < rate < 0.95 or (case in ("eagle_tree", "adaptive_tree") and accepted >= RUNS // 10), (rate, accepted)
+    if case == "adaptive_tree":
+        drafted = {o.metrics["drafted"] for o in outs}
+        assert len(drafted) > 2 and max(drafted) <= 8 * 2, drafted  # sizes vary with the drafts' confidence
 
     def dist(model, ctx):
         return np.asarray(ops.processed_probs(model.prompt_logits(ctx)[-1], T, top_k, top_p), np.float64)
@@ -705,8 +712,85 @@ def test_adaptive_with_a_useless_draft_mostly_stops_drafting(ckpts, references):
     assert drafted_fixed > 5 and drafted < 0.5 * drafted_fixed
 
 
-def test_adaptive_needs_a_chain(ckpts):
+def test_adaptive_needs_a_chain_or_a_dynamic_tree(ckpts):
     with pytest.raises(ValueError, match="adaptive"):
         SpeculativeConfig(tree=STATIC_TREE, adaptive=True)
+    assert SpeculativeConfig(tree=DYNAMIC_TREE, adaptive=True).adaptive
     with pytest.raises(ValueError, match="adaptive"):
         SpeculativeConfig(adaptive="yes")
+
+
+# ---- adaptive dynamic-tree size -----------------------------------------------------------------
+
+def _tree_rate(confidence, pass_seconds, scale, n):
+    return (1 + scale * sum(confidence[:n])) / pass_seconds[n]
+
+
+def test_best_tree_size_maximizes_the_cost_model():
+    """By brute force over random sorted confidences and cost curves: the kept size is the argmax
+    of (1 + s x the n best path probabilities) / pass time, within [1, budget]."""
+    from specdec_native import _core
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        m = int(rng.integers(1, 30))
+        confidence = sorted(rng.random(m).astype(np.float32).tolist(), reverse=True)
+        steps = rng.random(m + 1) * rng.choice([0.01, 0.3, 1.0])
+        pass_seconds = (0.2 + np.cumsum(steps)).tolist()  # increasing with n
+        scale = float(rng.choice([0.3, 1.0, 1.7]))
+        budget = int(rng.integers(1, m + 3))
+        n = _core.best_tree_size(confidence, pass_seconds, scale, budget)
+        rates = [_tree_rate(confidence, pass_seconds, scale, k) for k in range(1, min(budget, m) + 1)]
+        assert 1 <= n <= min(budget, m)
+        assert _tree_rate(confidence, pass_seconds, scale, n) == pytest.approx(max(rates), rel=1e-6)
+    flat = [1.0] * 9
+    assert _core.best_tree_size([0.9, 0.5, 0.1], flat, 1.0, 8) == 3      # free verification: keep all
+    assert _core.best_tree_size([0.9, 0.5, 0.1], [], 1.0, 8) == 8        # not calibrated yet: the budget
+    steep = [1.0 + n for n in range(9)]                                  # every node costs a step
+    assert _core.best_tree_size([0.9, 0.5, 0.1], steep, 1.0, 8) == 1
+    assert _core.best_tree_size([0.9, 0.5, 0.1], steep, 0.0, 8) == 1     # never accepted: the least
+    with pytest.raises(ValueError, match="sorted"):
+        _core.best_tree_size([0.1, 0.5], flat, 1.0, 8)
+    with pytest.raises(ValueError, match="> 0"):
+        _core.best_tree_size([0.5], [1.0, 0.0], 1.0, 8)
+
+
+def test_tree_pass_seconds_is_drafting_plus_the_batch_share_of_verification():
+    p = _compute_bound_policy()
+    assert p.tree_pass_seconds(1, 6) == pytest.approx([0.3 + max(1.0, (n + 1) / 4) for n in range(7)])
+    p.observe_draft(8, 0.6, batch=2)  # a step drafting for 2 sequences: 0.3 s each, moving average
+    assert p.tree_pass_seconds(2, 3) == pytest.approx([0.3 + max(1.0, 2 * (n + 1) / 4) / 2 for n in range(4)])
+    from specdec_native import _core
+    assert _core.ChainLengthPolicy().tree_pass_seconds(1, 4) == []  # not calibrated
+    q = _core.ChainLengthPolicy()
+    q.calibrate([(n, float(n)) for n in range(1, 6)], 4)
+    assert q.tree_pass_seconds(1, 4) == pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0])  # no drafting time seen yet
+
+
+@pytest.mark.parametrize("draft", ["self", "noisy", "unrelated"])
+def test_adaptive_dynamic_tree_is_token_identical(ckpts, reference, draft):
+    """Adaptive trees keep fewer nodes where verification costs more, never changing the output.
+    With verify costs pinned to a compute-bound curve (every token past 3 costs a third of a
+    step) the kept trees are smaller than the budget the fixed trees always fill."""
+    spec = {"tree": DYNAMIC_TREE, "num_speculative_tokens": 4, "adaptive": True}
+    llm = load_llm(ckpts["target"], draft=str(ckpts[draft]), speculative=spec)
+    outs = _run(llm)
+    assert [o.token_ids for o in outs] == reference
+    _check_blocks_free(llm)
+    model = llm.engine.chain_length_cost_model()
+    assert len(model["tree_pass_seconds"]) == 13 and min(model["tree_pass_seconds"]) > 0  # measured: n = 0 .. 12
+
+    pinned = load_llm(ckpts["target"], draft=str(ckpts[draft]), speculative=spec)
+    pinned.engine.set_verify_costs([(n, max(1.0, n / 3)) for n in range(1, 14)])
+    outs = _run(pinned)
+    assert [o.token_ids for o in outs] == reference
+    _check_blocks_free(pinned)
+    per_step = sum(o.metrics["drafted"] for o in outs) / sum(o.metrics["steps"] for o in outs)
+    fixed = _run(load_llm(ckpts["target"], draft=str(ckpts[draft]), speculative={**spec, "adaptive": False}))
+    fixed_per_step = sum(o.metrics["drafted"] for o in fixed) / sum(o.metrics["steps"] for o in fixed)
+    assert fixed_per_step > 11  # a fixed tree keeps its 12 nodes (fewer only at the context limit)
+    assert 1 <= per_step < 0.75 * fixed_per_step, (per_step, fixed_per_step)
+    with pytest.raises(ValueError, match="n = 1 .. 13"):
+        pinned.engine.set_verify_costs([(1, 1.0), (2, 1.0)])
+    with pytest.raises(ValueError, match="> 0"):
+        pinned.engine.set_verify_costs([(n, 0.0) for n in range(1, 14)])

@@ -207,7 +207,10 @@ void register_engine(py::module_& m) {
             p.calibrate(points, k_max);
           },
           py::arg("points"), py::arg("k_max"), "points: (n tokens, forward seconds) pairs.")
-      .def("observe_draft", &sd::ChainLengthPolicy::observe_draft, py::arg("drafted"), py::arg("seconds"))
+      .def("observe_draft", &sd::ChainLengthPolicy::observe_draft, py::arg("drafted"), py::arg("seconds"),
+           py::arg("batch") = 1)
+      .def("tree_pass_seconds", &sd::ChainLengthPolicy::tree_pass_seconds, py::arg("batch"), py::arg("max_nodes"),
+           "[n]: one sequence's share of a pass keeping n tree nodes (drafting + verification).")
       .def(
           "choose",
           [](const sd::ChainLengthPolicy& p, const std::vector<double>& alphas) {
@@ -223,6 +226,20 @@ void register_engine(py::module_& m) {
           py::arg("alphas"), "The chain length for a batch with these acceptance rates (0: no drafting).")
       .def("verify_seconds", &sd::ChainLengthPolicy::verify_seconds, py::arg("n"))
       .def_property_readonly("draft_cost_ratio", &sd::ChainLengthPolicy::draft_cost_ratio);
+
+  m.def(
+      "best_tree_size",
+      [](const std::vector<float>& confidence, const std::vector<double>& pass_seconds, double confidence_scale,
+         int32_t budget) {
+        for (size_t i = 1; i < confidence.size(); ++i)
+          if (confidence[i] > confidence[i - 1]) throw py::value_error("best_tree_size: confidence must be sorted best first");
+        for (double t : pass_seconds)
+          if (!(t > 0)) throw py::value_error("best_tree_size: pass times must be > 0");
+        if (!(confidence_scale >= 0)) throw py::value_error("best_tree_size: confidence_scale must be >= 0");
+        return sd::best_tree_size(confidence, sd::TreeSizing{pass_seconds, confidence_scale}, budget);
+      },
+      py::arg("confidence"), py::arg("pass_seconds"), py::arg("confidence_scale"), py::arg("budget"),
+      "How many nodes an adaptive dynamic tree keeps (spec/tree_drafting.h).");
 
   py::class_<sd::NgramOptions>(m, "NgramOptions")
       .def(py::init<>())
@@ -410,6 +427,13 @@ void register_engine(py::module_& m) {
       .def("stats", &sd::Engine::stats)
       .def_property("adaptive_speculation", &sd::Engine::adaptive_speculation, &sd::Engine::set_adaptive_speculation)
       .def(
+          "set_verify_costs",
+          [](sd::Engine& e, std::vector<std::pair<int32_t, double>> points) {
+            throw_if_error(e.set_verify_costs(std::move(points)));
+          },
+          py::arg("points"),
+          "(n tokens, seconds) target forward times for the adaptive cost model, instead of measuring them.")
+      .def(
           "set_acceptance",
           [](sd::Engine& e, const sd::AcceptanceConfig& c) { throw_if_error(e.set_acceptance(c)); },
           py::arg("config"), "How drafts are judged: lossless (default), typical or cascade (lossy).")
@@ -431,6 +455,7 @@ void register_engine(py::module_& m) {
                best[py::float_(a)] = p.choose(acc);
              }
              d["best_k_by_alpha"] = best;
+             d["tree_pass_seconds"] = p.tree_pass_seconds(1, p.k_max());  // [n]: a tree of n nodes (batch 1)
              return d;
            },
            "The adaptive chain-length policy's calibrated model (empty before the first use).")

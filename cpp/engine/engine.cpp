@@ -159,10 +159,16 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
   // the model would choose if every sequence accepted 90% (none when even that would not pay,
   // e.g. a compute-bound batch). The gap doubles up to 64, since a probe makes a draft model
   // catch up on the tokens it skipped.
+  // Adaptive dynamic trees instead keep, per sequence, the tree size the cost model prefers.
   const bool adapt = adaptive_ && drafter_ && policy_.calibrated();
+  const bool size_trees = adapt && !drafter_->proposes_chains();
   int32_t batch_k = 0, probe_k = 0;
   size_t probe = B;  // the sequence that probes this step, if any
-  if (adapt) {
+  std::vector<TreeSizing> sizing(size_trees ? B : 0);
+  if (size_trees) {
+    const std::vector<double> cost = policy_.tree_pass_seconds(static_cast<int32_t>(B), drafter_->max_nodes());
+    for (size_t k = 0; k < B; ++k) sizing[k] = TreeSizing{cost, running[k]->acceptance.confidence_scale()};
+  } else if (adapt) {
     std::vector<const ChainLengthPolicy::Acceptance*> acceptances;
     for (const Sequence* s : running) acceptances.push_back(&s->acceptance);
     batch_k = policy_.choose(acceptances);
@@ -192,7 +198,8 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
     j.req.max_nodes = static_cast<int32_t>(std::max<int64_t>(0, opts_.max_model_len - 1 - prefix[k]));
     j.req.record_q = acceptance_.mode == AcceptanceMode::kCascade;
     j.req.pages = &r.pages;
-    if (adapt) j.req.max_nodes = std::min(j.req.max_nodes, k == probe ? probe_k : batch_k);
+    if (size_trees) j.req.tree_sizing = &sizing[k];
+    else if (adapt) j.req.max_nodes = std::min(j.req.max_nodes, k == probe ? probe_k : batch_k);
     if (j.req.max_nodes > 0) jobs.push_back(j), drafting_now[k] = true;
   }
   if (!jobs.empty()) {
@@ -212,7 +219,7 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
       r.res.draft_seconds += drafting / static_cast<double>(jobs.size());
       r.res.decode_seconds += drafting / static_cast<double>(jobs.size());  // decode time is drafting + verification
     }
-    if (adapt && steady) policy_.observe_draft(drafted, drafting);
+    if (adapt && steady) policy_.observe_draft(drafted, drafting, static_cast<int32_t>(jobs.size()));
   }
   for (size_t k = 0; k < B; ++k) running[k]->drafted_last_step = !trees[k].empty();
   // 2. One target forward over every root and draft tree.
@@ -311,6 +318,11 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
       drafter_->observe_features(r.slot, prefix[k], rows.data(), m + 1);
     }
     r.acceptance.observe(t.size(), static_cast<int32_t>(m));
+    if (!t.confidence.empty()) {
+      double predicted = 0;
+      for (float c : t.confidence) predicted += c;
+      r.acceptance.observe_confidence(predicted, static_cast<int32_t>(m));
+    }
     res.steps += 1;
     res.drafted += t.size();
     res.accepted += m;
@@ -454,11 +466,29 @@ Status Engine::validate_prompt(const std::vector<int32_t>& prompt) const {
   return validate(r, 0);
 }
 
+Status Engine::set_verify_costs(std::vector<std::pair<int32_t, double>> points) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!drafter_) return InvalidArgument("set_verify_costs: attach a drafter first");
+  const int32_t k_max = drafter_->max_nodes();
+  for (int32_t n = 1; n <= k_max + 1; ++n)
+    if (std::none_of(points.begin(), points.end(), [&](const auto& p) { return p.first == n; }))
+      return InvalidArgument("set_verify_costs: need a time for n = 1 .. " + std::to_string(k_max + 1) +
+                             " tokens (missing " + std::to_string(n) + ")");
+  for (const auto& p : points)
+    if (!(p.second > 0)) return InvalidArgument("set_verify_costs: forward times must be > 0");
+  policy_.calibrate(std::move(points), k_max);
+  return Status::Ok();
+}
+
 Status Engine::calibrate_chain_length_policy() {
-  // Forwards of 1 .. k_max + 1 tokens (one sequence's chain), then of whole batches' worth.
+  // Forwards of 1 .. k_max + 1 tokens (one sequence's chain or tree; past 9, steps of x1.5),
+  // then of whole batches' worth.
   const int32_t k_max = drafter_->max_nodes(), n_chain = k_max + 1;
   std::vector<int32_t> sizes;
-  for (int32_t n = 1; n <= n_chain; ++n) sizes.push_back(n);
+  for (int32_t n = 1; n <= n_chain; n = n < 9 ? n + 1 : std::min(n_chain, n + n / 2)) {
+    sizes.push_back(n);
+    if (n == n_chain) break;
+  }
   const int32_t n_batch = std::min(opts_.max_num_seqs * n_chain, opts_.prefill_chunk);
   for (int32_t n = 2 * n_chain; n < n_batch; n *= 2) sizes.push_back(n);
   if (n_batch > n_chain) sizes.push_back(n_batch);

@@ -126,10 +126,15 @@ class Engine {
   // trained for this target.
   Status attach_eagle_head(const std::string& dir, const std::string& dtype, const EagleOptions& opts);
   const Drafter* drafter() const { return drafter_.get(); }
-  // Adaptive chain length: each step drafts the k (up to the drafter's; 0 = none) that the cost
-  // model (spec/chain_length_policy.h) expects to be fastest for the running batch. Off by
-  // default: seeded sampling stays reproducible only with a fixed k.
+  // Adaptive speculation: each step drafts the chain length k (up to the drafter's; 0 = none),
+  // or keeps the dynamic-tree size, that the cost model (spec/chain_length_policy.h) expects to
+  // be fastest for the running batch. Off by default: seeded sampling stays reproducible only
+  // with a fixed shape.
   void set_adaptive_speculation(bool on) { adaptive_ = on; }
+  // The cost model's target forward times, (n tokens, seconds) with n = 1 .. the drafter's
+  // max_nodes + 1 among them, given instead of measured at the first request (what-if studies,
+  // tests); the drafting time is still measured. After attaching the drafter.
+  Status set_verify_costs(std::vector<std::pair<int32_t, double>> points);
   bool adaptive_speculation() const { return adaptive_; }
   const ChainLengthPolicy& chain_length_policy() const { return policy_; }
   // How drafts are judged (spec/lossy_verifier.h): lossless (the default), or the explicitly

@@ -272,7 +272,7 @@ Status Engine::step(std::vector<RequestUpdate>* updates) {
   take_incoming(updates);
   sweep();
   Status st;
-  if (adaptive_ && drafter_ && drafter_->proposes_chains() && !policy_.calibrated() && !waiting_.empty())
+  if (adaptive_ && drafter_ && !policy_.calibrated() && !waiting_.empty())
     st = calibrate_chain_length_policy();
   if (st.ok()) {
     admit_waiting();

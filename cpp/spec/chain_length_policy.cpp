@@ -22,11 +22,26 @@ double ChainLengthPolicy::verify_seconds(int32_t n) const {
   return std::max(a.second + t * (b.second - a.second), 0.0);  // t > 1 extrapolates
 }
 
-void ChainLengthPolicy::observe_draft(int32_t drafted, double draft_seconds) {
-  if (drafted <= 0) return;
-  const double per_token = draft_seconds / drafted;
+void ChainLengthPolicy::observe_draft(int32_t drafted, double draft_seconds, int32_t batch) {
+  if (drafted <= 0 || batch <= 0) return;
+  const double per_token = draft_seconds / drafted, per_step = draft_seconds / batch;
   draft_token_seconds_ = have_draft_time_ ? 0.8 * draft_token_seconds_ + 0.2 * per_token : per_token;
+  draft_step_seconds_ = have_draft_time_ ? 0.8 * draft_step_seconds_ + 0.2 * per_step : per_step;
   have_draft_time_ = true;
+}
+
+void ChainLengthPolicy::Acceptance::observe_confidence(double predicted_tokens, int32_t accepted_tokens) {
+  if (!(predicted_tokens > 0)) return;
+  predicted += predicted_tokens;
+  realized += accepted_tokens;
+}
+
+std::vector<double> ChainLengthPolicy::tree_pass_seconds(int32_t batch, int32_t max_nodes) const {
+  std::vector<double> cost;
+  if (!calibrated() || batch <= 0) return cost;
+  for (int32_t n = 0; n <= max_nodes; ++n)
+    cost.push_back(draft_step_seconds_ + verify_seconds(batch * (n + 1)) / batch);
+  return cost;
 }
 
 void ChainLengthPolicy::Acceptance::observe(int32_t drafted, int32_t accepted_tokens) {

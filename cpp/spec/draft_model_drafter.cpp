@@ -86,7 +86,7 @@ Status DraftModelDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
     if (!s.ok()) break;
     if (!proposes_chains()) {
       tree_roots.push_back(std::move(root_logits));
-      trees.push_back(TreeJob{budget, tree_roots.back().data(), j.tree, &st.node_slot});
+      trees.push_back(TreeJob{budget, tree_roots.back().data(), j.tree, &st.node_slot, j.req.tree_sizing});
       states.push_back(&st);
     } else {
       chains.push_back(ChainDraft{&j.req, j.tree, budget});

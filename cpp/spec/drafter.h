@@ -8,6 +8,7 @@
 #include "kv/seq_pages.h"
 #include "sampling/sampler.h"
 #include "spec/token_tree.h"
+#include "spec/tree_drafting.h"
 
 namespace sd {
 
@@ -23,6 +24,8 @@ struct DraftRequest {
   // The target's pages of this sequence (its committed tokens but the root). A self-drafter runs
   // the target on them: it may write scratch KV past them and leaves them as it found them.
   SeqPages* pages = nullptr;
+  // Adaptive speculation: the cost model's sizing of a dynamic tree (null: keep the budget).
+  const TreeSizing* tree_sizing = nullptr;
 };
 
 // One sequence's part of a batched proposal.

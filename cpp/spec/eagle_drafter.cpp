@@ -97,7 +97,7 @@ Status EagleDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
     h.push_back(std::move(hj));
     if (!proposes_chains()) {
       tree_roots.push_back(std::move(logits));
-      trees.push_back(TreeJob{budget, tree_roots.back().data(), j.tree, &tree_slots[trees.size()]});
+      trees.push_back(TreeJob{budget, tree_roots.back().data(), j.tree, &tree_slots[trees.size()], j.req.tree_sizing});
       continue;
     }
     chains.push_back(ChainDraft{&j.req, j.tree, budget});

@@ -50,6 +50,8 @@ Status TokenTree::validate(int32_t vocab) const {
   }
   if (!q.empty() && static_cast<int64_t>(q.size()) != static_cast<int64_t>(size()) * vocab)
     return InvalidArgument("token tree: q must hold one distribution per node");
+  if (!confidence.empty() && confidence.size() != token.size())
+    return InvalidArgument("token tree: confidence must hold one value per node");
   return Status::Ok();
 }
 

@@ -16,6 +16,9 @@ struct TokenTree {
   // Optional draft distributions: q[i * vocab ...] is the distribution node i's token was drawn
   // from. Empty: deterministic drafts (argmax, top-k, n-gram), verified as one-hot q.
   std::vector<float> q;
+  // Optional, from tree drafters: node i's path probability under the draft (the product of
+  // its and its ancestors' draft probabilities), the drafter's estimate that it is accepted.
+  std::vector<float> confidence;
   // Siblings drawn from q without replacement (each from q with the earlier siblings removed).
   bool without_replacement = false;
 

@@ -1,6 +1,7 @@
 #include "spec/tree_drafting.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "spec/chain_drafting.h"
@@ -75,21 +76,26 @@ class Candidates {
     }
   }
 
-  // Keeps the best `budget` nodes (all of a static tree that fits).
-  void keep(int32_t budget, TokenTree* out, std::vector<int32_t>* slots) const {
+  // Keeps the best `budget` nodes (all of a static tree that fits), or the number of them the
+  // cost model prefers (dynamic trees with a sizing); records each kept node's path probability.
+  void keep(int32_t budget, const TreeSizing* sizing, TokenTree* out, std::vector<int32_t>* slots) const {
     std::vector<int32_t> keep(static_cast<size_t>(tree_.size()));
     std::iota(keep.begin(), keep.end(), 0);
-    if (static_cast<int32_t>(keep.size()) > budget) {
-      std::stable_sort(keep.begin(), keep.end(), [&](int32_t a, int32_t b) { return score_[a] > score_[b]; });
-      keep.resize(static_cast<size_t>(budget));
-      std::sort(keep.begin(), keep.end());
+    std::stable_sort(keep.begin(), keep.end(), [&](int32_t a, int32_t b) { return score_[a] > score_[b]; });
+    if (sizing && !shape_.is_static()) {
+      std::vector<float> confidence;
+      for (int32_t node : keep) confidence.push_back(std::exp(score_[static_cast<size_t>(node)]));
+      budget = best_tree_size(confidence, *sizing, budget);
     }
+    if (static_cast<int32_t>(keep.size()) > budget) keep.resize(static_cast<size_t>(budget));
+    std::sort(keep.begin(), keep.end());
     std::vector<int32_t> new_index(static_cast<size_t>(tree_.size()), -1);
     for (int32_t node : keep) {
       const int32_t p = tree_.parent[static_cast<size_t>(node)];
       if (p >= 0 && new_index[static_cast<size_t>(p)] < 0) continue;  // parent dropped (rounding ties)
       new_index[static_cast<size_t>(node)] =
           out->add(tree_.token[static_cast<size_t>(node)], p < 0 ? -1 : new_index[static_cast<size_t>(p)]);
+      out->confidence.push_back(std::exp(score_[static_cast<size_t>(node)]));
       slots->push_back(slot_[static_cast<size_t>(node)]);
     }
   }
@@ -109,6 +115,20 @@ class Candidates {
 };
 
 }  // namespace
+
+int32_t best_tree_size(const std::vector<float>& confidence, const TreeSizing& sizing, int32_t budget) {
+  const int32_t most = std::min<int32_t>(budget, static_cast<int32_t>(confidence.size()));
+  if (sizing.pass_seconds.size() < 2 || most < 1) return budget;
+  const int32_t last = std::min<int32_t>(most, static_cast<int32_t>(sizing.pass_seconds.size()) - 1);
+  int32_t best = 1;
+  double tokens = 1.0, best_rate = -1.0;
+  for (int32_t n = 1; n <= last; ++n) {
+    tokens += sizing.confidence_scale * confidence[static_cast<size_t>(n - 1)];
+    const double rate = tokens / sizing.pass_seconds[static_cast<size_t>(n)];
+    if (rate > best_rate) best_rate = rate, best = n;
+  }
+  return best;
+}
 
 Status validate_draft_shape(const DraftShape& shape) {
   constexpr int32_t kMaxNodes = 256;
@@ -152,7 +172,7 @@ Status grow_trees(const DraftShape& shape, int64_t vocab, const std::vector<Tree
     for (size_t a = 0; a < active.size(); ++a)
       for (int32_t node : frontiers[a]) cand[static_cast<size_t>(active[a])].expand(node, logits.data() + row++ * vocab);
   }
-  for (size_t i = 0; i < n; ++i) cand[i].keep(jobs[i].budget, jobs[i].out, jobs[i].slots);
+  for (size_t i = 0; i < n; ++i) cand[i].keep(jobs[i].budget, jobs[i].sizing, jobs[i].out, jobs[i].slots);
   return Status::Ok();
 }
 

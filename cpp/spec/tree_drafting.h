@@ -6,6 +6,9 @@
 //    log-probability with their top_k children; at the end the max_nodes nodes of highest
 //    cumulative log-probability are kept (ancestor-closed: a child never outscores its parent).
 // Children are the draft's top-ranked tokens, deterministic: trees are verified with one-hot q.
+// Each kept node's path probability goes to TokenTree::confidence. With a TreeSizing (adaptive
+// speculation) a dynamic tree keeps the n <= budget best nodes that the cost model expects to
+// commit the most tokens per second, not always the budget.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -43,13 +46,26 @@ struct TreeRound {
   int32_t first = 0;
 };
 
+// The cost model's view of one sequence's tree (spec/chain_length_policy.h).
+struct TreeSizing {
+  std::vector<double> pass_seconds;  // [n]: a pass's time with n kept nodes, n = 0 .. max
+  double confidence_scale = 1.0;     // measured accepted tokens / predicted (path probabilities)
+};
+
+// The n in [1, min(budget, pass_seconds.size() - 1)] maximizing
+// (1 + scale x (confidence[0] + ... + confidence[n - 1])) / pass_seconds[n]; confidence is sorted
+// best first. Without costs (pass_seconds of size < 2): the budget.
+int32_t best_tree_size(const std::vector<float>& confidence, const TreeSizing& sizing, int32_t budget);
+
 // One sequence's tree: its node budget and root logits (vocab floats); receives the kept tree
-// in *out and each kept node's run slot in *slots (-1 for a leaf that was never run).
+// in *out and each kept node's run slot in *slots (-1 for a leaf that was never run). sizing:
+// adaptive dynamic trees only (null: keep the budget).
 struct TreeJob {
   int32_t budget = 0;
   const float* root_logits = nullptr;
   TokenTree* out = nullptr;
   std::vector<int32_t>* slots = nullptr;
+  const TreeSizing* sizing = nullptr;
 };
 
 // Runs one round of several trees in ONE forward: active[i] indexes the jobs, rounds[i] is its

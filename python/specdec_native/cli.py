@@ -102,7 +102,8 @@ def _add_speculation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tree", help='draft tree as JSON: [[0],[1],[0,0]] or {"top_k": 4, "max_nodes": 32}; "chain" (the '
                                       'default) for a chain')
     p.add_argument("--adaptive", action="store_true",
-                   help="choose each step's chain length (<= --num-speculative-tokens) from the measured costs")
+                   help="choose each step's chain length (<= --num-speculative-tokens), or a dynamic tree's size "
+                        "(<= max_nodes), from the measured costs")
     p.add_argument("--draft-layers", help="layer_skip: the first L layers (an int) or a JSON list of layer indices")
     p.add_argument("--sink-tokens", type=int, default=16, help="sparse_kv: attention-sink tokens kept")
     p.add_argument("--window-tokens", type=int, default=256, help="sparse_kv: recent tokens kept")

@@ -43,11 +43,14 @@ class SpeculativeConfig:
       vocabulary, specdec_native.draft_vocab): a list of ids, a JSON file of one, or an EAGLE-3
       head directory (its t2d). Drafting reads a smaller head; drafts stay inside the set and
       verification is unchanged, so the output stays lossless. CPU only for now.
-    adaptive: chains only: each step drafts the k <= num_speculative_tokens that the cost model
+    adaptive: chains: each step drafts the k <= num_speculative_tokens that the cost model
       (1 - a^(k+1)) / ((1 - a)(k c + v(k+1))) expects to be fastest, with a = the request's
-      measured acceptance, c = draft/target step cost, v = measured verify-width cost. Still
-      lossless; but k then depends on timings, so seeded sampled outputs repeat exactly only
-      with adaptive=False.
+      measured acceptance, c = draft/target step cost, v = measured verify-width cost. Dynamic
+      trees: each step keeps the n <= max_nodes best nodes maximizing
+      (1 + s * (sum of their draft path probabilities)) / (drafting time + v(n+1)), s = the
+      request's measured accepted / predicted tokens, so a compute-bound target verifies small
+      trees and a memory-bound one large trees. Still lossless; but sizes then depend on
+      timings, so seeded sampled outputs repeat exactly only with adaptive=False.
     acceptance: how drafts are judged. "lossless" (default): the output is distributed exactly as
       the target's (token-identical at temperature 0). The others are LOSSY, they make no quality
       claim and trade fidelity to the target for longer accepted runs:
@@ -196,8 +199,10 @@ class SpeculativeConfig:
         if not isinstance(self.adaptive, bool):
             raise ValueError(f"adaptive must be True or False, got {self.adaptive!r}")
         tree = self.tree
-        if self.adaptive and tree is not None and tree != {"max_branches": 1}:
-            raise ValueError("adaptive=True chooses chain lengths: it needs tree=None")
+        dynamic = isinstance(tree, dict) and "top_k" in tree
+        if self.adaptive and tree is not None and tree != {"max_branches": 1} and not dynamic:
+            raise ValueError("adaptive=True chooses chain lengths or dynamic-tree sizes: it needs tree=None "
+                             "or a dynamic tree {'top_k': ..., 'max_nodes': ...}, not a static tree")
         if tree is None:
             return
         if isinstance(tree, dict):
