@@ -64,6 +64,10 @@ def run_ours(target_dir, draft_dir, dtype, threads, tokens, temperature, configs
         ("draft chain auto<=8", draft_dir, dict(method="draft", num_speculative_tokens=8, adaptive=True)),
         ("draft tree 2x6", draft_dir, dict(method="draft", num_speculative_tokens=4, tree={"top_k": 2, "max_nodes": 6})),
         ("draft tree 3x12", draft_dir, dict(method="draft", num_speculative_tokens=4, tree={"top_k": 3, "max_nodes": 12})),
+        ("draft tree 3x12 auto", draft_dir, dict(method="draft", num_speculative_tokens=4,
+                                                 tree={"top_k": 3, "max_nodes": 12}, adaptive=True)),
+        ("draft tree 2x8 d6 auto", draft_dir, dict(method="draft", num_speculative_tokens=6,
+                                                   tree={"top_k": 2, "max_nodes": 8}, adaptive=True)),
         ("ngram k=4", None, dict(method="ngram", num_speculative_tokens=4)),
         ("ngram auto<=8", None, dict(method="ngram", num_speculative_tokens=8, adaptive=True)),
     ]

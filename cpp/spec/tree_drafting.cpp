@@ -55,11 +55,14 @@ class Candidates {
   }
 
   // The nodes of [begin, end) to run next: static trees run every node with children; dynamic
-  // ones the top_k best-scoring nodes of the level. Ascending index order.
-  std::vector<int32_t> frontier(int32_t begin, int32_t end) const {
+  // ones the top_k best-scoring nodes of the level; with a sizing, only those among the nodes
+  // the cost model would keep if the tree stopped growing now (a child never outscores its
+  // parent, so a node outside that set rarely gets kept children). Ascending index order.
+  std::vector<int32_t> frontier(int32_t begin, int32_t end, int32_t budget, const TreeSizing* sizing) const {
+    const float cut = sizing && !shape_.is_static() ? kept_score_cut(budget, *sizing) : -INFINITY;
     std::vector<int32_t> f;
     for (int32_t i = begin; i < end; ++i)
-      if (!shape_.is_static() || wanted_children(i) > 0) f.push_back(i);
+      if ((!shape_.is_static() || wanted_children(i) > 0) && score_[static_cast<size_t>(i)] >= cut) f.push_back(i);
     if (!shape_.is_static() && static_cast<int32_t>(f.size()) > shape_.top_k) {
       std::sort(f.begin(), f.end(), [&](int32_t a, int32_t b) { return better(a, b); });
       f.resize(static_cast<size_t>(shape_.top_k));
@@ -76,17 +79,34 @@ class Candidates {
     }
   }
 
+  // Every node, best-scoring first (ties: lower index first).
+  std::vector<int32_t> ranked() const {
+    std::vector<int32_t> r(static_cast<size_t>(tree_.size()));
+    std::iota(r.begin(), r.end(), 0);
+    std::stable_sort(r.begin(), r.end(), [&](int32_t a, int32_t b) { return score_[a] > score_[b]; });
+    return r;
+  }
+
+  // How many of `ranked` nodes the cost model keeps.
+  int32_t sized(const std::vector<int32_t>& ranked, int32_t budget, const TreeSizing& sizing) const {
+    std::vector<float> confidence;
+    for (int32_t node : ranked) confidence.push_back(std::exp(score_[static_cast<size_t>(node)]));
+    return best_tree_size(confidence, sizing, budget);
+  }
+
+  // The lowest score among the nodes the cost model would keep now.
+  float kept_score_cut(int32_t budget, const TreeSizing& sizing) const {
+    const std::vector<int32_t> r = ranked();
+    if (r.empty()) return -INFINITY;
+    const int32_t n = std::min<int32_t>(sized(r, budget, sizing), static_cast<int32_t>(r.size()));
+    return score_[static_cast<size_t>(r[static_cast<size_t>(n - 1)])];
+  }
+
   // Keeps the best `budget` nodes (all of a static tree that fits), or the number of them the
   // cost model prefers (dynamic trees with a sizing); records each kept node's path probability.
   void keep(int32_t budget, const TreeSizing* sizing, TokenTree* out, std::vector<int32_t>* slots) const {
-    std::vector<int32_t> keep(static_cast<size_t>(tree_.size()));
-    std::iota(keep.begin(), keep.end(), 0);
-    std::stable_sort(keep.begin(), keep.end(), [&](int32_t a, int32_t b) { return score_[a] > score_[b]; });
-    if (sizing && !shape_.is_static()) {
-      std::vector<float> confidence;
-      for (int32_t node : keep) confidence.push_back(std::exp(score_[static_cast<size_t>(node)]));
-      budget = best_tree_size(confidence, *sizing, budget);
-    }
+    std::vector<int32_t> keep = ranked();
+    if (sizing && !shape_.is_static()) budget = sized(keep, budget, *sizing);
     if (static_cast<int32_t>(keep.size()) > budget) keep.resize(static_cast<size_t>(budget));
     std::sort(keep.begin(), keep.end());
     std::vector<int32_t> new_index(static_cast<size_t>(tree_.size()), -1);
@@ -157,7 +177,7 @@ Status grow_trees(const DraftShape& shape, int64_t vocab, const std::vector<Tree
     std::vector<std::vector<int32_t>> frontiers;
     for (size_t i = 0; i < n; ++i) {
       const int32_t level_end = cand[i].size();
-      std::vector<int32_t> f = cand[i].frontier(level_begin[i], level_end);
+      std::vector<int32_t> f = cand[i].frontier(level_begin[i], level_end, jobs[i].budget, jobs[i].sizing);
       level_begin[i] = level_end;
       if (f.empty()) continue;
       const int32_t first = runs[i].size();

@@ -8,7 +8,8 @@
 // Children are the draft's top-ranked tokens, deterministic: trees are verified with one-hot q.
 // Each kept node's path probability goes to TokenTree::confidence. With a TreeSizing (adaptive
 // speculation) a dynamic tree keeps the n <= budget best nodes that the cost model expects to
-// commit the most tokens per second, not always the budget.
+// commit the most tokens per second, not always the budget, and each level expands only frontier
+// nodes among the ones it would keep if growth stopped there (so drafting shrinks with the tree).
 #pragma once
 #include <cstdint>
 #include <functional>
