@@ -232,6 +232,23 @@ def test_greedy_eagle_trees_are_token_identical(setup, reference, tree):
     assert_no_blocks_held(small.engine)
 
 
+def test_greedy_adaptive_eagle_tree_is_token_identical(setup, reference):
+    """The cost model sizes the head's dynamic trees (and prunes their frontier); with verify
+    costs pinned compute-bound the trees shrink below the 10-node budget, the output stays the
+    target's, preemption included."""
+    spec = {"method": "eagle", "num_speculative_tokens": 4, "tree": {"top_k": 3, "max_nodes": 10}, "adaptive": True}
+    for kw in ({}, {"num_blocks": 40, "max_num_seqs": 4}):
+        llm = load_llm(setup["target"], draft=str(setup["head_dir"]), page_size=4, speculative=spec, **kw)
+        llm.engine.set_verify_costs([(n, max(1.0, n / 2)) for n in range(1, 12)])
+        outs = llm.generate(prompt_token_ids=PROMPTS, sampling_params=[greedy_params(n) for n in MAX_TOKENS])
+        assert [o.token_ids for o in outs] == reference
+        drafted = sum(o.metrics["drafted"] for o in outs)
+        steps = sum(o.metrics["steps"] for o in outs)
+        assert 0 < drafted < 0.75 * 10 * steps, (drafted, steps)
+        assert_no_blocks_held(llm.engine)
+    assert sum(o.metrics["preemptions"] for o in outs) > 0
+
+
 def test_trees_refuse_chain_only_options():
     with pytest.raises(ValueError, match="draft_confidence"):
         SpeculativeConfig(method="eagle", tree={"top_k": 2, "max_nodes": 4}, draft_confidence=0.3)
