@@ -679,6 +679,29 @@ def _compute_bound_policy(c=0.3):
     return p
 
 
+def test_acceptance_estimate_discounts_old_evidence():
+    """The running acceptance rate follows a request whose acceptance changes (a summary that
+    starts copying its source), with the discount the C++ uses, checked against float64 numpy."""
+    from specdec_native import _core
+
+    a = _core.AcceptanceEstimate()
+    assert a.alpha == pytest.approx(2 / 3)  # the prior
+    history = [(4, 0)] * 30 + [(4, 4)] * 5
+    acc, rej = np.float64(2.0), np.float64(1.0)
+    for drafted, accepted in history:
+        a.observe(drafted, accepted)
+        acc, rej = 0.9 * acc + accepted, 0.9 * rej + (accepted < drafted)
+    assert a.alpha == pytest.approx(acc / (acc + rej), rel=1e-12)
+    # Five fully accepted chains after thirty rejections already put alpha above 0.7, where a
+    # never-forgetting count (22 / 53) would still be below 0.45 and keep the policy from drafting.
+    assert a.alpha > 0.7
+    before = a.alpha
+    a.observe(0, 0)  # nothing drafted: no evidence
+    assert a.alpha == before
+    with pytest.raises(ValueError, match="accepted <= drafted"):
+        a.observe(2, 3)
+
+
 def test_batch_cost_model_stops_drafting_when_the_batch_is_compute_bound():
     p = _compute_bound_policy()
     assert p.draft_cost_ratio == pytest.approx(0.3)

@@ -192,6 +192,20 @@ void register_engine(py::module_& m) {
       .def_readwrite("cascade_alpha", &sd::AcceptanceConfig::cascade_alpha)
       .def("validate", [](const sd::AcceptanceConfig& c) { throw_if_error(c.validate()); });
 
+  py::class_<sd::ChainLengthPolicy::Acceptance>(m, "AcceptanceEstimate",
+                                                "A request's running acceptance rate, as the adaptive policy keeps it.")
+      .def(py::init<>())
+      .def(
+          "observe",
+          [](sd::ChainLengthPolicy::Acceptance& a, int32_t drafted, int32_t accepted) {
+            if (drafted < 0 || accepted < 0 || accepted > drafted)
+              throw py::value_error("observe: need 0 <= accepted <= drafted; got accepted " + std::to_string(accepted) +
+                                    " of " + std::to_string(drafted));
+            a.observe(drafted, accepted);
+          },
+          py::arg("drafted"), py::arg("accepted"))
+      .def_property_readonly("alpha", &sd::ChainLengthPolicy::Acceptance::alpha);
+
   py::class_<sd::ChainLengthPolicy>(m, "ChainLengthPolicy",
                                     "The adaptive chain-length cost model, for tests and what-if studies.")
       .def(py::init<>())

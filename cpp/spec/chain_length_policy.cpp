@@ -46,7 +46,8 @@ std::vector<double> ChainLengthPolicy::tree_pass_seconds(int32_t batch, int32_t 
 
 void ChainLengthPolicy::Acceptance::observe(int32_t drafted, int32_t accepted_tokens) {
   if (drafted <= 0) return;
-  accepted += accepted_tokens;
+  accepted = kForget * accepted + accepted_tokens;
+  rejected *= kForget;
   if (accepted_tokens < drafted) rejected += 1;  // the first rejection ends the chain
 }
 

@@ -34,8 +34,11 @@ class ChainLengthPolicy {
   // One step's drafting: `drafted` tokens proposed for `batch` sequences in `draft_seconds`.
   void observe_draft(int32_t drafted, double draft_seconds, int32_t batch = 1);
 
-  // Per-request acceptance statistics.
+  // Per-request acceptance statistics. Acceptance drifts within a request (a summary copies
+  // its source in bursts, then paraphrases), so older evidence is discounted: each observation
+  // first scales the counts by kForget, a memory of about 1 / (1 - kForget) steps.
   struct Acceptance {
+    static constexpr double kForget = 0.9;
     double accepted = 2.0, rejected = 1.0;  // prior: alpha = 2/3, worth 3 tokens of evidence
     void observe(int32_t drafted, int32_t accepted_tokens);
     double alpha() const { return accepted / (accepted + rejected); }
