@@ -693,7 +693,7 @@ def test_acceptance_estimate_discounts_old_evidence():
         acc, rej = 0.9 * acc + accepted, 0.9 * rej + (accepted < drafted)
     assert a.alpha == pytest.approx(acc / (acc + rej), rel=1e-12)
     # Five fully accepted chains after thirty rejections already put alpha above 0.7, where a
-    # never-forgetting count (22 / 53) would still be below 0.45 and keep the policy from drafting.
+    # never-forgetting count (22 / 53) would still be below 0.45.
     assert a.alpha > 0.7
     before = a.alpha
     a.observe(0, 0)  # nothing drafted: no evidence

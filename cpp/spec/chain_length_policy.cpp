@@ -47,8 +47,7 @@ std::vector<double> ChainLengthPolicy::tree_pass_seconds(int32_t batch, int32_t 
 void ChainLengthPolicy::Acceptance::observe(int32_t drafted, int32_t accepted_tokens) {
   if (drafted <= 0) return;
   accepted = kForget * accepted + accepted_tokens;
-  rejected *= kForget;
-  if (accepted_tokens < drafted) rejected += 1;  // the first rejection ends the chain
+  rejected = kForget * rejected + (accepted_tokens < drafted ? 1 : 0);  // the first rejection ends the chain
 }
 
 double ChainLengthPolicy::draft_cost_ratio() const {
