@@ -700,6 +700,9 @@ def test_acceptance_estimate_discounts_old_evidence():
     assert a.alpha == before
     with pytest.raises(ValueError, match="accepted <= drafted"):
         a.observe(2, 3)
+    with pytest.raises(ValueError, match="0 <= accepted"):
+        a.observe(2, -1)
+    assert a.alpha == before  # refused observations change nothing
 
 
 def test_batch_cost_model_stops_drafting_when_the_batch_is_compute_bound():
