@@ -186,10 +186,11 @@ RUN = dict(max_prompts=24, eval_prompts=4, max_new_tokens=24, ttt_steps=3, draft
            batch_size=4, eval_k=3, progress=False, log=lambda *a: None)
 
 
-def test_tiny_training_lowers_loss_and_writes_a_loadable_head(tiny_target, tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_tiny_training_lowers_loss_and_writes_a_loadable_head(tiny_target, tmp_path, precision):
     target, prompts = tiny_target
-    m = T.train_draft(target, tmp_path / "head", steps=60, prompts=prompts, **RUN)
-    assert m["steps"] == 60 and m["start_step"] == 0
+    m = T.train_draft(target, tmp_path / "head", steps=60, prompts=prompts, precision=precision, **RUN)
+    assert m["steps"] == 60 and m["start_step"] == 0 and m["precision"] == precision
     assert m["loss_last"] < 0.85 * m["loss_first"], (m["loss_first"], m["loss_last"])
     assert m["heldout"]["anchors"] > 0 and 1.0 <= m["heldout"]["mean_accepted_length"] <= 4.0
     assert m["aux_layer_ids"] == [1, 1, 0]  # SpecForge's 1, N//2-1, N-4 for N = 4
@@ -205,6 +206,21 @@ def test_tiny_training_lowers_loss_and_writes_a_loadable_head(tiny_target, tmp_p
     aux = torch.cat([hs[i + 1] for i in (1, 1, 0)], dim=-1)
     drafts = head.draft(aux, torch.cat((ids, ids[:, -1:]), dim=1), 3)
     assert drafts.shape == (1, 3) and bool(head.t2d[drafts].all())
+
+
+def test_bfloat16_training_autocasts_the_matmuls(tiny_target, tmp_path):
+    """Same data, same seed: the first step's loss in bfloat16 is close to float32's but not
+    equal (the matmuls did run in bfloat16), and "auto" picks bfloat16 exactly where the CPU
+    has it natively."""
+    target, prompts = tiny_target
+    a = T.train_draft(target, tmp_path / "a", steps=1, prompts=prompts, precision="float32", **RUN)
+    b = T.train_draft(target, tmp_path / "b", steps=1, prompts=prompts, precision="bfloat16", **RUN)
+    first = [torch.load(tmp_path / d / "checkpoint.pt", weights_only=False)["history"][0]["loss"] for d in "ab"]
+    assert first[0] != first[1] and first[1] == pytest.approx(first[0], rel=0.05), first
+    assert a["heldout_before"] == b["heldout_before"]  # the estimate stays float32
+    assert T.training_precision("auto", "cpu") == ("bfloat16" if T.native_bfloat16("cpu") else "float32")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        T.train_draft(target, tmp_path / "c", steps=1, prompts=prompts, precision="float8", **RUN)
 
 
 def test_resume_continues_the_step_counter(tiny_target, tmp_path):

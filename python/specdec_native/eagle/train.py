@@ -40,6 +40,28 @@ from .head import Eagle3Head
 
 STEP_WEIGHT = 0.8  # SpecForge's per-step loss decay
 DATA_BACKENDS = ("engine", "transformers")
+PRECISIONS = ("auto", "bfloat16", "float32")
+
+
+def native_bfloat16(device: str) -> bool:
+    """Whether `device` multiplies bfloat16 natively (CPU: AVX512-BF16 or AMX; CUDA: sm_80+)."""
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return any(bool(getattr(cpu, probe, lambda: False)()) for probe in
+               ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+
+
+def training_precision(precision: str, device: str) -> str:
+    """The precision of the head's matmuls: bfloat16 autocast over float32 master weights
+    (optimizer state, loss and soft labels stay float32), or float32. "auto": bfloat16 where the
+    device has it natively (2-3x faster steps on an AMX CPU), else float32 (emulated bfloat16
+    would be slower)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bfloat16" if native_bfloat16(device) else "float32"
+    return precision
 
 
 def load_target(path, device="cpu"):
@@ -320,7 +342,7 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
                 log: Callable = print, data_backend: str = "engine", engine_dtype: str = "int4",
                 threads: Optional[int] = None, prepare_only: bool = False,
                 head_intermediate_size: Optional[int] = None, extend_data: bool = False,
-                prompt_sources: Optional[Sequence[str]] = None, init_from=None) -> Dict:
+                prompt_sources: Optional[Sequence[str]] = None, init_from=None, precision: str = "auto") -> Dict:
     """Trains (or resumes training of) an EAGLE-3 head for `target` into directory `out`; returns
     the run's metrics (also written to OUT/metrics.json).
 
@@ -331,13 +353,15 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
     extend_data: add prompts to an existing OUT/data.pt up to max_prompts + eval_prompts
     sequences (responses and, later, features only for the new ones; the draft vocabulary is
     rebuilt, so OUT must not hold a checkpoint yet).
-    init_from: a head directory whose weights start a new run (warm_start); a resumed run ignores it."""
+    init_from: a head directory whose weights start a new run (warm_start); a resumed run ignores it.
+    precision: of the training matmuls (training_precision); the held-out estimate runs in float32."""
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA device")
     if data_backend not in DATA_BACKENDS:
         raise ValueError(f"data_backend must be one of {DATA_BACKENDS}, got {data_backend!r}")
     if ttt_steps < 1 or steps < 0 or batch_size < 1 or eval_k < 1:
         raise ValueError("ttt_steps, batch_size and eval_k must be >= 1 and steps >= 0")
+    precision = training_precision(precision, device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     target = str(target)
@@ -423,6 +447,8 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
 
     warmup = warmup_steps if warmup_steps is not None else max(1, min(50, steps // 20))
     n_train = len(data["train"])
+    if start < steps:
+        log(f"training steps {start + 1}..{steps}, matmuls in {precision}")
     bar = tqdm(range(start, steps), desc="train EAGLE-3 head", disable=not progress, initial=start, total=steps)
     t0 = time.time()
     for step in bar:
@@ -432,7 +458,8 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
         batch = collate([data["train"][i] for i in pick], [train_feats[i] for i in pick], device, train_on_prompt)
         for group in opt.param_groups:
             group["lr"] = lr * _lr_factor(step, steps, warmup)
-        loss, losses, accs = ttt_loss(head, batch, ttt_steps, label_weight, label_bias)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+            loss, losses, accs = ttt_loss(head, batch, ttt_steps, label_weight, label_bias)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
@@ -449,6 +476,7 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
     metrics.update(heldout=accepted_lengths(head, data["heldout"], held_feats, eval_k, device),
                    data_backend=data.get("data_backend", "transformers"),
                    steps=len(history), train_seconds=round(train_seconds, 1), ttt_steps=ttt_steps,
+                   precision=precision,
                    draft_vocab_size=cfg.draft_vocab_size, aux_layer_ids=list(aux_ids),
                    draft_vocab_coverage=data.get("draft_vocab_coverage"),
                    train_sequences=n_train, heldout_sequences=len(data["heldout"]))
@@ -507,6 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", metavar="HEAD_DIR",
                    help="start a new run from this head's weights (same shape; lm_head rows matched by "
                         "target token), e.g. a head trained on fewer prompts; ignored when resuming")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="of the training matmuls: bfloat16 autocast over float32 weights, or float32 "
+                        "(default auto: bfloat16 where the CPU has AVX512-BF16/AMX or the GPU sm_80+)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -526,7 +557,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                               engine_dtype=args.engine_dtype, threads=args.threads,
                               gen_batch_size=args.gen_batch_size, prepare_only=args.prepare_only,
                               head_intermediate_size=args.head_intermediate_size, extend_data=args.extend_data,
-                              init_from=args.init_from)
+                              init_from=args.init_from, precision=args.precision)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
