@@ -113,7 +113,10 @@ void register_engine(py::module_& m) {
       .def_readwrite("sampling", &sd::GenerationRequest::sampling)
       .def_readwrite("max_tokens", &sd::GenerationRequest::max_tokens)
       .def_readwrite("stop_token_ids", &sd::GenerationRequest::stop_token_ids)
-      .def_readwrite("ignore_eos", &sd::GenerationRequest::ignore_eos);
+      .def_readwrite("ignore_eos", &sd::GenerationRequest::ignore_eos)
+      .def_readwrite("hidden_state_layers", &sd::GenerationRequest::hidden_state_layers,
+                     "record the residual stream after these layers for every token the target reads "
+                     "(GenerationResult.hidden_states); autoregressive engines only");
 
   py::class_<sd::GenerationResult>(m, "GenerationResult")
       .def_readonly("tokens", &sd::GenerationResult::tokens)
@@ -131,7 +134,18 @@ void register_engine(py::module_& m) {
       .def_readonly("draft_seconds", &sd::GenerationResult::draft_seconds)
       .def_readonly("verify_seconds", &sd::GenerationResult::verify_seconds)
       .def_readonly("proposed_by_depth", &sd::GenerationResult::proposed_by_depth)
-      .def_readonly("accepted_by_depth", &sd::GenerationResult::accepted_by_depth);
+      .def_readonly("accepted_by_depth", &sd::GenerationResult::accepted_by_depth)
+      .def_property_readonly(
+          "hidden_states",
+          [](const sd::GenerationResult& r) {
+            // rows: the prompt, then every generated token but the last; columns: layers x hidden
+            const auto rows = static_cast<py::ssize_t>(r.prompt_tokens + static_cast<int64_t>(r.tokens.size()) - 1);
+            const py::ssize_t width = rows > 0 ? static_cast<py::ssize_t>(r.hidden_states.size()) / rows : 0;
+            py::array_t<float> out({r.hidden_states.empty() ? py::ssize_t{0} : rows, width});
+            std::copy(r.hidden_states.begin(), r.hidden_states.end(), out.mutable_data());
+            return out;
+          },
+          "[prompt_tokens + len(tokens) - 1, len(layers) x hidden] float32 (empty without hidden_state_layers)");
 
   py::class_<sd::RequestUpdate>(m, "RequestUpdate")
       .def_readonly("id", &sd::RequestUpdate::id)

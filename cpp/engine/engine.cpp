@@ -68,6 +68,12 @@ Status Engine::validate(const GenerationRequest& r, int64_t id) const {
                            " (prompt plus at least one generated token)");
   if (r.max_tokens < 1) return InvalidArgument(who + "max_tokens must be >= 1, got " + std::to_string(r.max_tokens));
   SD_RETURN_IF_ERROR(r.sampling.validate());
+  if (!r.hidden_state_layers.empty() && drafter_)
+    return InvalidArgument(who + "hidden_state_layers needs autoregressive decoding (an engine without a drafter)");
+  for (int32_t layer : r.hidden_state_layers)
+    if (layer < 0 || layer >= config().num_layers)
+      return InvalidArgument(who + "hidden state layer " + std::to_string(layer) + " is out of range [0, " +
+                             std::to_string(config().num_layers) + ")");
   const int64_t need = blocks_for_whole_request(r);
   if (need > kv_->allocator().num_blocks() - 1)
     return OutOfBlocks(who + "needs " + std::to_string(need) + " KV blocks of " + std::to_string(opts_.page_size) +
@@ -260,7 +266,9 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
     logits_.resize(fb.token_ids.size() * static_cast<size_t>(V));
   }
   const int64_t feature_width = capture_features(&fb);
+  if (!drafter_) capture_requested(&fb, running);
   SD_RETURN_IF_ERROR(model_->forward(fb, *kv_, argmax_only ? nullptr : logits_.data()));
+  store_requested(fb, running);
   const double forward_seconds = now_seconds() - t0;
 
   // 3. Verify, keep the accepted path's KV in sequence order, commit.
@@ -354,6 +362,36 @@ int64_t Engine::capture_features(ForwardBatch* fb) {
   features_.resize(fb->token_ids.size() * static_cast<size_t>(width));
   fb->captured = features_.data();
   return width;
+}
+
+void Engine::capture_requested(ForwardBatch* fb, const std::vector<Sequence*>& seqs) {
+  std::vector<int32_t> layers;
+  for (const Sequence* s : seqs)
+    for (int32_t layer : s->req.hidden_state_layers)
+      if (std::find(layers.begin(), layers.end(), layer) == layers.end()) layers.push_back(layer);
+  if (layers.empty()) return;
+  fb->capture_layers = layers;
+  features_.resize(fb->token_ids.size() * layers.size() * static_cast<size_t>(config().hidden_size));
+  fb->captured = features_.data();
+}
+
+void Engine::store_requested(const ForwardBatch& fb, const std::vector<Sequence*>& seqs) {
+  if (!fb.captured) return;
+  const int64_t H = config().hidden_size, width = static_cast<int64_t>(fb.capture_layers.size()) * H;
+  for (size_t b = 0; b < seqs.size(); ++b) {
+    const std::vector<int32_t>& mine = seqs[b]->req.hidden_state_layers;
+    if (mine.empty()) continue;
+    std::vector<float>& out = seqs[b]->res.hidden_states;
+    const int64_t row = static_cast<int64_t>(mine.size()) * H;
+    for (int32_t t = fb.qo_indptr[b]; t < fb.qo_indptr[b + 1]; ++t) {
+      const int64_t pos = fb.positions[static_cast<size_t>(t)];
+      if (static_cast<int64_t>(out.size()) < (pos + 1) * row) out.resize(static_cast<size_t>((pos + 1) * row));
+      for (size_t j = 0; j < mine.size(); ++j) {
+        const int64_t col = std::find(fb.capture_layers.begin(), fb.capture_layers.end(), mine[j]) - fb.capture_layers.begin();
+        std::copy_n(fb.captured + t * width + col * H, H, out.data() + pos * row + static_cast<int64_t>(j) * H);
+      }
+    }
+  }
 }
 
 Status Engine::prompt_logits(const std::vector<int32_t>& prompt, float* logits) {

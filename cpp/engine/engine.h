@@ -45,6 +45,11 @@ struct GenerationRequest {
   int32_t max_tokens = 16;
   std::vector<int32_t> stop_token_ids;
   bool ignore_eos = false;
+  // Record the residual stream after each of these decoder layers for every token the target
+  // reads: the prompt, then each generated token but the last (what prompt_hidden_states gives
+  // for the whole sequence, without a second pass; EAGLE-3 training data). Needs an engine
+  // without a drafter; the prompt is then computed, not served from the prefix cache.
+  std::vector<int32_t> hidden_state_layers;
 };
 
 struct GenerationResult {
@@ -65,6 +70,8 @@ struct GenerationResult {
   double verify_seconds = 0;
   std::vector<int64_t> proposed_by_depth;  // [d]: steps whose tree reached depth d + 1
   std::vector<int64_t> accepted_by_depth;  // [d]: steps that accepted at least d + 1 tokens
+  // With hidden_state_layers: [prompt_tokens + tokens - 1][layers][hidden] floats, row-major.
+  std::vector<float> hidden_states;
 };
 
 // Called after every committed token: return kContinue, kStop (this request is done, reason
@@ -203,6 +210,12 @@ class Engine {
   Status validate_prompt(const std::vector<int32_t>& prompt) const;  // validate() for a bare prompt
   // Asks fb to capture the drafter's feature layers into features_; returns a row's width (0: none).
   int64_t capture_features(ForwardBatch* fb);
+  // The requests' own hidden_state_layers (engines without a drafter): capture_requested asks
+  // fb (a forward over `seqs`, in qo_indptr order) for the union of their layers into
+  // features_; store_requested copies each request's rows into its result, by position (a
+  // preempted sequence's recomputation overwrites the same rows).
+  void capture_requested(ForwardBatch* fb, const std::vector<Sequence*>& seqs);
+  void store_requested(const ForwardBatch& fb, const std::vector<Sequence*>& seqs);
   Status calibrate_chain_length_policy();
   void publish_stats();
 

@@ -106,7 +106,7 @@ void Engine::admit_waiting() {
     const int64_t want = s.prefill_len();
     RadixCache::Match m;
     // A fresh prompt computes at least its last token (its logits give the first output token).
-    if (prefix_cache_) {
+    if (prefix_cache_ && s.req.hidden_state_layers.empty()) {  // recorded prompts are computed
       m = prefix_cache_->match_prefix(s.tokens.data(), fresh ? want - 1 : want);
       lock_cache_node(m.node);  // our match must survive the eviction below
     }
@@ -159,7 +159,9 @@ Status Engine::prefill_chunks(std::vector<RequestUpdate>* updates) {
   if (!fb.token_ids.empty()) {
     logits_.resize(fb.logit_rows.size() * static_cast<size_t>(V));
     const int64_t feature_width = capture_features(&fb);
+    if (!drafter_) capture_requested(&fb, chunk_seqs);
     SD_RETURN_IF_ERROR(model_->forward(fb, *kv_, logits_.data()));
+    store_requested(fb, chunk_seqs);
     for (size_t b = 0; feature_width > 0 && b < chunk_seqs.size(); ++b) {
       const int32_t t0 = fb.qo_indptr[b], n = fb.qo_indptr[b + 1] - t0;
       drafter_->observe_features(chunk_seqs[b]->slot, fb.positions[static_cast<size_t>(t0)],
@@ -256,7 +258,10 @@ void Engine::finish(Sequence& s, const std::string& reason, std::vector<RequestU
   u.id = s.id;
   u.new_tokens.swap(s.new_tokens);
   u.finished = true;
+  std::vector<float> hidden;  // moved, not copied
+  hidden.swap(s.res.hidden_states);
   u.result = s.res;
+  u.result.hidden_states.swap(hidden);
   updates->push_back(std::move(u));
   std::lock_guard<std::mutex> lock(queue_mu_);
   live_ids_.erase(s.id);
