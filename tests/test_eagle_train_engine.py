@@ -103,6 +103,32 @@ def test_engine_responses_equal_transformers_responses(target, llm):
     assert cut and all(s["ids"][-1] == eos for s in cut)
 
 
+def test_features_recorded_while_generating_equal_the_separate_pass(target, llm):
+    """engine_responses(record=...): the features of every position the target read while
+    generating, equal to engine_features' second pass on the finished sequences; a sequence cut
+    after EOS has one row fewer (nothing follows EOS), the others all their rows (one token past
+    max_new_tokens is generated, then dropped)."""
+    _, model, prompts = target
+    free = D.engine_responses(llm, prompts, 10, eos=[], progress=False)
+    eos = [free[0]["ids"][free[0]["prompt_len"] + 4]]  # a token the target emits: some responses stop early
+    recorded = {}
+    seqs = D.engine_responses(llm, prompts, 10, eos, chunk=5, progress=False,
+                              record=(model, (1, 2, 0), lambda s, f: recorded.__setitem__(tuple(s["ids"]), f)))
+    assert seqs == D.engine_responses(llm, prompts, 10, eos, chunk=5, progress=False)  # the same responses
+    ref = D.engine_features(llm, model, seqs, (1, 2, 0), progress=False)
+    assert len(recorded) == len(seqs)
+    short = 0
+    for s, r in zip(seqs, ref):
+        got = recorded[tuple(s["ids"])]
+        n = len(s["ids"]) - (s["ids"][-1] in eos)
+        short += n < len(s["ids"])
+        assert got["aux"].shape == (n, r["aux"].shape[1]) and got["final"].shape[0] == got["argmax"].shape[0] == n
+        torch.testing.assert_close(got["aux"], r["aux"][:n], rtol=0, atol=FEATURE_ATOL)
+        torch.testing.assert_close(got["final"], r["final"][:n], rtol=0, atol=FEATURE_ATOL)
+        assert torch.equal(got["argmax"], r["argmax"][:n])
+    assert 0 < short < len(seqs)  # both kinds were checked
+
+
 RUN = dict(max_prompts=8, eval_prompts=2, max_new_tokens=12, ttt_steps=2, draft_vocab_size=128, batch_size=2,
            eval_k=2, progress=False, log=lambda *a: None, threads=2)
 
@@ -153,7 +179,8 @@ def test_features_are_cached_and_the_head_may_be_narrower(target, tmp_path):
     out, logs = tmp_path / "head", []
     run = dict(RUN, log=logs.append, head_intermediate_size=24)
     first = T.train_draft(path, out, steps=2, prompts=prompts, **run)
-    assert (out / "features.pt").is_file() and not any("reusing" in m and "features" in m for m in logs)
+    assert (out / "features.pt").is_file() and not any("reusing" in m and "features" in m for m in logs[:-4])
+    assert any("recorded the target features of 10 sequences while generating" in m for m in logs), logs
     logs.clear()
     second = T.train_draft(path, out, steps=4, **run)
     assert any("features.pt" in m for m in logs) and second["start_step"] == 2 == first["steps"]
@@ -165,13 +192,14 @@ def test_features_are_cached_and_the_head_may_be_narrower(target, tmp_path):
         T.train_draft(path, tmp_path / "bad", steps=1, prompts=prompts, **dict(run, head_intermediate_size=0))
 
 
-def test_extend_data_adds_sequences_and_computes_only_their_features(target, tmp_path):
+@pytest.mark.parametrize("record", [False, True], ids=["separate_pass", "recorded"])
+def test_extend_data_adds_sequences_and_computes_only_their_features(target, tmp_path, record):
     """--extend-data: the held-out sequences stay, new prompts only are answered, the features of
     the old sequences come from features.pt (also from a format-1 file, found by order), and a
     directory with a training checkpoint refuses (its head knows the old draft vocabulary)."""
     path, model, prompts = target
     out, logs = tmp_path / "head", []
-    run = dict(RUN, log=logs.append, max_prompts=4, eval_prompts=2)
+    run = dict(RUN, log=logs.append, max_prompts=4, eval_prompts=2, record_features=record)
     T.train_draft(path, out, steps=0, prompts=prompts[:6], **run)  # features of 6 sequences, no checkpoint...
     (out / "checkpoint.pt").unlink()  # ...steps=0 still saves one: this directory starts over
     old = torch.load(out / "data.pt", weights_only=False)
@@ -187,8 +215,12 @@ def test_extend_data_adds_sequences_and_computes_only_their_features(target, tmp
     assert new["heldout"] == old["heldout"] and new["train"][:4] == old["train"] and len(new["train"]) == 8
     assert {tuple(s["ids"][:s["prompt_len"]]) for s in new["train"][4:]}.isdisjoint(
         tuple(s["ids"][:s["prompt_len"]]) for s in seqs)
-    assert any("reusing" in x and "of 6 sequences" in x for x in logs), logs
-    assert any("target features of 4 sequences" in x for x in logs), logs
+    if record:  # the new sequences' features came with their responses
+        assert any("recorded the target features of 4 sequences" in x for x in logs), logs
+        assert any("reusing" in x and "of 10 sequences" in x for x in logs), logs
+    else:
+        assert any("reusing" in x and "of 6 sequences" in x for x in logs), logs
+        assert any("target features of 4 sequences" in x for x in logs), logs
     assert m["train_sequences"] == 8 and m["heldout_sequences"] == 2
     feats = torch.load(out / "features.pt", weights_only=False)
     assert feats["format"] == T.S.FEATURES_FORMAT and len(feats["feats"]) == 10
@@ -199,7 +231,8 @@ def test_extend_data_adds_sequences_and_computes_only_their_features(target, tmp
         T.train_draft(path, out, steps=2, prompts=prompts[:6], extend_data=True, **dict(run, max_prompts=10))
 
 
-def test_features_are_saved_chunk_by_chunk(target, tmp_path, monkeypatch):
+@pytest.mark.parametrize("record", [False, True], ids=["separate_pass", "recorded"])
+def test_features_are_saved_chunk_by_chunk(target, tmp_path, monkeypatch, record):
     """Features are computed FEATURE_CHUNK sequences at a time and features.pt is rewritten after
     each chunk, so a run stopped during the (long) feature pass keeps what it computed; a run
     stopped before training resumes with only the missing sequences."""
@@ -209,7 +242,8 @@ def test_features_are_saved_chunk_by_chunk(target, tmp_path, monkeypatch):
     saves = []
     real_save = T.S.save_features
     monkeypatch.setattr(T.S, "save_features", lambda *a: saves.append(len(a[3])) or real_save(*a))
-    T.train_draft(path, out, steps=0, prompts=prompts[:6], **dict(RUN, max_prompts=4, eval_prompts=2))
+    T.train_draft(path, out, steps=0, prompts=prompts[:6],
+                  **dict(RUN, max_prompts=4, eval_prompts=2, record_features=record))
     assert saves == [2, 4, 6]  # three chunks of 2 sequences, each written
     stored = torch.load(out / "features.pt", weights_only=False)
     assert len(stored["feats"]) == 6

@@ -294,29 +294,82 @@ def target_features(model, sequences: List[Dict], aux_layer_ids: Sequence[int], 
 
 
 # --- the same with the C++ engine ------------------------------------------------------------
+class _EngineLayers:
+    """How engine hidden states become target_features: which layers to capture (the aux ones and
+    the last, whose raw output the transformers model's final norm turns into `final`), and the
+    transformers lm_head for `argmax`, checked once to reproduce the target's logits."""
+
+    def __init__(self, model, aux_layer_ids: Sequence[int], check_ids: Optional[List[int]]):
+        self.n_layers = model.config.num_hidden_layers
+        self.aux = [int(i) for i in aux_layer_ids]
+        self.layers = sorted(set(self.aux) | {self.n_layers - 1})
+        self.norm = model.base_model.norm
+        self.lm_head = model.get_output_embeddings()
+        if check_ids:  # the soft labels recompute logits as final @ W^T (+ b): make sure that is the target's
+            ids = torch.tensor([check_ids[:32]], device=self.lm_head.weight.device)
+            captured = []
+            hook = self.lm_head.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+            try:
+                with torch.no_grad():
+                    logits = model(input_ids=ids, use_cache=False).logits
+            finally:
+                hook.remove()
+            _check_plain_lm_head(self.lm_head, captured[-1], logits)
+
+    @torch.no_grad()
+    def features(self, hs) -> Dict:
+        """hs: [T, len(self.layers), H] (numpy or torch) -> {"aux", "final", "argmax"} of T rows."""
+        hs = torch.as_tensor(hs)
+        col = {layer: j for j, layer in enumerate(self.layers)}
+        aux = torch.cat([hs[:, col[i]] for i in self.aux], dim=-1)
+        final = self.norm(hs[:, col[self.n_layers - 1]].to(self.lm_head.weight.device, self.norm.weight.dtype))
+        argmax = torch.nn.functional.linear(final, self.lm_head.weight, self.lm_head.bias).argmax(-1)
+        return {"aux": aux.float().contiguous(), "final": final.float().cpu(), "argmax": argmax.cpu()}
+
+
 def engine_responses(llm, prompts: List[List[int]], max_new_tokens: int, eos: Sequence[int],
-                     chunk: int = 64, progress: bool = True) -> List[Dict]:
+                     chunk: int = 64, progress: bool = True, record=None) -> List[Dict]:
     """The target's greedy continuation of each prompt from a specdec_native.LLM, cut after the
     first of `eos` (kept), as generate_responses does. The engine batches each chunk of prompts
     (continuous batching over its max_num_seqs). One difference: generate_responses forbids EOS
-    as the first token (min_new_tokens=1); here a response may be that EOS alone."""
+    as the first token (min_new_tokens=1); here a response may be that EOS alone.
+
+    record: (model, aux_layer_ids, sink) to get the target's features while generating, without
+    engine_features' second pass: the engine records the layers' hidden states of every token it
+    reads (GenerationRequest.hidden_state_layers), and sink(sequence, features) receives each
+    sequence's. A response is generated one token past max_new_tokens (then dropped) so every
+    position has its features, except after an EOS: the features then stop one row short of the
+    sequence, and its last position (what follows EOS) is no label."""
+    from ..llm import _to_request
     from ..sampling_params import SamplingParams
 
     eos = sorted(set(int(e) for e in eos))
+    layers = None
+    if record is not None:
+        model, aux_layer_ids, sink = record
+        layers = _EngineLayers(model, aux_layer_ids, prompts[0] if prompts else None)
     # the engine's own EOS list may differ from the transformers config's: stop on exactly `eos`
-    params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, seed=0, stop_token_ids=eos,
-                            ignore_eos=True)
+    params = SamplingParams(max_tokens=max_new_tokens + (layers is not None), temperature=0.0, seed=0,
+                            stop_token_ids=eos, ignore_eos=True)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: Dict[int, Dict] = {}
     bar = tqdm(total=len(prompts), desc="target responses (engine)", disable=not progress)
     try:
         for start in range(0, len(order), chunk):
             batch = order[start:start + chunk]
-            outs = llm.generate(prompt_token_ids=[prompts[i] for i in batch], sampling_params=params)
+            requests = [_to_request(prompts[i], params) for i in batch]
+            for r in requests:
+                r.hidden_state_layers = layers.layers if layers is not None else []
+            outs = llm.engine.generate(requests)
             for i, o in zip(batch, outs):
-                resp = _cut_after_eos(list(o.token_ids), eos)
-                if resp:
-                    results[i] = {"ids": prompts[i] + resp, "prompt_len": len(prompts[i])}
+                resp = _cut_after_eos(list(o.tokens)[:max_new_tokens], eos)
+                if not resp:
+                    continue
+                seq = {"ids": prompts[i] + resp, "prompt_len": len(prompts[i])}
+                results[i] = seq
+                if layers is not None:
+                    hs = o.hidden_states[:len(seq["ids"])]
+                    sink(seq, layers.features(hs.reshape(hs.shape[0], len(layers.layers), -1)))
             bar.update(len(batch))
     finally:
         bar.close()
@@ -331,26 +384,6 @@ def engine_features(llm, model, sequences: List[Dict], aux_layer_ids: Sequence[i
     the transformers model's final norm of the last one (the input of its lm_head), argmax =
     argmax(final @ lm_head^T + b) with the transformers lm_head. Same keys, shapes and dtypes
     as target_features (float32 CPU tensors)."""
-    n_layers = model.config.num_hidden_layers
-    layers = sorted(set(int(i) for i in aux_layer_ids) | {n_layers - 1})
-    col = {layer: j for j, layer in enumerate(layers)}
-    norm = model.base_model.norm
-    lm_head = model.get_output_embeddings()
-    dev = lm_head.weight.device
-    if sequences:  # the soft labels recompute logits as final @ W^T (+ b): make sure that is the target's
-        ids = torch.tensor([sequences[0]["ids"][:32]], device=dev)
-        captured = []
-        hook = lm_head.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
-        try:
-            logits = model(input_ids=ids, use_cache=False).logits
-        finally:
-            hook.remove()
-        _check_plain_lm_head(lm_head, captured[-1], logits)
-    out: List[Dict] = []
-    for s in tqdm(sequences, desc="target features (engine)", disable=not progress):
-        hs = torch.from_numpy(llm.engine.prompt_hidden_states(list(s["ids"]), layers))  # [T, len(layers), H]
-        aux = torch.cat([hs[:, col[i]] for i in aux_layer_ids], dim=-1)
-        final = norm(hs[:, col[n_layers - 1]].to(dev, norm.weight.dtype))
-        argmax = torch.nn.functional.linear(final, lm_head.weight, lm_head.bias).argmax(-1)
-        out.append({"aux": aux.float().contiguous(), "final": final.float().cpu(), "argmax": argmax.cpu()})
-    return out
+    layers = _EngineLayers(model, aux_layer_ids, sequences[0]["ids"] if sequences else None)
+    return [layers.features(llm.engine.prompt_hidden_states(list(s["ids"]), layers.layers))
+            for s in tqdm(sequences, desc="target features (engine)", disable=not progress)]

@@ -72,3 +72,27 @@ def upgrade_features(out: Path, sequences: Sequence[Dict]) -> None:
 
 def missing(sequences: Sequence[Dict], feats: Dict[str, Dict]) -> List[Dict]:
     return [s for s in sequences if sequence_key(s) not in feats]
+
+
+class FeatureSink:
+    """Collects features as they are made (sink(sequence, features)) into OUT/features.pt, added
+    to what the file already holds for this backend and these aux layers; the file is rewritten
+    after every `every` new sequences and by flush()."""
+
+    def __init__(self, out: Path, backend: str, aux_ids: Sequence[int], every: int):
+        self.out, self.backend, self.aux_ids, self.every = Path(out), backend, list(aux_ids), every
+        self.feats = None  # read at the first sequence (after --extend-data's upgrade_features)
+        self.pending = 0
+
+    def __call__(self, seq: Dict, features: Dict) -> None:
+        if self.feats is None:
+            self.feats = load_features(self.out, self.backend, self.aux_ids, [])
+        self.feats[sequence_key(seq)] = _half(features)
+        self.pending += 1
+        if self.pending >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.feats = save_features(self.out, self.backend, self.aux_ids, self.feats)
+            self.pending = 0

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from . import data as D
 from . import store as S
 from .checkpoint import save_head, warm_start
-from .config import config_from_target
+from .config import config_from_target, default_aux_layer_ids
 from .head import Eagle3Head
 
 STEP_WEIGHT = 0.8  # SpecForge's per-step loss decay
@@ -98,6 +98,8 @@ class _EngineTarget:
         self.target, self.dtype, self.threads, self.max_num_seqs, self.progress = \
             target, dtype, threads, max_num_seqs, progress
         self.llm = None
+        # (model, aux layer ids, S.FeatureSink): record the features while generating responses
+        self.record = None
 
     def get(self, needed_len: int):
         """The LLM, with a context of at least needed_len tokens (or the checkpoint's limit)."""
@@ -131,7 +133,8 @@ def _shift_rows(x: torch.Tensor, n: int) -> torch.Tensor:
 
 def collate(seqs: Sequence[Dict], feats: Sequence[Dict], device, train_on_prompt: bool = False) -> Dict:
     """Right-padded batch. mask[b, j] = 1 where the target's distribution at position j is a
-    label: response positions (j >= prompt_len - 1), or all with train_on_prompt."""
+    label: response positions (j >= prompt_len - 1), or all with train_on_prompt; none past the
+    sequence's features (one row short of it when they were recorded and it ends in EOS)."""
     B, T = len(seqs), max(len(s["ids"]) for s in seqs)
     H3, H = feats[0]["aux"].shape[-1], feats[0]["final"].shape[-1]
     b = {"ids": torch.zeros(B, T, dtype=torch.long), "aux": torch.zeros(B, T, H3), "final": torch.zeros(B, T, H),
@@ -139,8 +142,9 @@ def collate(seqs: Sequence[Dict], feats: Sequence[Dict], device, train_on_prompt
     for r, (s, f) in enumerate(zip(seqs, feats)):
         n = len(s["ids"])
         b["ids"][r, :n] = torch.tensor(s["ids"])
-        b["aux"][r, :n], b["final"][r, :n], b["argmax"][r, :n] = f["aux"], f["final"], f["argmax"]
-        b["mask"][r, 0 if train_on_prompt else max(s["prompt_len"] - 1, 0):n] = 1.0
+        nf = f["aux"].shape[0]  # features recorded while generating end one row short after an EOS
+        b["aux"][r, :nf], b["final"][r, :nf], b["argmax"][r, :nf] = f["aux"], f["final"], f["argmax"]
+        b["mask"][r, 0 if train_on_prompt else max(s["prompt_len"] - 1, 0):nf] = 1.0
     return {k: v.to(device) for k, v in b.items()}
 
 
@@ -187,7 +191,10 @@ def accepted_lengths(head: Eagle3Head, seqs: Sequence[Dict], feats: Sequence[Dic
         first, last = max(P - 1, 0), T - 2 - k  # anchor t drafts x_{t+2} .. x_{t+1+k}
         if last < first:
             continue
-        hs = head.unroll(f["aux"][None].to(device).float(), ids, k, first_row=first)
+        aux = f["aux"][None].to(device).float()
+        if aux.shape[1] < T:  # the row after an EOS (never an anchor's context)
+            aux = torch.cat([aux, aux.new_zeros(1, T - aux.shape[1], aux.shape[2])], dim=1)
+        hs = head.unroll(aux, ids, k, first_row=first)
         anchors = torch.arange(first, last + 1, device=device)
         match = torch.stack([head.to_target_ids(head.logits(hs[j][0, anchors - first]).argmax(-1))
                              == ids[0, anchors + 2 + j]
@@ -240,11 +247,15 @@ def _prompt_ids(tokenizer, vocab: int, source: PromptSource, limit: int, max_pro
 
 
 def _responses(encoded: List[List[int]], model, max_new_tokens: int, gen_batch_size: int, device, progress: bool,
-               data_backend: str, engine: Optional[_EngineTarget]) -> List[Dict]:
+               data_backend: str, engine: Optional[_EngineTarget], log: Callable) -> List[Dict]:
     if data_backend == "engine":
-        llm = engine.get(max(len(p) for p in encoded) + max_new_tokens + 1)
-        return D.engine_responses(llm, encoded, max_new_tokens, D.eos_ids(model),
-                                  chunk=max(64, 4 * engine.max_num_seqs), progress=progress)
+        llm = engine.get(max(len(p) for p in encoded) + max_new_tokens + 2)
+        seqs = D.engine_responses(llm, encoded, max_new_tokens, D.eos_ids(model),
+                                  chunk=max(64, 4 * engine.max_num_seqs), progress=progress, record=engine.record)
+        if engine.record is not None:
+            engine.record[2].flush()
+            log(f"recorded the target features of {len(seqs)} sequences while generating")
+        return seqs
     return D.generate_responses(model, encoded, max_new_tokens, gen_batch_size, device, progress)
 
 
@@ -276,7 +287,7 @@ def _extend_data(out: Path, data: Dict, model, tokenizer, source: PromptSource, 
     if not fresh:
         raise ValueError(f"no prompts beyond the {len(have)} that {out / 'data.pt'} already holds")
     t0 = time.time()
-    seqs = _responses(fresh, model, max_new_tokens, gen_batch_size, device, progress, data_backend, engine)
+    seqs = _responses(fresh, model, max_new_tokens, gen_batch_size, device, progress, data_backend, engine, log)
     data["train"] = data["train"] + seqs
     covered = _with_vocab(data, model.config.vocab_size, int(data["t2d"].sum()))
     data["generation_seconds"] = round(data.get("generation_seconds", 0.0) + time.time() - t0, 1)
@@ -318,7 +329,7 @@ def _prepare_data(out: Path, target: str, model, tokenizer, source: PromptSource
         raise ValueError(f"need more than {eval_prompts} usable prompts (<= {max_prompt_tokens} tokens), "
                          f"got {len(encoded)}")
     t0 = time.time()
-    seqs = _responses(encoded, model, max_new_tokens, gen_batch_size, device, progress, data_backend, engine)
+    seqs = _responses(encoded, model, max_new_tokens, gen_batch_size, device, progress, data_backend, engine, log)
     heldout, train = seqs[:eval_prompts], seqs[eval_prompts:]
     if not train:
         raise ValueError("the target gave no responses to train on")
@@ -342,7 +353,8 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
                 log: Callable = print, data_backend: str = "engine", engine_dtype: str = "int4",
                 threads: Optional[int] = None, prepare_only: bool = False,
                 head_intermediate_size: Optional[int] = None, extend_data: bool = False,
-                prompt_sources: Optional[Sequence[str]] = None, init_from=None, precision: str = "auto") -> Dict:
+                prompt_sources: Optional[Sequence[str]] = None, init_from=None, precision: str = "auto",
+                record_features: bool = True) -> Dict:
     """Trains (or resumes training of) an EAGLE-3 head for `target` into directory `out`; returns
     the run's metrics (also written to OUT/metrics.json).
 
@@ -354,7 +366,10 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
     sequences (responses and, later, features only for the new ones; the draft vocabulary is
     rebuilt, so OUT must not hold a checkpoint yet).
     init_from: a head directory whose weights start a new run (warm_start); a resumed run ignores it.
-    precision: of the training matmuls (training_precision); the held-out estimate runs in float32."""
+    precision: of the training matmuls (training_precision); the held-out estimate runs in float32.
+    record_features: with the engine backend, record the target's features while it generates the
+    responses (GenerationRequest.hidden_state_layers) instead of a second forward per sequence
+    afterwards; sequences without features (a resumed OUT) still get the second pass."""
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA device")
     if data_backend not in DATA_BACKENDS:
@@ -369,6 +384,11 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
     engine = None
     if data_backend == "engine":
         engine = _EngineTarget(target, engine_dtype, threads, gen_batch_size or 16, progress)
+        if record_features:
+            n_layers = model.config.num_hidden_layers
+            aux = tuple(aux_layer_ids) if aux_layer_ids is not None else default_aux_layer_ids(n_layers)
+            engine.record = (model, aux, S.FeatureSink(out, _backend_name(data_backend, engine_dtype), aux,
+                                                       FEATURE_CHUNK))
     source = _prompt_source(prompts, prompts_file, prompt_sources, seed)
     data = _prepare_data(out, target, model, tokenizer, source, max_prompts, eval_prompts,
                          max_new_tokens, max_prompt_tokens, draft_vocab_size, seed, gen_batch_size or 8, device,
@@ -535,6 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", metavar="HEAD_DIR",
                    help="start a new run from this head's weights (same shape; lm_head rows matched by "
                         "target token), e.g. a head trained on fewer prompts; ignored when resuming")
+    p.add_argument("--separate-feature-pass", action="store_true",
+                   help="engine backend: compute the target's features in a second forward per sequence after "
+                        "generating, instead of recording them while generating (the default)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="of the training matmuls: bfloat16 autocast over float32 weights, or float32 "
                         "(default auto: bfloat16 where the CPU has AVX512-BF16/AMX or the GPU sm_80+)")
@@ -557,7 +580,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                               engine_dtype=args.engine_dtype, threads=args.threads,
                               gen_batch_size=args.gen_batch_size, prepare_only=args.prepare_only,
                               head_intermediate_size=args.head_intermediate_size, extend_data=args.extend_data,
-                              init_from=args.init_from, precision=args.precision)
+                              init_from=args.init_from, precision=args.precision,
+                              record_features=not args.separate_feature_pass)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
