@@ -115,3 +115,16 @@ def test_bad_layers_and_drafters_are_refused_and_lose_nothing(target):
         spec.engine.generate([_request(ids, 3)])
     assert len(spec.engine.generate([_request(ids, 3, layers=[])])[0].tokens) == 3
     assert_no_blocks_held(spec.engine)
+
+
+def test_an_aborted_request_still_has_one_row_per_token_read(target):
+    """Aborted mid-decode (on_token returns 2 = abort all): the rows cover the prompt and the
+    tokens committed so far, and equal the reference there."""
+    path, model = target
+    llm = load_llm(path, max_num_seqs=2)
+    prompts = _prompts()[:2]
+    seen = []
+    results = llm.engine.generate([_request(p, 20) for p in prompts],
+                                  lambda req, tok: seen.append(req) or (2 if len(seen) >= 7 else 0))
+    assert all(r.finish_reason == "abort" for r in results) and all(0 < len(r.tokens) < 20 for r in results)
+    _check(results, prompts, model, llm, model.config.hidden_size)

@@ -70,7 +70,8 @@ struct GenerationResult {
   double verify_seconds = 0;
   std::vector<int64_t> proposed_by_depth;  // [d]: steps whose tree reached depth d + 1
   std::vector<int64_t> accepted_by_depth;  // [d]: steps that accepted at least d + 1 tokens
-  // With hidden_state_layers: [prompt_tokens + tokens - 1][layers][hidden] floats, row-major.
+  // With hidden_state_layers: [prompt_tokens + tokens - 1][layers][hidden] floats, row-major
+  // (rows an aborted request never computed are zero).
   std::vector<float> hidden_states;
 };
 

@@ -258,6 +258,11 @@ void Engine::finish(Sequence& s, const std::string& reason, std::vector<RequestU
   u.id = s.id;
   u.new_tokens.swap(s.new_tokens);
   u.finished = true;
+  if (!s.req.hidden_state_layers.empty()) {  // one row per token read; rows never computed (an abort) stay zero
+    const int64_t rows = s.res.prompt_tokens + static_cast<int64_t>(s.res.tokens.size()) - 1;
+    s.res.hidden_states.resize(static_cast<size_t>(std::max<int64_t>(rows, 0)) * s.req.hidden_state_layers.size() *
+                               static_cast<size_t>(config().hidden_size));
+  }
   std::vector<float> hidden;  // moved, not copied
   hidden.swap(s.res.hidden_states);
   u.result = s.res;
