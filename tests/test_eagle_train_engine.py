@@ -247,3 +247,11 @@ def test_features_are_saved_chunk_by_chunk(target, tmp_path, monkeypatch, record
     assert saves == [2, 4, 6]  # three chunks of 2 sequences, each written
     stored = torch.load(out / "features.pt", weights_only=False)
     assert len(stored["feats"]) == 6
+
+
+def test_bad_aux_layers_are_refused_before_any_response_is_generated(target, tmp_path):
+    path, _, prompts = target
+    out = tmp_path / "head"
+    with pytest.raises(ValueError, match="aux_layer_ids must be three non-negative layer indices"):
+        T.train_draft(path, out, steps=1, prompts=prompts, **dict(RUN, aux_layer_ids=(1, 2)))
+    assert not (out / "data.pt").exists() and not (out / "features.pt").exists()

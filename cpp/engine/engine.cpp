@@ -266,7 +266,7 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
     logits_.resize(fb.token_ids.size() * static_cast<size_t>(V));
   }
   const int64_t feature_width = capture_features(&fb);
-  if (!drafter_) capture_requested(&fb, running);
+  capture_requested(&fb, running);
   SD_RETURN_IF_ERROR(model_->forward(fb, *kv_, argmax_only ? nullptr : logits_.data()));
   store_requested(fb, running);
   const double forward_seconds = now_seconds() - t0;
@@ -381,15 +381,16 @@ void Engine::store_requested(const ForwardBatch& fb, const std::vector<Sequence*
   for (size_t b = 0; b < seqs.size(); ++b) {
     const std::vector<int32_t>& mine = seqs[b]->req.hidden_state_layers;
     if (mine.empty()) continue;
+    std::vector<int64_t> cols;  // each of its layers' place among the captured ones
+    for (int32_t layer : mine)
+      cols.push_back(std::find(fb.capture_layers.begin(), fb.capture_layers.end(), layer) - fb.capture_layers.begin());
     std::vector<float>& out = seqs[b]->res.hidden_states;
     const int64_t row = static_cast<int64_t>(mine.size()) * H;
     for (int32_t t = fb.qo_indptr[b]; t < fb.qo_indptr[b + 1]; ++t) {
       const int64_t pos = fb.positions[static_cast<size_t>(t)];
       if (static_cast<int64_t>(out.size()) < (pos + 1) * row) out.resize(static_cast<size_t>((pos + 1) * row));
-      for (size_t j = 0; j < mine.size(); ++j) {
-        const int64_t col = std::find(fb.capture_layers.begin(), fb.capture_layers.end(), mine[j]) - fb.capture_layers.begin();
-        std::copy_n(fb.captured + t * width + col * H, H, out.data() + pos * row + static_cast<int64_t>(j) * H);
-      }
+      for (size_t j = 0; j < cols.size(); ++j)
+        std::copy_n(fb.captured + t * width + cols[j] * H, H, out.data() + pos * row + static_cast<int64_t>(j) * H);
     }
   }
 }

@@ -211,7 +211,7 @@ class Engine {
   Status validate_prompt(const std::vector<int32_t>& prompt) const;  // validate() for a bare prompt
   // Asks fb to capture the drafter's feature layers into features_; returns a row's width (0: none).
   int64_t capture_features(ForwardBatch* fb);
-  // The requests' own hidden_state_layers (engines without a drafter): capture_requested asks
+  // The requests' own hidden_state_layers (only without a drafter: validate()): capture_requested asks
   // fb (a forward over `seqs`, in qo_indptr order) for the union of their layers into
   // features_; store_requested copies each request's rows into its result, by position (a
   // preempted sequence's recomputation overwrites the same rows).

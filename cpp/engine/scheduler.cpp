@@ -159,7 +159,7 @@ Status Engine::prefill_chunks(std::vector<RequestUpdate>* updates) {
   if (!fb.token_ids.empty()) {
     logits_.resize(fb.logit_rows.size() * static_cast<size_t>(V));
     const int64_t feature_width = capture_features(&fb);
-    if (!drafter_) capture_requested(&fb, chunk_seqs);
+    capture_requested(&fb, chunk_seqs);
     SD_RETURN_IF_ERROR(model_->forward(fb, *kv_, logits_.data()));
     store_requested(fb, chunk_seqs);
     for (size_t b = 0; feature_width > 0 && b < chunk_seqs.size(); ++b) {

@@ -26,6 +26,19 @@ def default_aux_layer_ids(num_layers: int) -> Tuple[int, int, int]:
     return tuple(min(max(i, 0), num_layers - 1) for i in (1, num_layers // 2 - 1, num_layers - 4))
 
 
+def checked_aux_layer_ids(ids: Sequence[int]) -> Tuple[int, ...]:
+    """ids as a tuple of three non-negative layer indices; ValueError otherwise."""
+    out = tuple(ids)
+    if len(out) != 3 or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in out):
+        raise ValueError(f"aux_layer_ids must be three non-negative layer indices, got {ids!r}")
+    return out
+
+
+def resolve_aux_layer_ids(ids: Optional[Sequence[int]], num_target_layers: int) -> Tuple[int, ...]:
+    """The aux layers a head reads from an N-layer target: `ids` (checked), or the default."""
+    return checked_aux_layer_ids(ids) if ids is not None else default_aux_layer_ids(num_target_layers)
+
+
 @dataclass
 class Eagle3Config:
     hidden_size: int
@@ -71,13 +84,10 @@ class Eagle3Config:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise ValueError(f"{key} must be a positive number, got {v!r}")
         if self.aux_layer_ids is not None:
-            ids = tuple(self.aux_layer_ids)
-            if len(ids) != 3 or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
-                raise ValueError(f"aux_layer_ids must be three non-negative layer indices, got {self.aux_layer_ids!r}")
-            self.aux_layer_ids = ids
+            self.aux_layer_ids = checked_aux_layer_ids(self.aux_layer_ids)
 
     def aux_layers_for(self, num_target_layers: int) -> Tuple[int, ...]:
-        return self.aux_layer_ids if self.aux_layer_ids is not None else default_aux_layer_ids(num_target_layers)
+        return resolve_aux_layer_ids(self.aux_layer_ids, num_target_layers)
 
     # --- config.json ---------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -303,6 +303,7 @@ class _EngineLayers:
         self.n_layers = model.config.num_hidden_layers
         self.aux = [int(i) for i in aux_layer_ids]
         self.layers = sorted(set(self.aux) | {self.n_layers - 1})
+        self.col = {layer: j for j, layer in enumerate(self.layers)}  # hs column of each layer
         self.norm = model.base_model.norm
         self.lm_head = model.get_output_embeddings()
         if check_ids:  # the soft labels recompute logits as final @ W^T (+ b): make sure that is the target's
@@ -320,9 +321,8 @@ class _EngineLayers:
     def features(self, hs) -> Dict:
         """hs: [T, len(self.layers), H] (numpy or torch) -> {"aux", "final", "argmax"} of T rows."""
         hs = torch.as_tensor(hs)
-        col = {layer: j for j, layer in enumerate(self.layers)}
-        aux = torch.cat([hs[:, col[i]] for i in self.aux], dim=-1)
-        final = self.norm(hs[:, col[self.n_layers - 1]].to(self.lm_head.weight.device, self.norm.weight.dtype))
+        aux = torch.cat([hs[:, self.col[i]] for i in self.aux], dim=-1)
+        final = self.norm(hs[:, self.col[self.n_layers - 1]].to(self.lm_head.weight.device, self.norm.weight.dtype))
         argmax = torch.nn.functional.linear(final, self.lm_head.weight, self.lm_head.bias).argmax(-1)
         return {"aux": aux.float().contiguous(), "final": final.float().cpu(), "argmax": argmax.cpu()}
 

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from . import data as D
 from . import store as S
 from .checkpoint import save_head, warm_start
-from .config import config_from_target, default_aux_layer_ids
+from .config import config_from_target, resolve_aux_layer_ids
 from .head import Eagle3Head
 
 STEP_WEIGHT = 0.8  # SpecForge's per-step loss decay
@@ -249,6 +249,7 @@ def _prompt_ids(tokenizer, vocab: int, source: PromptSource, limit: int, max_pro
 def _responses(encoded: List[List[int]], model, max_new_tokens: int, gen_batch_size: int, device, progress: bool,
                data_backend: str, engine: Optional[_EngineTarget], log: Callable) -> List[Dict]:
     if data_backend == "engine":
+        # + 1: the context's one spare token; + 1: the token recording generates past max_new_tokens
         llm = engine.get(max(len(p) for p in encoded) + max_new_tokens + 2)
         seqs = D.engine_responses(llm, encoded, max_new_tokens, D.eos_ids(model),
                                   chunk=max(64, 4 * engine.max_num_seqs), progress=progress, record=engine.record)
@@ -385,8 +386,7 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
     if data_backend == "engine":
         engine = _EngineTarget(target, engine_dtype, threads, gen_batch_size or 16, progress)
         if record_features:
-            n_layers = model.config.num_hidden_layers
-            aux = tuple(aux_layer_ids) if aux_layer_ids is not None else default_aux_layer_ids(n_layers)
+            aux = resolve_aux_layer_ids(aux_layer_ids, model.config.num_hidden_layers)
             engine.record = (model, aux, S.FeatureSink(out, _backend_name(data_backend, engine_dtype), aux,
                                                        FEATURE_CHUNK))
     source = _prompt_source(prompts, prompts_file, prompt_sources, seed)
