@@ -103,30 +103,42 @@ def test_engine_responses_equal_transformers_responses(target, llm):
     assert cut and all(s["ids"][-1] == eos for s in cut)
 
 
-def test_features_recorded_while_generating_equal_the_separate_pass(target, llm):
+@pytest.mark.parametrize("label_prompts", [False, True])
+def test_features_recorded_while_generating_equal_the_separate_pass(target, llm, label_prompts):
     """engine_responses(record=...): the features of every position the target read while
     generating, equal to engine_features' second pass on the finished sequences; a sequence cut
     after EOS has one row fewer (nothing follows EOS), the others all their rows (one token past
-    max_new_tokens is generated, then dropped)."""
+    max_new_tokens is generated, then dropped). The response rows' argmax is the engine's own next
+    token, equal to the lm_head's; prompt rows have it only with label_prompts (else -1)."""
     _, model, prompts = target
     free = D.engine_responses(llm, prompts, 10, eos=[], progress=False)
     eos = [free[0]["ids"][free[0]["prompt_len"] + 4]]  # a token the target emits: some responses stop early
     recorded = {}
-    seqs = D.engine_responses(llm, prompts, 10, eos, chunk=5, progress=False,
-                              record=(model, (1, 2, 0), lambda s, f: recorded.__setitem__(tuple(s["ids"]), f)))
+    record = D.Recording(model, (1, 2, 0), lambda s, f: recorded.__setitem__(tuple(s["ids"]), f), label_prompts)
+    seqs = D.engine_responses(llm, prompts, 10, eos, chunk=5, progress=False, record=record)
     assert seqs == D.engine_responses(llm, prompts, 10, eos, chunk=5, progress=False)  # the same responses
     ref = D.engine_features(llm, model, seqs, (1, 2, 0), progress=False)
     assert len(recorded) == len(seqs)
     short = 0
     for s, r in zip(seqs, ref):
         got = recorded[tuple(s["ids"])]
-        n = len(s["ids"]) - (s["ids"][-1] in eos)
+        n, P = len(s["ids"]) - (s["ids"][-1] in eos), s["prompt_len"]
         short += n < len(s["ids"])
         assert got["aux"].shape == (n, r["aux"].shape[1]) and got["final"].shape[0] == got["argmax"].shape[0] == n
         torch.testing.assert_close(got["aux"], r["aux"][:n], rtol=0, atol=FEATURE_ATOL)
         torch.testing.assert_close(got["final"], r["final"][:n], rtol=0, atol=FEATURE_ATOL)
-        assert torch.equal(got["argmax"], r["argmax"][:n])
+        assert torch.equal(got["argmax"][P - 1:], r["argmax"][P - 1:n])
+        assert torch.equal(got["argmax"][P - 1:n - 1], torch.tensor(s["ids"][P:n]))  # the tokens themselves
+        if label_prompts:
+            assert torch.equal(got["argmax"][:P - 1], r["argmax"][:P - 1])
+        else:
+            assert (got["argmax"][:P - 1] == -1).all()
     assert 0 < short < len(seqs)  # both kinds were checked
+    if not label_prompts:
+        feats = [recorded[tuple(s["ids"])] for s in seqs[:2]]
+        T.collate(seqs[:2], feats, "cpu")  # responses only: fine
+        with pytest.raises(ValueError, match="--train-on-prompt"):
+            T.collate(seqs[:2], feats, "cpu", train_on_prompt=True)
 
 
 RUN = dict(max_prompts=8, eval_prompts=2, max_new_tokens=12, ttt_steps=2, draft_vocab_size=128, batch_size=2,

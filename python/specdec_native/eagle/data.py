@@ -18,7 +18,7 @@ import sysconfig
 import textwrap
 from collections import Counter
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -318,13 +318,32 @@ class _EngineLayers:
             _check_plain_lm_head(self.lm_head, captured[-1], logits)
 
     @torch.no_grad()
-    def features(self, hs) -> Dict:
-        """hs: [T, len(self.layers), H] (numpy or torch) -> {"aux", "final", "argmax"} of T rows."""
+    def features(self, hs, argmax: Optional[torch.Tensor] = None, unlabelled: int = 0) -> Dict:
+        """hs: [T, len(self.layers), H] (numpy or torch) -> {"aux", "final", "argmax"} of T rows.
+        argmax: the target's greedy tokens where already known (the engine's own, while it
+        generates), -1 elsewhere; the lm_head computes the other rows except the first
+        `unlabelled`, which stay -1 (no label)."""
         hs = torch.as_tensor(hs)
         aux = torch.cat([hs[:, self.col[i]] for i in self.aux], dim=-1)
         final = self.norm(hs[:, self.col[self.n_layers - 1]].to(self.lm_head.weight.device, self.norm.weight.dtype))
-        argmax = torch.nn.functional.linear(final, self.lm_head.weight, self.lm_head.bias).argmax(-1)
-        return {"aux": aux.float().contiguous(), "final": final.float().cpu(), "argmax": argmax.cpu()}
+        argmax = torch.full((hs.shape[0],), -1, dtype=torch.long) if argmax is None else argmax.clone()
+        todo = (argmax < 0).nonzero().flatten()
+        todo = todo[todo >= unlabelled]
+        if len(todo):
+            logits = torch.nn.functional.linear(final[todo.to(final.device)], self.lm_head.weight, self.lm_head.bias)
+            argmax[todo] = logits.argmax(-1).cpu()
+        return {"aux": aux.float().contiguous(), "final": final.float().cpu(), "argmax": argmax}
+
+
+class Recording(NamedTuple):
+    """engine_responses(record=...): the transformers target (its final norm and lm_head), the
+    aux layers to record, and sink(sequence, features) for each finished sequence. Prompt rows
+    get the target's greedy token (one lm_head row each) only with label_prompts; otherwise
+    their argmax is -1 (no label: training then learns from responses only)."""
+    model: object
+    aux_layer_ids: Sequence[int]
+    sink: Callable[[Dict, Dict], None]
+    label_prompts: bool = False
 
 
 def engine_responses(llm, prompts: List[List[int]], max_new_tokens: int, eos: Sequence[int],
@@ -334,20 +353,22 @@ def engine_responses(llm, prompts: List[List[int]], max_new_tokens: int, eos: Se
     (continuous batching over its max_num_seqs). One difference: generate_responses forbids EOS
     as the first token (min_new_tokens=1); here a response may be that EOS alone.
 
-    record: (model, aux_layer_ids, sink) to get the target's features while generating, without
-    engine_features' second pass: the engine records the layers' hidden states of every token it
-    reads (GenerationRequest.hidden_state_layers), and sink(sequence, features) receives each
-    sequence's. A response is generated one token past max_new_tokens (then dropped) so every
-    position has its features, except after an EOS: the features then stop one row short of the
-    sequence, and its last position (what follows EOS) is no label."""
+    record: a Recording (or its fields as a tuple) to get the target's features while
+    generating, without engine_features' second pass: the engine records the layers' hidden
+    states of every token it reads (GenerationRequest.hidden_state_layers), and
+    sink(sequence, features) receives each sequence's. A response is generated one token past
+    max_new_tokens (then dropped) so every position has its features, except after an EOS: the
+    features then stop one row short of the sequence, and its last position (what follows EOS)
+    is no label. The argmax of a response row is the token the engine generated after it (its
+    greedy choice, so no lm_head pass over the rows); prompt rows: see Recording."""
     from ..llm import _to_request
     from ..sampling_params import SamplingParams
 
     eos = sorted(set(int(e) for e in eos))
     layers = None
     if record is not None:
-        model, aux_layer_ids, sink = record
-        layers = _EngineLayers(model, aux_layer_ids, prompts[0] if prompts else None)
+        record = Recording(*record)
+        layers = _EngineLayers(record.model, record.aux_layer_ids, prompts[0] if prompts else None)
     # the engine's own EOS list may differ from the transformers config's: stop on exactly `eos`
     params = SamplingParams(max_tokens=max_new_tokens + (layers is not None), temperature=0.0, seed=0,
                             stop_token_ids=eos, ignore_eos=True)
@@ -369,7 +390,11 @@ def engine_responses(llm, prompts: List[List[int]], max_new_tokens: int, eos: Se
                 results[i] = seq
                 if layers is not None:
                     hs = o.hidden_states[:len(seq["ids"])]
-                    sink(seq, layers.features(hs.reshape(hs.shape[0], len(layers.layers), -1)))
+                    P = len(prompts[i])
+                    argmax = torch.full((hs.shape[0],), -1, dtype=torch.long)
+                    argmax[P - 1:] = torch.tensor(list(o.tokens)[:hs.shape[0] - P + 1], dtype=torch.long)
+                    record.sink(seq, layers.features(hs.reshape(hs.shape[0], len(layers.layers), -1), argmax,
+                                                     unlabelled=0 if record.label_prompts else P - 1))
             bar.update(len(batch))
     finally:
         bar.close()

@@ -98,7 +98,7 @@ class _EngineTarget:
         self.target, self.dtype, self.threads, self.max_num_seqs, self.progress = \
             target, dtype, threads, max_num_seqs, progress
         self.llm = None
-        # (model, aux layer ids, S.FeatureSink): record the features while generating responses
+        # a D.Recording (its sink an S.FeatureSink): record the features while generating responses
         self.record = None
 
     def get(self, needed_len: int):
@@ -144,7 +144,12 @@ def collate(seqs: Sequence[Dict], feats: Sequence[Dict], device, train_on_prompt
         b["ids"][r, :n] = torch.tensor(s["ids"])
         nf = f["aux"].shape[0]  # features recorded while generating end one row short after an EOS
         b["aux"][r, :nf], b["final"][r, :nf], b["argmax"][r, :nf] = f["aux"], f["final"], f["argmax"]
-        b["mask"][r, 0 if train_on_prompt else max(s["prompt_len"] - 1, 0):nf] = 1.0
+        start = 0 if train_on_prompt else max(s["prompt_len"] - 1, 0)
+        if (f["argmax"][start:] < 0).any():
+            raise ValueError("--train-on-prompt needs the target's greedy tokens on prompt rows, and these "
+                             "features were recorded without them: prepare the data again (a new --out) with "
+                             "--train-on-prompt")
+        b["mask"][r, start:nf] = 1.0
     return {k: v.to(device) for k, v in b.items()}
 
 
@@ -254,7 +259,7 @@ def _responses(encoded: List[List[int]], model, max_new_tokens: int, gen_batch_s
         seqs = D.engine_responses(llm, encoded, max_new_tokens, D.eos_ids(model),
                                   chunk=max(64, 4 * engine.max_num_seqs), progress=progress, record=engine.record)
         if engine.record is not None:
-            engine.record[2].flush()
+            engine.record.sink.flush()
             log(f"recorded the target features of {len(seqs)} sequences while generating")
         return seqs
     return D.generate_responses(model, encoded, max_new_tokens, gen_batch_size, device, progress)
@@ -387,8 +392,8 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
         engine = _EngineTarget(target, engine_dtype, threads, gen_batch_size or 16, progress)
         if record_features:
             aux = resolve_aux_layer_ids(aux_layer_ids, model.config.num_hidden_layers)
-            engine.record = (model, aux, S.FeatureSink(out, _backend_name(data_backend, engine_dtype), aux,
-                                                       FEATURE_CHUNK))
+            engine.record = D.Recording(model, aux, S.FeatureSink(out, _backend_name(data_backend, engine_dtype), aux,
+                                                                  FEATURE_CHUNK), label_prompts=train_on_prompt)
     source = _prompt_source(prompts, prompts_file, prompt_sources, seed)
     data = _prepare_data(out, target, model, tokenizer, source, max_prompts, eval_prompts,
                          max_new_tokens, max_prompt_tokens, draft_vocab_size, seed, gen_batch_size or 8, device,
