@@ -267,3 +267,55 @@ def test_bad_aux_layers_are_refused_before_any_response_is_generated(target, tmp
     with pytest.raises(ValueError, match="aux_layer_ids must be three non-negative layer indices"):
         T.train_draft(path, out, steps=1, prompts=prompts, **dict(RUN, aux_layer_ids=(1, 2)))
     assert not (out / "data.pt").exists() and not (out / "features.pt").exists()
+
+
+@pytest.mark.parametrize("backend", ["engine", "transformers"])
+def test_a_stopped_data_run_resumes_from_its_response_journal(target, tmp_path, monkeypatch, backend):
+    """Each response is journaled (OUT/responses.jsonl) as the target finishes it: a run stopped
+    while generating (here after 3 responses, then a line torn by the stop) resumes by answering
+    only the other prompts, ends with the same data as an unstopped run, and drops the journal."""
+    path, _, prompts = target
+    run = dict(RUN, max_prompts=6, eval_prompts=2, data_backend=backend)
+    T.train_draft(path, tmp_path / "ref", steps=0, prompts=prompts[:8], prepare_only=True, **run)
+    ref = torch.load(tmp_path / "ref" / "data.pt", weights_only=False)
+    assert not (tmp_path / "ref" / T.S.ResponseJournal.NAME).exists()
+
+    out, real_append = tmp_path / "head", T.S.ResponseJournal.append
+
+    def append_then_stop(journal, seq):
+        if len(journal.done) == 3:
+            raise KeyboardInterrupt
+        real_append(journal, seq)
+
+    monkeypatch.setattr(T.S.ResponseJournal, "append", append_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        T.train_draft(path, out, steps=0, prompts=prompts[:8], prepare_only=True, **run)
+    monkeypatch.setattr(T.S.ResponseJournal, "append", real_append)
+    journal = out / T.S.ResponseJournal.NAME
+    assert not (out / "data.pt").exists() and len(journal.read_text().splitlines()) == 1 + 3
+    with open(journal, "a") as f:
+        f.write('{"ids": [1, 2')  # the stop cut this line short
+
+    asked = []
+    gen = "engine_responses" if backend == "engine" else "generate_responses"
+    real_gen = getattr(T.D, gen)
+    monkeypatch.setattr(T.D, gen, lambda model, todo, *a, **k: asked.append(len(todo)) or real_gen(model, todo, *a, **k))
+    T.train_draft(path, out, steps=0, prompts=prompts[:8], prepare_only=True, **run)
+    assert asked == [8 - 3]
+    data = torch.load(out / "data.pt", weights_only=False)
+    assert data["train"] == ref["train"] and data["heldout"] == ref["heldout"]
+    assert not journal.exists()
+
+
+def test_a_journal_made_with_other_settings_is_dropped(tmp_path):
+    seq = {"ids": [5, 6, 7, 8], "prompt_len": 2}
+    j = T.S.ResponseJournal(tmp_path, {"max_new_tokens": 12})
+    j.append(seq)
+    j.close()
+    j = T.S.ResponseJournal(tmp_path, {"max_new_tokens": 12})
+    assert j.get([5, 6]) == seq and j.get([5]) is None
+    j.close()
+    j = T.S.ResponseJournal(tmp_path, {"max_new_tokens": 16})
+    assert j.get([5, 6]) is None
+    j.close()
+    assert len((tmp_path / T.S.ResponseJournal.NAME).read_text().splitlines()) == 1

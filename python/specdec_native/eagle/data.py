@@ -182,8 +182,10 @@ def _cut_after_eos(resp: List[int], eos: Sequence[int]) -> List[int]:
 
 @torch.no_grad()
 def generate_responses(model, prompts: List[List[int]], max_new_tokens: int, batch_size: int = 8,
-                       device="cpu", progress: bool = True) -> List[Dict]:
-    """The target's greedy continuation of each prompt (left-padded batches), cut after EOS."""
+                       device="cpu", progress: bool = True,
+                       on_sequence: Optional[Callable[[Dict], None]] = None) -> List[Dict]:
+    """The target's greedy continuation of each prompt (left-padded batches), cut after EOS.
+    on_sequence(sequence) is called as each batch finishes."""
     eos = eos_ids(model)
     pad = eos[0] if eos else 0
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -204,6 +206,8 @@ def generate_responses(model, prompts: List[List[int]], max_new_tokens: int, bat
             resp = _cut_after_eos(out[r, L:].tolist(), eos)
             if resp:
                 results[i] = {"ids": prompts[i] + resp, "prompt_len": len(prompts[i])}
+                if on_sequence is not None:
+                    on_sequence(results[i])
     return [results[i] for i in range(len(prompts)) if i in results]
 
 
@@ -347,7 +351,8 @@ class Recording(NamedTuple):
 
 
 def engine_responses(llm, prompts: List[List[int]], max_new_tokens: int, eos: Sequence[int],
-                     chunk: int = 64, progress: bool = True, record=None) -> List[Dict]:
+                     chunk: int = 64, progress: bool = True, record=None,
+                     on_sequence: Optional[Callable[[Dict], None]] = None) -> List[Dict]:
     """The target's greedy continuation of each prompt from a specdec_native.LLM, cut after the
     first of `eos` (kept), as generate_responses does. The engine batches each chunk of prompts
     (continuous batching over its max_num_seqs). One difference: generate_responses forbids EOS
@@ -360,7 +365,8 @@ def engine_responses(llm, prompts: List[List[int]], max_new_tokens: int, eos: Se
     max_new_tokens (then dropped) so every position has its features, except after an EOS: the
     features then stop one row short of the sequence, and its last position (what follows EOS)
     is no label. The argmax of a response row is the token the engine generated after it (its
-    greedy choice, so no lm_head pass over the rows); prompt rows: see Recording."""
+    greedy choice, so no lm_head pass over the rows); prompt rows: see Recording.
+    on_sequence(sequence) is called for each as its chunk finishes (after the sink)."""
     from ..llm import _to_request
     from ..sampling_params import SamplingParams
 
@@ -395,6 +401,8 @@ def engine_responses(llm, prompts: List[List[int]], max_new_tokens: int, eos: Se
                     argmax[P - 1:] = torch.tensor(list(o.tokens)[:hs.shape[0] - P + 1], dtype=torch.long)
                     record.sink(seq, layers.features(hs.reshape(hs.shape[0], len(layers.layers), -1), argmax,
                                                      unlabelled=0 if record.label_prompts else P - 1))
+                if on_sequence is not None:
+                    on_sequence(seq)
             bar.update(len(batch))
     finally:
         bar.close()

@@ -1,13 +1,15 @@
 """What a training directory keeps between runs: OUT/data.pt (the sequences and the draft
-vocabulary) and OUT/features.pt, the target's features per sequence, stored as float16 and
+vocabulary), OUT/features.pt, the target's features per sequence, stored as float16 and
 found by the sequence's token ids, so a run whose data grew computes features only for the new
-sequences."""
+sequences, and while responses are being generated OUT/responses.jsonl, so a data run stopped
+part-way resumes where it was."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -96,3 +98,56 @@ class FeatureSink:
         if self.pending:
             self.feats = save_features(self.out, self.backend, self.aux_ids, self.feats)
             self.pending = 0
+
+
+class ResponseJournal:
+    """OUT/responses.jsonl: every response the moment the target has finished it, one JSON line
+    each after a first line naming the settings it was made with (target, backend, response
+    length), so a data run stopped part-way (a session end, Ctrl-C) resumes without generating
+    them again. A journal made with other settings is dropped; a line cut short by the stop is
+    skipped. discard(OUT) removes it once data.pt holds the sequences."""
+
+    NAME = "responses.jsonl"
+
+    def __init__(self, out: Path, settings: Dict):
+        self.path = Path(out) / self.NAME
+        self.done: Dict[tuple, Dict] = {}
+        header = json.dumps({"settings": settings}, sort_keys=True)
+        if self.path.exists():
+            lines = self.path.read_text().splitlines()
+            if lines and lines[0] == header:
+                for line in lines[1:]:
+                    seq = _json_or_none(line)
+                    if seq is not None:
+                        self.done[tuple(seq["ids"][:seq["prompt_len"]])] = seq
+        with open(self.path, "w") as f:  # rewritten: no torn last line to append to
+            f.write(header + "\n")
+            f.writelines(_seq_line(s) for s in self.done.values())
+        self._file = open(self.path, "a")
+
+    def get(self, prompt: Sequence[int]) -> Optional[Dict]:
+        return self.done.get(tuple(prompt))
+
+    def append(self, seq: Dict) -> None:
+        self._file.write(_seq_line(seq))
+        self._file.flush()
+        self.done[tuple(seq["ids"][:seq["prompt_len"]])] = seq
+
+    def close(self) -> None:
+        self._file.close()
+
+    @classmethod
+    def discard(cls, out: Path) -> None:
+        (Path(out) / cls.NAME).unlink(missing_ok=True)
+
+
+def _seq_line(seq: Dict) -> str:
+    return json.dumps({"ids": [int(t) for t in seq["ids"]], "prompt_len": int(seq["prompt_len"])}) + "\n"
+
+
+def _json_or_none(line: str) -> Optional[Dict]:
+    try:
+        seq = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return seq if isinstance(seq, dict) and {"ids", "prompt_len"} <= seq.keys() else None

@@ -251,18 +251,36 @@ def _prompt_ids(tokenizer, vocab: int, source: PromptSource, limit: int, max_pro
     return D.encode_prompts(prompts[:limit], tokenizer, vocab, max_prompt_tokens)
 
 
-def _responses(encoded: List[List[int]], model, max_new_tokens: int, gen_batch_size: int, device, progress: bool,
-               data_backend: str, engine: Optional[_EngineTarget], log: Callable) -> List[Dict]:
-    if data_backend == "engine":
-        # + 1: the context's one spare token; + 1: the token recording generates past max_new_tokens
-        llm = engine.get(max(len(p) for p in encoded) + max_new_tokens + 2)
-        seqs = D.engine_responses(llm, encoded, max_new_tokens, D.eos_ids(model),
-                                  chunk=max(64, 4 * engine.max_num_seqs), progress=progress, record=engine.record)
-        if engine.record is not None:
+def _responses(out: Path, journal_settings: Dict, encoded: List[List[int]], model, max_new_tokens: int,
+               gen_batch_size: int, device, progress: bool, data_backend: str, engine: Optional[_EngineTarget],
+               log: Callable) -> List[Dict]:
+    """The target's responses to `encoded` (in its order; prompts it answers with nothing are
+    dropped), those a stopped run already made taken from OUT's ResponseJournal."""
+    journal = S.ResponseJournal(out, journal_settings)
+    todo = [p for p in encoded if journal.get(p) is None]
+    if len(todo) < len(encoded):
+        log(f"resuming: {len(encoded) - len(todo)} of {len(encoded)} responses were generated before "
+            f"({journal.path})")
+    try:
+        if todo and data_backend == "engine":
+            # + 1: the context's one spare token; + 1: the token recording generates past max_new_tokens
+            llm = engine.get(max(len(p) for p in todo) + max_new_tokens + 2)
+            D.engine_responses(llm, todo, max_new_tokens, D.eos_ids(model), chunk=max(64, 4 * engine.max_num_seqs),
+                               progress=progress, record=engine.record, on_sequence=journal.append)
+            if engine.record is not None:
+                log(f"recorded the target features of {len(todo)} sequences while generating")
+        elif todo:
+            D.generate_responses(model, todo, max_new_tokens, gen_batch_size, device, progress,
+                                 on_sequence=journal.append)
+    finally:  # also when stopped: what was made so far stays on disk
+        journal.close()
+        if engine is not None and engine.record is not None:
             engine.record.sink.flush()
-            log(f"recorded the target features of {len(seqs)} sequences while generating")
-        return seqs
-    return D.generate_responses(model, encoded, max_new_tokens, gen_batch_size, device, progress)
+    return [journal.get(p) for p in encoded if journal.get(p) is not None]
+
+
+def _journal_settings(target: str, backend: str, max_new_tokens: int) -> Dict:
+    return {"target": target, "backend": backend, "max_new_tokens": max_new_tokens}
 
 
 def _with_vocab(data: Dict, vocab: int, draft_vocab_size: int) -> float:
@@ -293,7 +311,9 @@ def _extend_data(out: Path, data: Dict, model, tokenizer, source: PromptSource, 
     if not fresh:
         raise ValueError(f"no prompts beyond the {len(have)} that {out / 'data.pt'} already holds")
     t0 = time.time()
-    seqs = _responses(fresh, model, max_new_tokens, gen_batch_size, device, progress, data_backend, engine, log)
+    settings = _journal_settings(data["target"], data.get("data_backend", "transformers"), max_new_tokens)
+    seqs = _responses(out, settings, fresh, model, max_new_tokens, gen_batch_size, device, progress,
+                      data_backend, engine, log)
     data["train"] = data["train"] + seqs
     covered = _with_vocab(data, model.config.vocab_size, int(data["t2d"].sum()))
     data["generation_seconds"] = round(data.get("generation_seconds", 0.0) + time.time() - t0, 1)
@@ -301,6 +321,7 @@ def _extend_data(out: Path, data: Dict, model, tokenizer, source: PromptSource, 
     log(f"added {len(seqs)} training sequences ({n_tok} response tokens) in {time.time() - t0:.0f}s; now "
         f"{len(data['train'])} training and {len(data['heldout'])} held out; draft vocab covers {covered:.1%}")
     S.save_atomic(data, out / "data.pt")
+    S.ResponseJournal.discard(out)
     return data
 
 
@@ -335,7 +356,8 @@ def _prepare_data(out: Path, target: str, model, tokenizer, source: PromptSource
         raise ValueError(f"need more than {eval_prompts} usable prompts (<= {max_prompt_tokens} tokens), "
                          f"got {len(encoded)}")
     t0 = time.time()
-    seqs = _responses(encoded, model, max_new_tokens, gen_batch_size, device, progress, data_backend, engine, log)
+    seqs = _responses(out, _journal_settings(target, backend, max_new_tokens), encoded, model, max_new_tokens,
+                      gen_batch_size, device, progress, data_backend, engine, log)
     heldout, train = seqs[:eval_prompts], seqs[eval_prompts:]
     if not train:
         raise ValueError("the target gave no responses to train on")
@@ -347,6 +369,7 @@ def _prepare_data(out: Path, target: str, model, tokenizer, source: PromptSource
         f"draft vocab {dvs} covers {covered:.1%} of training response tokens")
     data["generation_seconds"] = round(time.time() - t0, 1)
     S.save_atomic(data, path)
+    S.ResponseJournal.discard(out)
     return data
 
 
