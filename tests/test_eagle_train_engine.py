@@ -319,3 +319,30 @@ def test_a_journal_made_with_other_settings_is_dropped(tmp_path):
     assert j.get([5, 6]) is None
     j.close()
     assert len((tmp_path / T.S.ResponseJournal.NAME).read_text().splitlines()) == 1
+
+
+def _tables_equal(path):
+    from specdec_native.eagle.target import load_target
+    full, _ = load_target(path)
+    tables, _ = load_target(path, tables_only=True)
+    assert tables.tables_only and not full.tables_only
+    assert torch.equal(tables.get_input_embeddings().weight, full.get_input_embeddings().weight)
+    assert torch.equal(tables.get_output_embeddings().weight, full.get_output_embeddings().weight)
+    assert torch.equal(tables.base_model.norm.weight, full.base_model.norm.weight)
+    assert tables.config.num_hidden_layers == full.config.num_hidden_layers
+    assert D.eos_ids(tables) == D.eos_ids(full)
+    assert next(tables.base_model.layers.parameters()).device.type == "meta"  # no layer weights held
+    return tables
+
+
+def test_the_engine_backend_reads_only_the_targets_tables(target, tmp_path):
+    """tables_only (the engine backend): the embedding, final norm and lm_head equal the full
+    transformers model's, from safetensors (tied and untied) and from a real GGUF file."""
+    path = target[0]
+    _tables_equal(path)
+    tied = tmp_path / "tied"
+    write_checkpoint(tied, "llama", seed=4, num_hidden_layers=2, tie_word_embeddings=True)
+    m = _tables_equal(tied)
+    assert m.get_output_embeddings().weight is m.get_input_embeddings().weight
+    from test_gguf_convert import smollm2_gguf
+    _tables_equal(smollm2_gguf())

@@ -310,7 +310,10 @@ class _EngineLayers:
         self.col = {layer: j for j, layer in enumerate(self.layers)}  # hs column of each layer
         self.norm = model.base_model.norm
         self.lm_head = model.get_output_embeddings()
-        if check_ids:  # the soft labels recompute logits as final @ W^T (+ b): make sure that is the target's
+        # The soft labels recompute logits as final @ W^T (+ b): make sure that is the target's. A
+        # model of tables only cannot run, and needs no check: the engine runs only Llama-family
+        # targets, whose logits are exactly that.
+        if check_ids and not getattr(model, "tables_only", False):
             ids = torch.tensor([check_ids[:32]], device=self.lm_head.weight.device)
             captured = []
             hook = self.lm_head.register_forward_pre_hook(lambda m, args: captured.append(args[0]))

@@ -37,6 +37,7 @@ from . import store as S
 from .checkpoint import save_head, warm_start
 from .config import config_from_target, resolve_aux_layer_ids
 from .head import Eagle3Head
+from .target import load_target
 
 STEP_WEIGHT = 0.8  # SpecForge's per-step loss decay
 DATA_BACKENDS = ("engine", "transformers")
@@ -62,32 +63,6 @@ def training_precision(precision: str, device: str) -> str:
     if precision == "auto":
         return "bfloat16" if native_bfloat16(device) else "float32"
     return precision
-
-
-def load_target(path, device="cpu"):
-    """(model, tokenizer or None) from a Hugging Face directory or a .gguf file."""
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"target does not exist: {p}")
-    kwargs = {}
-    if p.is_file():
-        if p.suffix.lower() != ".gguf":
-            raise ValueError(f"{p}: expected a checkpoint directory or a .gguf file")
-        where, kwargs = str(p.parent), {"gguf_file": p.name}
-    else:
-        where = str(p)
-    major = int(transformers.__version__.split(".")[0])
-    dtype_kw = {"dtype": torch.float32} if major >= 5 else {"torch_dtype": torch.float32}
-    model = AutoModelForCausalLM.from_pretrained(where, **dtype_kw, **kwargs).to(device).eval()
-    model.requires_grad_(False)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-    except Exception:  # a bare checkpoint (tests): prompts must then be token ids
-        tokenizer = None
-    return model, tokenizer
 
 
 class _EngineTarget:
@@ -409,7 +384,7 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     target = str(target)
-    model, tokenizer = load_target(target, device)
+    model, tokenizer = load_target(target, device, tables_only=data_backend == "engine")
     engine = None
     if data_backend == "engine":
         engine = _EngineTarget(target, engine_dtype, threads, gen_batch_size or 16, progress)
