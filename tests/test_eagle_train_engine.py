@@ -245,18 +245,27 @@ def test_extend_data_adds_sequences_and_computes_only_their_features(target, tmp
 
 @pytest.mark.parametrize("record", [False, True], ids=["separate_pass", "recorded"])
 def test_features_are_saved_chunk_by_chunk(target, tmp_path, monkeypatch, record):
-    """Features are computed FEATURE_CHUNK sequences at a time and features.pt is rewritten after
-    each chunk, so a run stopped during the (long) feature pass keeps what it computed; a run
-    stopped before training resumes with only the missing sequences."""
+    """Features are made FEATURE_CHUNK sequences at a time, each chunk appended to OUT as a part
+    file (however much is stored, only the new chunk is written), so a run stopped during the
+    (long) feature pass keeps what it made; once all are there they are folded into one
+    features.pt."""
     path, model, prompts = target
     out = tmp_path / "head"
     monkeypatch.setattr(T, "FEATURE_CHUNK", 2)
-    saves = []
-    real_save = T.S.save_features
-    monkeypatch.setattr(T.S, "save_features", lambda *a: saves.append(len(a[3])) or real_save(*a))
+    appends, parts_seen = [], []
+    real_append = T.S.append_features
+
+    def append(*a):
+        appends.append(len(a[3]))
+        new = real_append(*a)
+        parts_seen.append(len(list(out.glob("features.part-*.pt"))))
+        return new
+
+    monkeypatch.setattr(T.S, "append_features", append)
     T.train_draft(path, out, steps=0, prompts=prompts[:6],
                   **dict(RUN, max_prompts=4, eval_prompts=2, record_features=record))
-    assert saves == [2, 4, 6]  # three chunks of 2 sequences, each written
+    assert appends == [2, 2, 2] and parts_seen == [1, 2, 3]  # three chunks of 2 sequences, each written
+    assert not list(out.glob("features.part-*.pt"))  # folded into features.pt
     stored = torch.load(out / "features.pt", weights_only=False)
     assert len(stored["feats"]) == 6
 
@@ -305,6 +314,13 @@ def test_a_stopped_data_run_resumes_from_its_response_journal(target, tmp_path, 
     data = torch.load(out / "data.pt", weights_only=False)
     assert data["train"] == ref["train"] and data["heldout"] == ref["heldout"]
     assert not journal.exists()
+    if backend == "engine":  # the stopped run's recorded features were kept too (a part file)
+        aux = T.resolve_aux_layer_ids(None, N_LAYERS)
+        parts = sorted(out.glob("features.part-*.pt"))
+        # 4: the sink had the 4th sequence (the one the stop kept out of the journal) too
+        assert [len(torch.load(p, weights_only=False)["feats"]) for p in parts] == [4, 5]
+        assert set(T.S.load_features(out, "engine (int4)", aux, [])) == \
+            {T.S.sequence_key(s) for s in data["train"] + data["heldout"]}
 
 
 def test_a_journal_made_with_other_settings_is_dropped(tmp_path):

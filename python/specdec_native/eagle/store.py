@@ -33,22 +33,51 @@ def _half(f: Dict) -> Dict:
     return {"aux": f["aux"].half(), "final": f["final"].half(), "argmax": f["argmax"]}
 
 
+def _part_paths(out: Path) -> List[Path]:
+    return sorted(Path(out).glob("features.part-*.pt"))
+
+
 def load_features(out: Path, backend: str, aux_ids: Sequence[int], sequences: Sequence[Dict]) -> Dict[str, Dict]:
-    """{sequence_key: features (float16 aux/final)} of OUT/features.pt, if it was made with this
-    backend and these aux layers; empty otherwise. A format-1 file counts only when it was made
-    for exactly `sequences` (same order and lengths)."""
-    path = Path(out) / "features.pt"
-    if not path.exists():
-        return {}
-    cached = torch.load(path, weights_only=False)
-    if cached.get("format") == FEATURES_FORMAT:
-        if cached["backend"] != backend or cached["aux_layers"] != list(aux_ids):
-            return {}
-        return cached["feats"]
-    key = cached.get("key", {})
-    if key != {"backend": backend, "aux_layers": list(aux_ids), "lengths": [len(s["ids"]) for s in sequences]}:
-        return {}
-    return {sequence_key(s): _half(f) for s, f in zip(sequences, cached["feats"])}
+    """{sequence_key: features (float16 aux/final)} of OUT/features.pt and of the part files a
+    run not yet finished appended (append_features), those made with this backend and these aux
+    layers. A format-1 features.pt counts only when it was made for exactly `sequences` (same
+    order and lengths)."""
+    path, feats = Path(out) / "features.pt", {}
+    if path.exists():
+        cached = torch.load(path, weights_only=False)
+        if cached.get("format") == FEATURES_FORMAT:
+            if cached["backend"] == backend and cached["aux_layers"] == list(aux_ids):
+                feats = cached["feats"]
+        elif cached.get("key", {}) == {"backend": backend, "aux_layers": list(aux_ids),
+                                       "lengths": [len(s["ids"]) for s in sequences]}:
+            feats = {sequence_key(s): _half(f) for s, f in zip(sequences, cached["feats"])}
+    for part in _part_paths(out):
+        cached = torch.load(part, weights_only=False)
+        if cached["backend"] == backend and cached["aux_layers"] == list(aux_ids):
+            feats.update(cached["feats"])
+    return feats
+
+
+def append_features(out: Path, backend: str, aux_ids: Sequence[int], new: Dict[str, Dict]) -> Dict[str, Dict]:
+    """Writes `new` features alone as the next OUT/features.part-NNNNN.pt (as cheap however much
+    is stored already); returns them as stored (float16). consolidate_features folds the parts
+    into features.pt once a run has them all."""
+    new = {k: _half(f) for k, f in new.items()}
+    parts = _part_paths(out)
+    n = int(parts[-1].stem.rsplit("-", 1)[1]) + 1 if parts else 0
+    save_atomic({"format": FEATURES_FORMAT, "backend": backend, "aux_layers": list(aux_ids), "feats": new},
+                Path(out) / f"features.part-{n:05d}.pt")
+    return new
+
+
+def consolidate_features(out: Path, backend: str, aux_ids: Sequence[int], feats: Dict[str, Dict]) -> None:
+    """Rewrites OUT/features.pt with `feats` (what load_features found, and more) and removes the
+    part files, when there are any."""
+    parts = _part_paths(out)
+    if parts:
+        save_features(out, backend, aux_ids, feats)
+        for part in parts:
+            part.unlink()
 
 
 def save_features(out: Path, backend: str, aux_ids: Sequence[int], feats: Dict[str, Dict]) -> Dict[str, Dict]:
@@ -77,27 +106,23 @@ def missing(sequences: Sequence[Dict], feats: Dict[str, Dict]) -> List[Dict]:
 
 
 class FeatureSink:
-    """Collects features as they are made (sink(sequence, features)) into OUT/features.pt, added
-    to what the file already holds for this backend and these aux layers; the file is rewritten
-    after every `every` new sequences and by flush()."""
+    """Collects features as they are made (sink(sequence, features)) and appends them to OUT
+    (append_features) every `every` sequences and at flush(): a stopped run loses at most the
+    last `every`, and memory holds no more than that."""
 
     def __init__(self, out: Path, backend: str, aux_ids: Sequence[int], every: int):
         self.out, self.backend, self.aux_ids, self.every = Path(out), backend, list(aux_ids), every
-        self.feats = None  # read at the first sequence (after --extend-data's upgrade_features)
-        self.pending = 0
+        self.pending: Dict[str, Dict] = {}
 
     def __call__(self, seq: Dict, features: Dict) -> None:
-        if self.feats is None:
-            self.feats = load_features(self.out, self.backend, self.aux_ids, [])
-        self.feats[sequence_key(seq)] = _half(features)
-        self.pending += 1
-        if self.pending >= self.every:
+        self.pending[sequence_key(seq)] = _half(features)
+        if len(self.pending) >= self.every:
             self.flush()
 
     def flush(self) -> None:
         if self.pending:
-            self.feats = save_features(self.out, self.backend, self.aux_ids, self.feats)
-            self.pending = 0
+            append_features(self.out, self.backend, self.aux_ids, self.pending)
+            self.pending = {}
 
 
 class ResponseJournal:

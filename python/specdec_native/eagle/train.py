@@ -201,7 +201,7 @@ def _backend_name(data_backend: str, engine_dtype: str) -> str:
     return f"engine ({engine_dtype})" if data_backend == "engine" else data_backend
 
 
-FEATURE_CHUNK = 512  # sequences whose features are computed between two saves of features.pt
+FEATURE_CHUNK = 64  # sequences whose features are made between two appends to OUT (store.append_features)
 
 
 PromptSource = Callable[[int], Sequence[D.Prompt]]  # at least `limit` prompts where it has them
@@ -277,7 +277,7 @@ def _extend_data(out: Path, data: Dict, model, tokenizer, source: PromptSource, 
         return data
     if (out / "checkpoint.pt").exists():
         raise ValueError(f"{out} has a training checkpoint, trained on the current draft vocabulary, which "
-                         f"adding data rebuilds; add data in a new --out (copy data.pt and features.pt there)")
+                         f"adding data rebuilds; add data in a new --out (copy data.pt and features*.pt there)")
     S.upgrade_features(out, have)  # a format-1 features.pt is found by order, which adding changes
     known = {tuple(s["ids"][:s["prompt_len"]]) for s in have}
     fresh = [p for p in _prompt_ids(tokenizer, model.config.vocab_size, source, wanted + len(have),
@@ -436,11 +436,12 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
                 new = D.engine_features(engine.get(longest), model, part, aux_ids, progress)
             else:
                 new = D.target_features(model, part, aux_ids, device=device, progress=progress)
-            feats.update((S.sequence_key(s), f) for s, f in zip(part, new))
-            feats = S.save_features(out, backend, aux_ids, feats)
+            feats.update(S.append_features(out, backend, aux_ids,
+                                           {S.sequence_key(s): f for s, f in zip(part, new)}))
         if engine is not None:
             engine.close()
         log(f"target features of {len(todo)} sequences in {time.time() - t0:.0f}s ({backend})")
+    S.consolidate_features(out, backend, aux_ids, feats)
     feats = [feats[S.sequence_key(s)] for s in seqs]
     train_feats, held_feats = feats[:len(data["train"])], feats[len(data["train"]):]
     del model
