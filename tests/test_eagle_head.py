@@ -294,6 +294,25 @@ def test_code_prompts_from_other_sources(tmp_path):
         code_prompts(5, [tmp_path / "missing"])
 
 
+def test_prompt_kinds_choose_what_each_definition_becomes(tiny_target, tmp_path):
+    """kinds=("complete",): every mined definition is a Completion (signature + docstring, raw
+    code), the same definitions as the default mix in the same order; bad kinds are refused
+    before any model is loaded."""
+    from specdec_native.eagle.data import Completion, code_prompts
+
+    mixed, completions = code_prompts(30), code_prompts(30, kinds=("complete",))
+    assert all(isinstance(p, Completion) for p in completions) and len(completions) == 30
+    assert [p for p in mixed if isinstance(p, Completion)] == completions[2::3]
+    chat = code_prompts(20, kinds=("explain", "write"))
+    assert not any(isinstance(p, Completion) for p in chat) and chat[0].startswith("Explain")
+    for bad in ((), ("complete", "complete"), ("summarise",)):
+        with pytest.raises(ValueError, match="prompt kinds must be distinct names"):
+            code_prompts(5, kinds=bad)
+    with pytest.raises(ValueError, match="prompt kinds"):
+        T.train_draft(tiny_target[0], tmp_path / "head", steps=1, prompt_kinds=("poems",), **RUN)
+    assert not (tmp_path / "head" / "data.pt").exists()
+
+
 def test_prompt_sources_exclude_other_prompts(tiny_target, tmp_path):
     target, prompts = tiny_target
     with pytest.raises(ValueError, match="not several"):

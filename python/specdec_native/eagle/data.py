@@ -82,15 +82,28 @@ def stdlib_prompts(limit: int, seed: int = 0, per_file: int = 2) -> List[str]:
     return code_prompts(limit, None, seed=seed, per_file=per_file)
 
 
+PROMPT_KINDS = ("explain", "write", "complete")
+
+
+def checked_prompt_kinds(kinds: Sequence[str]) -> List[str]:
+    kinds = list(kinds)
+    if not kinds or any(k not in PROMPT_KINDS for k in kinds) or len(set(kinds)) < len(kinds):
+        raise ValueError(f"prompt kinds must be distinct names among {PROMPT_KINDS}, got {kinds}")
+    return kinds
+
+
 def code_prompts(limit: int, roots: Optional[Sequence[Union[str, Path]]] = None, seed: int = 0,
-                 per_file: int = 2) -> List[Prompt]:
+                 per_file: int = 2, kinds: Sequence[str] = PROMPT_KINDS) -> List[Prompt]:
     """Up to `limit` prompts built from functions and classes (with docstrings) of the Python
     sources under `roots` (default: the standard library), three kinds in turn: "explain this
     code" and "write this from its docstring" (chat), and the definition's signature and
     docstring as a Completion (raw code for the target to continue: a head trained on chat
     answers alone accepts little on code completion). Files are visited in a seeded order, `per_file` definitions
     from each per round, in as many rounds as it takes, so a larger limit extends the list a
-    smaller one gives. Test folders and nested site-packages are skipped."""
+    smaller one gives. Test folders and nested site-packages are skipped. `kinds` keeps some of
+    the three ("explain", "write", "complete"), still taken in turn: ("complete",) makes every
+    definition a Completion, for a head meant for code completion."""
+    kinds = checked_prompt_kinds(kinds)
     roots = [Path(sysconfig.get_paths()["stdlib"])] if not roots else [Path(r) for r in roots]
     for root in roots:
         if not root.is_dir():
@@ -102,11 +115,11 @@ def code_prompts(limit: int, roots: Optional[Sequence[Union[str, Path]]] = None,
             for kind, name, doc, code, head in found[start:start + per_file]:
                 if len(prompts) >= limit:
                     return prompts
-                turn = len(prompts) % 3
-                if turn == 0:
+                turn = kinds[len(prompts) % len(kinds)]
+                if turn == "explain":
                     prompts.append(f"Explain what this code from the Python `{module}` module does:\n\n"
                                    f"```python\n{code}\n```")
-                elif turn == 1:
+                elif turn == "write":
                     prompts.append(f"Write a Python {kind} `{name}` that does the following:\n\n{doc}")
                 else:
                     prompts.append(Completion(head))

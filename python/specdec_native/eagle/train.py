@@ -207,7 +207,8 @@ FEATURE_CHUNK = 64  # sequences whose features are made between two appends to O
 PromptSource = Callable[[int], Sequence[D.Prompt]]  # at least `limit` prompts where it has them
 
 
-def _prompt_source(prompts, prompts_file, prompt_sources, seed: int) -> PromptSource:
+def _prompt_source(prompts, prompts_file, prompt_sources, seed: int,
+                   prompt_kinds: Sequence[str] = D.PROMPT_KINDS) -> PromptSource:
     """Where the prompts come from: given, a JSONL file, Python source trees, or the standard library."""
     if prompt_sources and (prompts is not None or prompts_file is not None):
         raise ValueError("give prompts, a prompts file or prompt sources, not several")
@@ -215,7 +216,8 @@ def _prompt_source(prompts, prompts_file, prompt_sources, seed: int) -> PromptSo
         return lambda limit: prompts
     if prompts_file is not None:
         return lambda limit: D.jsonl_prompts(prompts_file)
-    return lambda limit: D.code_prompts(limit, prompt_sources or None, seed=seed)
+    prompt_kinds = D.checked_prompt_kinds(prompt_kinds)  # bad kinds fail before any model is loaded
+    return lambda limit: D.code_prompts(limit, prompt_sources or None, seed=seed, kinds=prompt_kinds)
 
 
 def _prompt_ids(tokenizer, vocab: int, source: PromptSource, limit: int, max_prompt_tokens: int,
@@ -358,7 +360,7 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
                 threads: Optional[int] = None, prepare_only: bool = False,
                 head_intermediate_size: Optional[int] = None, extend_data: bool = False,
                 prompt_sources: Optional[Sequence[str]] = None, init_from=None, precision: str = "auto",
-                record_features: bool = True) -> Dict:
+                record_features: bool = True, prompt_kinds: Sequence[str] = D.PROMPT_KINDS) -> Dict:
     """Trains (or resumes training of) an EAGLE-3 head for `target` into directory `out`; returns
     the run's metrics (also written to OUT/metrics.json).
 
@@ -373,7 +375,8 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
     precision: of the training matmuls (training_precision); the held-out estimate runs in float32.
     record_features: with the engine backend, record the target's features while it generates the
     responses (GenerationRequest.hidden_state_layers) instead of a second forward per sequence
-    afterwards; sequences without features (a resumed OUT) still get the second pass."""
+    afterwards; sequences without features (a resumed OUT) still get the second pass.
+    prompt_kinds: which prompts mined definitions give (data.code_prompts)."""
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA device")
     if data_backend not in DATA_BACKENDS:
@@ -384,6 +387,7 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     target = str(target)
+    source = _prompt_source(prompts, prompts_file, prompt_sources, seed, prompt_kinds)
     model, tokenizer = load_target(target, device, tables_only=data_backend == "engine")
     engine = None
     if data_backend == "engine":
@@ -392,7 +396,6 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
             aux = resolve_aux_layer_ids(aux_layer_ids, model.config.num_hidden_layers)
             engine.record = D.Recording(model, aux, S.FeatureSink(out, _backend_name(data_backend, engine_dtype), aux,
                                                                   FEATURE_CHUNK), label_prompts=train_on_prompt)
-    source = _prompt_source(prompts, prompts_file, prompt_sources, seed)
     data = _prepare_data(out, target, model, tokenizer, source, max_prompts, eval_prompts,
                          max_new_tokens, max_prompt_tokens, draft_vocab_size, seed, gen_batch_size or 8, device,
                          progress, log, data_backend, engine, engine_dtype, extend_data)
@@ -525,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-sources", nargs="+", metavar="DIR",
                    help="Python source trees to build prompts from, as from the standard library (e.g. a "
                         "site-packages folder: more prompts than the standard library's ~3,000)")
+    p.add_argument("--prompt-kinds", nargs="+", choices=D.PROMPT_KINDS, default=list(D.PROMPT_KINDS),
+                   help="which prompts to mine from each definition, in turn: explain its code, write it from "
+                        "its docstring (chat), or complete it from its signature and docstring (raw code)")
     p.add_argument("--prompts", help="JSONL of {\"prompt\": ...} (or {\"input_ids\": [...]}) lines; "
                                      "default: docstrings and code of the Python standard library")
     p.add_argument("--max-prompts", type=int, default=64, help="training prompts")
@@ -575,7 +581,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         metrics = train_draft(args.target, args.out, args.steps, args.device, prompts_file=args.prompts,
-                              prompt_sources=args.prompt_sources, max_prompts=args.max_prompts, eval_prompts=args.eval_prompts,
+                              prompt_sources=args.prompt_sources, prompt_kinds=args.prompt_kinds, max_prompts=args.max_prompts, eval_prompts=args.eval_prompts,
                               max_new_tokens=args.max_new_tokens, ttt_steps=args.ttt_steps,
                               draft_vocab_size=args.draft_vocab_size, lr=args.lr, batch_size=args.batch_size,
                               eval_k=args.eval_k, aux_layer_ids=args.aux_layers,
