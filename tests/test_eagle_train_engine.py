@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
-from helpers import greedy_params, load_llm, prompt, write_checkpoint  # noqa: E402
+from helpers import edit_tensors, greedy_params, load_llm, prompt, write_checkpoint  # noqa: E402
 
 from specdec_native.eagle import data as D  # noqa: E402
 from specdec_native.eagle import train as T  # noqa: E402
@@ -362,3 +362,13 @@ def test_the_engine_backend_reads_only_the_targets_tables(target, tmp_path):
     assert m.get_output_embeddings().weight is m.get_input_embeddings().weight
     from test_gguf_convert import smollm2_gguf
     _tables_equal(smollm2_gguf())
+
+
+@pytest.mark.parametrize("table", ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"])
+def test_a_table_of_the_wrong_shape_is_refused(tmp_path, table):
+    from specdec_native.eagle.target import load_target
+    path = tmp_path / "target"
+    write_checkpoint(path, "llama", seed=5, num_hidden_layers=2)
+    edit_tensors(path, lambda t: t.__setitem__(table, t[table][:-1].clone()))  # one row (or entry) short
+    with pytest.raises(ValueError, match=r"of shape .*expected .* from its config"):
+        load_target(path, tables_only=True)

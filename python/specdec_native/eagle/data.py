@@ -405,7 +405,8 @@ def engine_responses(llm, prompts: List[List[int]], max_new_tokens: int, eos: Se
                 r.hidden_state_layers = layers.layers if layers is not None else []
             outs = llm.engine.generate(requests)
             for i, o in zip(batch, outs):
-                resp = _cut_after_eos(list(o.tokens)[:max_new_tokens], eos)
+                tokens = list(o.tokens)
+                resp = _cut_after_eos(tokens[:max_new_tokens], eos)
                 if not resp:
                     continue
                 seq = {"ids": prompts[i] + resp, "prompt_len": len(prompts[i])}
@@ -414,7 +415,7 @@ def engine_responses(llm, prompts: List[List[int]], max_new_tokens: int, eos: Se
                     hs = o.hidden_states[:len(seq["ids"])]
                     P = len(prompts[i])
                     argmax = torch.full((hs.shape[0],), -1, dtype=torch.long)
-                    argmax[P - 1:] = torch.tensor(list(o.tokens)[:hs.shape[0] - P + 1], dtype=torch.long)
+                    argmax[P - 1:] = torch.tensor(tokens[:hs.shape[0] - P + 1], dtype=torch.long)
                     record.sink(seq, layers.features(hs.reshape(hs.shape[0], len(layers.layers), -1), argmax,
                                                      unlabelled=0 if record.label_prompts else P - 1))
                 if on_sequence is not None:

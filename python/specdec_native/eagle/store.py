@@ -22,6 +22,11 @@ def save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def prompt_of(seq: Dict) -> tuple:
+    """A sequence's prompt ids, as a dict key."""
+    return tuple(seq["ids"][:seq["prompt_len"]])
+
+
 def sequence_key(seq: Dict) -> str:
     """The id a sequence's features are stored under: a digest of its token ids and prompt length."""
     h = hashlib.sha1(str(int(seq["prompt_len"])).encode())
@@ -37,6 +42,15 @@ def _part_paths(out: Path) -> List[Path]:
     return sorted(Path(out).glob("features.part-*.pt"))
 
 
+def _features_file(backend: str, aux_ids: Sequence[int], feats: Dict[str, Dict]) -> Dict:
+    """What features.pt and each part file hold (format 2)."""
+    return {"format": FEATURES_FORMAT, "backend": backend, "aux_layers": list(aux_ids), "feats": feats}
+
+
+def _made_with(cached: Dict, backend: str, aux_ids: Sequence[int]) -> bool:
+    return cached["backend"] == backend and cached["aux_layers"] == list(aux_ids)
+
+
 def load_features(out: Path, backend: str, aux_ids: Sequence[int], sequences: Sequence[Dict]) -> Dict[str, Dict]:
     """{sequence_key: features (float16 aux/final)} of OUT/features.pt and of the part files a
     run not yet finished appended (append_features), those made with this backend and these aux
@@ -46,14 +60,14 @@ def load_features(out: Path, backend: str, aux_ids: Sequence[int], sequences: Se
     if path.exists():
         cached = torch.load(path, weights_only=False)
         if cached.get("format") == FEATURES_FORMAT:
-            if cached["backend"] == backend and cached["aux_layers"] == list(aux_ids):
+            if _made_with(cached, backend, aux_ids):
                 feats = cached["feats"]
         elif cached.get("key", {}) == {"backend": backend, "aux_layers": list(aux_ids),
                                        "lengths": [len(s["ids"]) for s in sequences]}:
             feats = {sequence_key(s): _half(f) for s, f in zip(sequences, cached["feats"])}
     for part in _part_paths(out):
         cached = torch.load(part, weights_only=False)
-        if cached["backend"] == backend and cached["aux_layers"] == list(aux_ids):
+        if _made_with(cached, backend, aux_ids):
             feats.update(cached["feats"])
     return feats
 
@@ -65,8 +79,7 @@ def append_features(out: Path, backend: str, aux_ids: Sequence[int], new: Dict[s
     new = {k: _half(f) for k, f in new.items()}
     parts = _part_paths(out)
     n = int(parts[-1].stem.rsplit("-", 1)[1]) + 1 if parts else 0
-    save_atomic({"format": FEATURES_FORMAT, "backend": backend, "aux_layers": list(aux_ids), "feats": new},
-                Path(out) / f"features.part-{n:05d}.pt")
+    save_atomic(_features_file(backend, aux_ids, new), Path(out) / f"features.part-{n:05d}.pt")
     return new
 
 
@@ -83,8 +96,7 @@ def consolidate_features(out: Path, backend: str, aux_ids: Sequence[int], feats:
 def save_features(out: Path, backend: str, aux_ids: Sequence[int], feats: Dict[str, Dict]) -> Dict[str, Dict]:
     """Writes OUT/features.pt; returns the features as stored (float16)."""
     feats = {k: _half(f) for k, f in feats.items()}
-    save_atomic({"format": FEATURES_FORMAT, "backend": backend, "aux_layers": list(aux_ids), "feats": feats},
-                Path(out) / "features.pt")
+    save_atomic(_features_file(backend, aux_ids, feats), Path(out) / "features.pt")
     return feats
 
 
@@ -144,7 +156,7 @@ class ResponseJournal:
                 for line in lines[1:]:
                     seq = _json_or_none(line)
                     if seq is not None:
-                        self.done[tuple(seq["ids"][:seq["prompt_len"]])] = seq
+                        self.done[prompt_of(seq)] = seq
         with open(self.path, "w") as f:  # rewritten: no torn last line to append to
             f.write(header + "\n")
             f.writelines(_seq_line(s) for s in self.done.values())
@@ -156,7 +168,7 @@ class ResponseJournal:
     def append(self, seq: Dict) -> None:
         self._file.write(_seq_line(seq))
         self._file.flush()
-        self.done[tuple(seq["ids"][:seq["prompt_len"]])] = seq
+        self.done[prompt_of(seq)] = seq
 
     def close(self) -> None:
         self._file.close()

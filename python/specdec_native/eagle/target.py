@@ -56,17 +56,16 @@ def _tables_model(p: Path, where: str, kwargs: Dict, dtype_kw: Dict, device):
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, **dtype_kw)
     model.eval()
-    embedding = model.get_input_embeddings()
-    if tuple(embed.shape) != tuple(embedding.weight.shape):
-        raise ValueError(f"{p}: embedding table of shape {tuple(embed.shape)}, expected "
-                         f"{tuple(embedding.weight.shape)} from its config")
-    embedding.weight = torch.nn.Parameter(embed.to(device), requires_grad=False)
-    model.base_model.norm.weight = torch.nn.Parameter(norm.to(device), requires_grad=False)
-    lm_head = model.get_output_embeddings()
-    if head is None or config.tie_word_embeddings:
+    embedding, lm_head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head is None or config.tie_word_embeddings
+    tables = [("embedding", embedding, embed), ("final norm", model.base_model.norm, norm)]
+    for name, module, weight in tables + ([] if tied else [("lm_head", lm_head, head)]):
+        if tuple(weight.shape) != tuple(module.weight.shape):
+            raise ValueError(f"{p}: {name} of shape {tuple(weight.shape)}, expected {tuple(module.weight.shape)} "
+                             f"from its config")
+        module.weight = torch.nn.Parameter(weight.to(device), requires_grad=False)
+    if tied:
         lm_head.weight = embedding.weight
-    else:
-        lm_head.weight = torch.nn.Parameter(head.to(device), requires_grad=False)
     if getattr(lm_head, "bias", None) is not None:
         raise ValueError(f"{p}: an lm_head with a bias is not supported by the engine backend")
     try:

@@ -253,7 +253,8 @@ def _responses(out: Path, journal_settings: Dict, encoded: List[List[int]], mode
         journal.close()
         if engine is not None and engine.record is not None:
             engine.record.sink.flush()
-    return [journal.get(p) for p in encoded if journal.get(p) is not None]
+    answered = (journal.get(p) for p in encoded)
+    return [s for s in answered if s is not None]
 
 
 def _journal_settings(target: str, backend: str, max_new_tokens: int) -> Dict:
@@ -281,7 +282,7 @@ def _extend_data(out: Path, data: Dict, model, tokenizer, source: PromptSource, 
         raise ValueError(f"{out} has a training checkpoint, trained on the current draft vocabulary, which "
                          f"adding data rebuilds; add data in a new --out (copy data.pt and features*.pt there)")
     S.upgrade_features(out, have)  # a format-1 features.pt is found by order, which adding changes
-    known = {tuple(s["ids"][:s["prompt_len"]]) for s in have}
+    known = {S.prompt_of(s) for s in have}
     fresh = [p for p in _prompt_ids(tokenizer, model.config.vocab_size, source, wanted + len(have),
                                     max_prompt_tokens, seed) if tuple(p) not in known]
     fresh = fresh[:wanted - len(have)]
@@ -581,7 +582,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         metrics = train_draft(args.target, args.out, args.steps, args.device, prompts_file=args.prompts,
-                              prompt_sources=args.prompt_sources, prompt_kinds=args.prompt_kinds, max_prompts=args.max_prompts, eval_prompts=args.eval_prompts,
+                              prompt_sources=args.prompt_sources, prompt_kinds=args.prompt_kinds,
+                              max_prompts=args.max_prompts, eval_prompts=args.eval_prompts,
                               max_new_tokens=args.max_new_tokens, ttt_steps=args.ttt_steps,
                               draft_vocab_size=args.draft_vocab_size, lr=args.lr, batch_size=args.batch_size,
                               eval_k=args.eval_k, aux_layer_ids=args.aux_layers,
