@@ -2,6 +2,8 @@
 responses and features (Engine.prompt_hidden_states + the final norm + lm_head) against the
 transformers backend's on a float32 random-weight Llama, a tiny training run on the engine
 backend, and the data-cache / unsupported-target errors."""
+import json
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -310,7 +312,7 @@ def test_a_stopped_data_run_resumes_from_its_response_journal(target, tmp_path, 
     real_gen = getattr(T.D, gen)
     monkeypatch.setattr(T.D, gen, lambda model, todo, *a, **k: asked.append(len(todo)) or real_gen(model, todo, *a, **k))
     T.train_draft(path, out, steps=0, prompts=prompts[:8], prepare_only=True, **run)
-    assert asked == [8 - 3]
+    assert sum(asked) == 8 - 3  # held-out prompts first, then the training ones
     data = torch.load(out / "data.pt", weights_only=False)
     assert data["train"] == ref["train"] and data["heldout"] == ref["heldout"]
     assert not journal.exists()
@@ -321,6 +323,47 @@ def test_a_stopped_data_run_resumes_from_its_response_journal(target, tmp_path, 
         assert [len(torch.load(p, weights_only=False)["feats"]) for p in parts] == [4, 5]
         assert set(T.S.load_features(out, "engine (int4)", aux, [])) == \
             {T.S.sequence_key(s) for s in data["train"] + data["heldout"]}
+
+
+@pytest.mark.parametrize("backend", ["engine", "transformers"])
+def test_a_data_time_limit_trains_on_the_responses_made_so_far(target, tmp_path, monkeypatch, backend):
+    """--max-data-minutes: once the limit has passed no more training prompts are answered; the
+    held-out ones are answered anyway (first), and data.pt holds them and the training responses
+    made before (here by a run stopped after 5)."""
+    path, _, prompts = target
+    run = dict(RUN, max_prompts=6, eval_prompts=2, data_backend=backend)
+    T.train_draft(path, tmp_path / "ref", steps=0, prompts=prompts[:8], prepare_only=True, **run)
+    ref = torch.load(tmp_path / "ref" / "data.pt", weights_only=False)
+
+    out, real_append = tmp_path / "head", T.S.ResponseJournal.append
+
+    def append_then_stop(journal, seq):
+        if len(journal.done) == 5:
+            raise KeyboardInterrupt
+        real_append(journal, seq)
+
+    monkeypatch.setattr(T.S.ResponseJournal, "append", append_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        T.train_draft(path, out, steps=0, prompts=prompts[:8], prepare_only=True, **run)
+    monkeypatch.setattr(T.S.ResponseJournal, "append", real_append)
+    lines = (out / T.S.ResponseJournal.NAME).read_text().splitlines()[1:]
+    made = [json.loads(x) for x in lines]
+    trained_before = [s for s in ref["train"] if {"ids": s["ids"], "prompt_len": s["prompt_len"]} in made]
+    assert trained_before, "the stopped run should have answered some training prompts"
+
+    logs = []
+    T.train_draft(path, out, steps=0, prompts=prompts[:8], prepare_only=True, max_data_minutes=1e-9,
+                  **dict(run, log=logs.append))
+    data = torch.load(out / "data.pt", weights_only=False)
+    assert data["heldout"] == ref["heldout"] and data["train"] == trained_before
+    assert len(data["train"]) < len(ref["train"])
+    assert any("data time limit reached" in m for m in logs), logs
+    assert not (out / T.S.ResponseJournal.NAME).exists()
+
+
+def test_a_data_time_limit_must_be_positive(target, tmp_path):
+    with pytest.raises(ValueError, match="max_data_minutes"):
+        T.train_draft(target[0], tmp_path / "head", steps=0, prompts=target[2], max_data_minutes=0, **RUN)
 
 
 def test_a_journal_made_with_other_settings_is_dropped(tmp_path):

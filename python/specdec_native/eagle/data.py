@@ -16,6 +16,7 @@ import os
 import random
 import sysconfig
 import textwrap
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -155,8 +156,9 @@ def jsonl_prompts(path) -> List[Prompt]:
 
 def encode_prompts(prompts: Sequence[Prompt], tokenizer, vocab_size: int, max_tokens: int) -> List[List[int]]:
     """Token ids per prompt (chat template when the tokenizer has one, except for a Completion);
-    prompts longer than max_tokens are dropped."""
-    out = []
+    prompts longer than max_tokens are dropped, and a repeated prompt is kept once (the greedy
+    target answers it alike: a standard library has many `def close(self): "Close the file."`)."""
+    out, seen = [], set()
     for p in prompts:
         if isinstance(p, str):
             if tokenizer is None:
@@ -171,7 +173,8 @@ def encode_prompts(prompts: Sequence[Prompt], tokenizer, vocab_size: int, max_to
             ids = [int(i) for i in p]
         if any(not 0 <= i < vocab_size for i in ids):
             raise ValueError(f"prompt token id out of range for a {vocab_size}-token vocabulary")
-        if 0 < len(ids) <= max_tokens:
+        if 0 < len(ids) <= max_tokens and tuple(ids) not in seen:
+            seen.add(tuple(ids))
             out.append(ids)
     return out
 
@@ -185,6 +188,10 @@ def eos_ids(model) -> List[int]:
     return sorted(set(ids))
 
 
+def past(deadline: Optional[float]) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
 def _cut_after_eos(resp: List[int], eos: Sequence[int]) -> List[int]:
     """The response up to and including its first EOS token (all of it when there is none)."""
     for j, t in enumerate(resp):
@@ -196,15 +203,19 @@ def _cut_after_eos(resp: List[int], eos: Sequence[int]) -> List[int]:
 @torch.no_grad()
 def generate_responses(model, prompts: List[List[int]], max_new_tokens: int, batch_size: int = 8,
                        device="cpu", progress: bool = True,
-                       on_sequence: Optional[Callable[[Dict], None]] = None) -> List[Dict]:
+                       on_sequence: Optional[Callable[[Dict], None]] = None,
+                       deadline: Optional[float] = None) -> List[Dict]:
     """The target's greedy continuation of each prompt (left-padded batches), cut after EOS.
-    on_sequence(sequence) is called as each batch finishes."""
+    on_sequence(sequence) is called as each batch finishes. deadline: a time.monotonic() after
+    which no batch starts (the prompts not reached get no response)."""
     eos = eos_ids(model)
     pad = eos[0] if eos else 0
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: Dict[int, Dict] = {}
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc="target responses", disable=not progress):
+        if past(deadline):
+            break
         L = max(len(prompts[i]) for i in batch)
         ids = torch.full((len(batch), L), pad, dtype=torch.long)
         att = torch.zeros((len(batch), L), dtype=torch.long)
@@ -368,7 +379,8 @@ class Recording(NamedTuple):
 
 def engine_responses(llm, prompts: List[List[int]], max_new_tokens: int, eos: Sequence[int],
                      chunk: int = 64, progress: bool = True, record=None,
-                     on_sequence: Optional[Callable[[Dict], None]] = None) -> List[Dict]:
+                     on_sequence: Optional[Callable[[Dict], None]] = None,
+                     deadline: Optional[float] = None) -> List[Dict]:
     """The target's greedy continuation of each prompt from a specdec_native.LLM, cut after the
     first of `eos` (kept), as generate_responses does. The engine batches each chunk of prompts
     (continuous batching over its max_num_seqs). One difference: generate_responses forbids EOS
@@ -382,7 +394,8 @@ def engine_responses(llm, prompts: List[List[int]], max_new_tokens: int, eos: Se
     features then stop one row short of the sequence, and its last position (what follows EOS)
     is no label. The argmax of a response row is the token the engine generated after it (its
     greedy choice, so no lm_head pass over the rows); prompt rows: see Recording.
-    on_sequence(sequence) is called for each as its chunk finishes (after the sink)."""
+    on_sequence(sequence) is called for each as its chunk finishes (after the sink). deadline: as
+    for generate_responses, checked before each chunk."""
     from ..llm import _to_request
     from ..sampling_params import SamplingParams
 
@@ -399,6 +412,8 @@ def engine_responses(llm, prompts: List[List[int]], max_new_tokens: int, eos: Se
     bar = tqdm(total=len(prompts), desc="target responses (engine)", disable=not progress)
     try:
         for start in range(0, len(order), chunk):
+            if past(deadline):
+                break
             batch = order[start:start + chunk]
             requests = [_to_request(prompts[i], params) for i in batch]
             for r in requests:

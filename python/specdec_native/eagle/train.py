@@ -230,30 +230,43 @@ def _prompt_ids(tokenizer, vocab: int, source: PromptSource, limit: int, max_pro
 
 def _responses(out: Path, journal_settings: Dict, encoded: List[List[int]], model, max_new_tokens: int,
                gen_batch_size: int, device, progress: bool, data_backend: str, engine: Optional[_EngineTarget],
-               log: Callable) -> List[Dict]:
+               log: Callable, deadline: Optional[float] = None, first: int = 0) -> List[Dict]:
     """The target's responses to `encoded` (in its order; prompts it answers with nothing are
-    dropped), those a stopped run already made taken from OUT's ResponseJournal."""
+    dropped), those a stopped run already made taken from OUT's ResponseJournal. The first
+    `first` prompts (the held-out ones) are answered before the others and whatever the
+    deadline (a time.monotonic() after which no more of the others are started)."""
     journal = S.ResponseJournal(out, journal_settings)
     todo = [p for p in encoded if journal.get(p) is None]
     if len(todo) < len(encoded):
         log(f"resuming: {len(encoded) - len(todo)} of {len(encoded)} responses were generated before "
             f"({journal.path})")
+    parts = [([p for p in encoded[:first] if journal.get(p) is None], None),
+             ([p for p in encoded[first:] if journal.get(p) is None], deadline)]
     try:
         if todo and data_backend == "engine":
             # + 1: the context's one spare token; + 1: the token recording generates past max_new_tokens
             llm = engine.get(max(len(p) for p in todo) + max_new_tokens + 2)
-            D.engine_responses(llm, todo, max_new_tokens, D.eos_ids(model), chunk=max(64, 4 * engine.max_num_seqs),
-                               progress=progress, record=engine.record, on_sequence=journal.append)
+            for part, until in parts:
+                if part:
+                    D.engine_responses(llm, part, max_new_tokens, D.eos_ids(model),
+                                       chunk=max(64, 4 * engine.max_num_seqs), progress=progress,
+                                       record=engine.record, on_sequence=journal.append, deadline=until)
             if engine.record is not None:
-                log(f"recorded the target features of {len(todo)} sequences while generating")
+                made = sum(journal.get(p) is not None for p in todo)
+                log(f"recorded the target features of {made} sequences while generating")
         elif todo:
-            D.generate_responses(model, todo, max_new_tokens, gen_batch_size, device, progress,
-                                 on_sequence=journal.append)
+            for part, until in parts:
+                if part:
+                    D.generate_responses(model, part, max_new_tokens, gen_batch_size, device, progress,
+                                         on_sequence=journal.append, deadline=until)
     finally:  # also when stopped: what was made so far stays on disk
         journal.close()
         if engine is not None and engine.record is not None:
             engine.record.sink.flush()
-    answered = (journal.get(p) for p in encoded)
+    answered = [journal.get(p) for p in encoded]
+    if None in answered[first:] and D.past(deadline):
+        log(f"data time limit reached: {sum(s is None for s in answered)} of {len(encoded)} prompts got no "
+            f"response (--extend-data adds more later)")
     return [s for s in answered if s is not None]
 
 
@@ -270,7 +283,8 @@ def _with_vocab(data: Dict, vocab: int, draft_vocab_size: int) -> float:
 
 def _extend_data(out: Path, data: Dict, model, tokenizer, source: PromptSource, wanted: int,
                  max_new_tokens: int, max_prompt_tokens: int, seed: int, gen_batch_size: int, device,
-                 progress: bool, log: Callable, data_backend: str, engine: Optional[_EngineTarget]) -> Dict:
+                 progress: bool, log: Callable, data_backend: str, engine: Optional[_EngineTarget],
+                 deadline: Optional[float] = None) -> Dict:
     """Adds training sequences to OUT's data until it holds `wanted` (train + held out): prompts
     it does not have yet, their responses; the held-out ones stay. The draft vocabulary is
     rebuilt from all training responses, so no head may have been trained on the old one yet."""
@@ -291,7 +305,7 @@ def _extend_data(out: Path, data: Dict, model, tokenizer, source: PromptSource, 
     t0 = time.time()
     settings = _journal_settings(data["target"], data.get("data_backend", "transformers"), max_new_tokens)
     seqs = _responses(out, settings, fresh, model, max_new_tokens, gen_batch_size, device, progress,
-                      data_backend, engine, log)
+                      data_backend, engine, log, deadline)
     data["train"] = data["train"] + seqs
     covered = _with_vocab(data, model.config.vocab_size, int(data["t2d"].sum()))
     data["generation_seconds"] = round(data.get("generation_seconds", 0.0) + time.time() - t0, 1)
@@ -307,7 +321,7 @@ def _prepare_data(out: Path, target: str, model, tokenizer, source: PromptSource
                   eval_prompts: int, max_new_tokens: int, max_prompt_tokens: int, draft_vocab_size: Optional[int],
                   seed: int, gen_batch_size: int, device, progress: bool, log: Callable,
                   data_backend: str = "transformers", engine: Optional[_EngineTarget] = None,
-                  engine_dtype: str = "int4", extend: bool = False) -> Dict:
+                  engine_dtype: str = "int4", extend: bool = False, deadline: Optional[float] = None) -> Dict:
     path = out / "data.pt"
     vocab = model.config.vocab_size
     backend = _backend_name(data_backend, engine_dtype)
@@ -326,7 +340,7 @@ def _prepare_data(out: Path, target: str, model, tokenizer, source: PromptSource
         if extend:
             return _extend_data(out, data, model, tokenizer, source, max_prompts + eval_prompts,
                                 max_new_tokens, max_prompt_tokens, seed, gen_batch_size, device, progress, log,
-                                data_backend, engine)
+                                data_backend, engine, deadline)
         log(f"reusing {path}: {len(data['train'])} training and {len(data['heldout'])} held-out sequences")
         return data
     encoded = _prompt_ids(tokenizer, vocab, source, max_prompts + eval_prompts, max_prompt_tokens, seed)
@@ -335,7 +349,7 @@ def _prepare_data(out: Path, target: str, model, tokenizer, source: PromptSource
                          f"got {len(encoded)}")
     t0 = time.time()
     seqs = _responses(out, _journal_settings(target, backend, max_new_tokens), encoded, model, max_new_tokens,
-                      gen_batch_size, device, progress, data_backend, engine, log)
+                      gen_batch_size, device, progress, data_backend, engine, log, deadline, first=eval_prompts)
     heldout, train = seqs[:eval_prompts], seqs[eval_prompts:]
     if not train:
         raise ValueError("the target gave no responses to train on")
@@ -361,7 +375,8 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
                 threads: Optional[int] = None, prepare_only: bool = False,
                 head_intermediate_size: Optional[int] = None, extend_data: bool = False,
                 prompt_sources: Optional[Sequence[str]] = None, init_from=None, precision: str = "auto",
-                record_features: bool = True, prompt_kinds: Sequence[str] = D.PROMPT_KINDS) -> Dict:
+                record_features: bool = True, prompt_kinds: Sequence[str] = D.PROMPT_KINDS,
+                max_data_minutes: Optional[float] = None) -> Dict:
     """Trains (or resumes training of) an EAGLE-3 head for `target` into directory `out`; returns
     the run's metrics (also written to OUT/metrics.json).
 
@@ -377,13 +392,17 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
     record_features: with the engine backend, record the target's features while it generates the
     responses (GenerationRequest.hidden_state_layers) instead of a second forward per sequence
     afterwards; sequences without features (a resumed OUT) still get the second pass.
-    prompt_kinds: which prompts mined definitions give (data.code_prompts)."""
+    prompt_kinds: which prompts mined definitions give (data.code_prompts).
+    max_data_minutes: stop generating responses that many minutes into the data step and train
+    on the ones made (the held-out prompts are answered first, whatever the limit)."""
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA device")
     if data_backend not in DATA_BACKENDS:
         raise ValueError(f"data_backend must be one of {DATA_BACKENDS}, got {data_backend!r}")
     if ttt_steps < 1 or steps < 0 or batch_size < 1 or eval_k < 1:
         raise ValueError("ttt_steps, batch_size and eval_k must be >= 1 and steps >= 0")
+    if max_data_minutes is not None and not max_data_minutes > 0:
+        raise ValueError(f"max_data_minutes must be > 0, got {max_data_minutes}")
     precision = training_precision(precision, device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -397,9 +416,10 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
             aux = resolve_aux_layer_ids(aux_layer_ids, model.config.num_hidden_layers)
             engine.record = D.Recording(model, aux, S.FeatureSink(out, _backend_name(data_backend, engine_dtype), aux,
                                                                   FEATURE_CHUNK), label_prompts=train_on_prompt)
+    deadline = None if max_data_minutes is None else time.monotonic() + 60 * max_data_minutes
     data = _prepare_data(out, target, model, tokenizer, source, max_prompts, eval_prompts,
                          max_new_tokens, max_prompt_tokens, draft_vocab_size, seed, gen_batch_size or 8, device,
-                         progress, log, data_backend, engine, engine_dtype, extend_data)
+                         progress, log, data_backend, engine, engine_dtype, extend_data, deadline)
     if prepare_only:
         return {"prepared": str(out / "data.pt"), "data_backend": data.get("data_backend", "transformers"),
                 "train_sequences": len(data["train"]), "heldout_sequences": len(data["heldout"]),
@@ -572,6 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="of the training matmuls: bfloat16 autocast over float32 weights, or float32 "
                         "(default auto: bfloat16 where the CPU has AVX512-BF16/AMX or the GPU sm_80+)")
+    p.add_argument("--max-data-minutes", type=float, default=None, metavar="MIN",
+                   help="stop generating responses after MIN minutes and train on those made (held-out ones first; "
+                        "--extend-data adds more later)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -593,7 +616,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                               gen_batch_size=args.gen_batch_size, prepare_only=args.prepare_only,
                               head_intermediate_size=args.head_intermediate_size, extend_data=args.extend_data,
                               init_from=args.init_from, precision=args.precision,
-                              record_features=not args.separate_feature_pass)
+                              record_features=not args.separate_feature_pass,
+                              max_data_minutes=args.max_data_minutes)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
