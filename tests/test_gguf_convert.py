@@ -9,6 +9,7 @@ References are independent of the converter:
 """
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -289,7 +290,8 @@ def test_smollm2_files_and_config(smollm2):
     tc = json.load(open(os.path.join(out, "tokenizer_config.json")))
     assert tc["add_bos_token"] is False and "<|im_start|>" in tc["chat_template"]
     gc = json.load(open(os.path.join(out, "generation_config.json")))
-    assert (gc["bos_token_id"], gc["eos_token_id"]) == (1, 2)
+    # the GGUF's EOS (<|im_end|>), then <|endoftext|>: a raw completion stops there, as in llama.cpp
+    assert (gc["bos_token_id"], gc["eos_token_id"]) == (1, [2, 0])
     from safetensors.numpy import load_file
 
     sd = load_file(os.path.join(out, "model.safetensors"))
@@ -526,6 +528,47 @@ def test_chunked_dequantization_is_identical(tiny_qwen2, tmp_path, monkeypatch):
     a = open(os.path.join(out, "model.safetensors"), "rb").read()
     b = open(tmp_path / "hf" / "model.safetensors", "rb").read()
     assert a == b
+
+
+class _FakeMeta(dict):
+    def get(self, key, default=None):
+        return super().get(key, default)
+
+
+def test_end_of_generation_ids_follow_llamacpp():
+    """EOS first, then EOT / EOM, then control or user-defined end markers; a normal token that
+    happens to be spelled like one, and ids out of range, are not stops."""
+    from specdec_native.gguf_convert import end_of_generation_ids
+
+    tokens = ["a", "<|endoftext|>", "<|im_end|>", "<|end|>", "<|eot_id|>", "b"]
+    types = [1, 3, 3, 1, 4, 1]
+    meta = _FakeMeta({"tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types,
+                      "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.eot_token_id": 99})
+    assert end_of_generation_ids(meta) == [2, 1, 4]
+    assert end_of_generation_ids(_FakeMeta({"tokenizer.ggml.tokens": ["x", "y"]})) == []
+
+
+def test_converted_instruct_model_stops_at_endoftext_too(tiny_qwen2):
+    """The tiny Qwen2's GGUF says EOS = <|im_end|> (2); the converted checkpoint also stops at
+    <|endoftext|> (0), as llama.cpp does, and the engine gets both."""
+    from specdec_native import checkpoint as ckpt
+
+    _, _, out = tiny_qwen2
+    gc = json.load(open(os.path.join(out, "generation_config.json")))
+    assert gc["eos_token_id"] == [2, 0]
+    assert json.load(open(os.path.join(out, "config.json")))["eos_token_id"] == 2
+    assert ckpt.load(Path(out)).eos_token_ids == [2, 0]
+
+
+def test_a_cached_conversion_is_redone_when_the_converter_changes(tiny_qwen2, tmp_path, monkeypatch):
+    from specdec_native import checkpoint as ckpt
+
+    monkeypatch.setenv("SPECDEC_CACHE", str(tmp_path))
+    first = ckpt.resolve(tiny_qwen2[1], progress=False)
+    assert ckpt.resolve(tiny_qwen2[1], progress=False) == first  # cached
+    monkeypatch.setattr(ckpt, "GGUF_CONVERSION_VERSION", ckpt.GGUF_CONVERSION_VERSION + 1)
+    again = ckpt.resolve(tiny_qwen2[1], progress=False)
+    assert again != first and (again / ".complete").exists()
 
 
 def test_tiny_qwen2_tokenizer(tiny_qwen2):

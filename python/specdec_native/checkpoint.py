@@ -39,13 +39,19 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
+# Bumped whenever gguf_convert writes something different, so a cached conversion is redone.
+# 2: generation_config.json lists every end-of-generation token (gguf_convert.end_of_generation_ids).
+GGUF_CONVERSION_VERSION = 2
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("SPECDEC_CACHE", Path.home() / ".cache" / "specdec_native"))
 
 
 def resolve(model: str, gguf_dtype: str = "float32", progress: bool = True) -> Path:
     """A checkpoint directory for `model`: the directory itself, or a GGUF file converted once
-    into the cache (keyed by the file's path, size and modification time)."""
+    into the cache (keyed by the file's path, size and modification time, and by
+    GGUF_CONVERSION_VERSION)."""
     path = Path(model).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"model path does not exist: {path}")
@@ -54,7 +60,8 @@ def resolve(model: str, gguf_dtype: str = "float32", progress: bool = True) -> P
     if path.suffix.lower() != ".gguf":
         raise ValueError(f"{path}: expected a checkpoint directory or a .gguf file")
     st = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{gguf_dtype}".encode()).hexdigest()[:16]
+    key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{gguf_dtype}:{GGUF_CONVERSION_VERSION}"
+    key = hashlib.sha256(key.encode()).hexdigest()[:16]
     out = default_cache_dir() / "converted" / f"{path.stem}-{key}"
     if not (out / ".complete").exists():
         from .gguf_convert import convert_gguf

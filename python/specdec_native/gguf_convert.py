@@ -572,6 +572,29 @@ def _build_tokenizer(meta: _Meta):
 # Public entry point
 # --------------------------------------------------------------------------------------------------
 
+# Tokens that end a generation besides the GGUF's EOS, as llama.cpp's vocabulary loader finds
+# them: the end-of-turn / end-of-document markers of the common chat formats. An instruct model
+# converted from GGUF then stops where it would in llama.cpp (and as Qwen2.5's own
+# generation_config [<|im_end|>, <|endoftext|>] says): a raw-text completion ends at <|endoftext|>.
+END_OF_GENERATION_TEXTS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>",
+                           "<|end|>", "<end_of_turn>", "<EOT>", "<｜end▁of▁sentence｜>")
+
+
+def end_of_generation_ids(meta) -> List[int]:
+    """The GGUF's EOS id first, then its EOT / EOM ids and every control or user-defined token
+    spelled as one of END_OF_GENERATION_TEXTS (ids in range, each once)."""
+    tokens: List[str] = meta.get("tokenizer.ggml.tokens") or []
+    types: List[int] = meta.get("tokenizer.ggml.token_type") or [_TOKEN_NORMAL] * len(tokens)
+    ids = [meta.get(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
+    ids += [i for i, (tok, ttype) in enumerate(zip(tokens, types))
+            if tok in END_OF_GENERATION_TEXTS and ttype in (_TOKEN_CONTROL, _TOKEN_USER_DEFINED)]
+    out: List[int] = []
+    for i in ids:
+        if i is not None and 0 <= int(i) < len(tokens) and int(i) not in out:
+            out.append(int(i))
+    return out
+
+
 def convert_gguf(gguf_path: str, out_dir: str, dtype: str = "float32", progress: bool = True) -> str:
     """Convert ``gguf_path`` into a Hugging Face checkpoint directory ``out_dir``; returns ``out_dir``.
 
@@ -684,8 +707,9 @@ def convert_gguf(gguf_path: str, out_dir: str, dtype: str = "float32", progress:
     gen = {"_from_model_config": True}
     if config.get("bos_token_id") is not None:
         gen["bos_token_id"] = config["bos_token_id"]
-    if config.get("eos_token_id") is not None:
-        gen["eos_token_id"] = config["eos_token_id"]
+    stops = end_of_generation_ids(meta)
+    if stops:
+        gen["eos_token_id"] = stops if len(stops) > 1 else stops[0]
     if config.get("pad_token_id") is not None:
         gen["pad_token_id"] = config["pad_token_id"]
     dump("generation_config.json", gen)
