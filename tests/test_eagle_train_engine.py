@@ -280,6 +280,21 @@ def test_bad_aux_layers_are_refused_before_any_response_is_generated(target, tmp
     assert not (out / "data.pt").exists() and not (out / "features.pt").exists()
 
 
+def _stop_a_data_run_after(n, path, out, prompts, run, monkeypatch):
+    """A --prepare-only run into `out` stopped (KeyboardInterrupt) once its journal holds n responses."""
+    real_append = T.S.ResponseJournal.append
+
+    def append_then_stop(journal, seq):
+        if len(journal.done) == n:
+            raise KeyboardInterrupt
+        real_append(journal, seq)
+
+    monkeypatch.setattr(T.S.ResponseJournal, "append", append_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        T.train_draft(path, out, steps=0, prompts=prompts, prepare_only=True, **run)
+    monkeypatch.setattr(T.S.ResponseJournal, "append", real_append)
+
+
 @pytest.mark.parametrize("backend", ["engine", "transformers"])
 def test_a_stopped_data_run_resumes_from_its_response_journal(target, tmp_path, monkeypatch, backend):
     """Each response is journaled (OUT/responses.jsonl) as the target finishes it: a run stopped
@@ -291,17 +306,8 @@ def test_a_stopped_data_run_resumes_from_its_response_journal(target, tmp_path, 
     ref = torch.load(tmp_path / "ref" / "data.pt", weights_only=False)
     assert not (tmp_path / "ref" / T.S.ResponseJournal.NAME).exists()
 
-    out, real_append = tmp_path / "head", T.S.ResponseJournal.append
-
-    def append_then_stop(journal, seq):
-        if len(journal.done) == 3:
-            raise KeyboardInterrupt
-        real_append(journal, seq)
-
-    monkeypatch.setattr(T.S.ResponseJournal, "append", append_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        T.train_draft(path, out, steps=0, prompts=prompts[:8], prepare_only=True, **run)
-    monkeypatch.setattr(T.S.ResponseJournal, "append", real_append)
+    out = tmp_path / "head"
+    _stop_a_data_run_after(3, path, out, prompts[:8], run, monkeypatch)
     journal = out / T.S.ResponseJournal.NAME
     assert not (out / "data.pt").exists() and len(journal.read_text().splitlines()) == 1 + 3
     with open(journal, "a") as f:
@@ -335,17 +341,8 @@ def test_a_data_time_limit_trains_on_the_responses_made_so_far(target, tmp_path,
     T.train_draft(path, tmp_path / "ref", steps=0, prompts=prompts[:8], prepare_only=True, **run)
     ref = torch.load(tmp_path / "ref" / "data.pt", weights_only=False)
 
-    out, real_append = tmp_path / "head", T.S.ResponseJournal.append
-
-    def append_then_stop(journal, seq):
-        if len(journal.done) == 5:
-            raise KeyboardInterrupt
-        real_append(journal, seq)
-
-    monkeypatch.setattr(T.S.ResponseJournal, "append", append_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        T.train_draft(path, out, steps=0, prompts=prompts[:8], prepare_only=True, **run)
-    monkeypatch.setattr(T.S.ResponseJournal, "append", real_append)
+    out = tmp_path / "head"
+    _stop_a_data_run_after(5, path, out, prompts[:8], run, monkeypatch)
     lines = (out / T.S.ResponseJournal.NAME).read_text().splitlines()[1:]
     made = [json.loads(x) for x in lines]
     trained_before = [s for s in ref["train"] if {"ids": s["ids"], "prompt_len": s["prompt_len"]} in made]
