@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import random
@@ -236,29 +237,29 @@ def _responses(out: Path, journal_settings: Dict, encoded: List[List[int]], mode
     `first` prompts (the held-out ones) are answered before the others and whatever the
     deadline (a time.monotonic() after which no more of the others are started)."""
     journal = S.ResponseJournal(out, journal_settings)
-    todo = [p for p in encoded if journal.get(p) is None]
+    held = [p for p in encoded[:first] if journal.get(p) is None]
+    rest = [p for p in encoded[first:] if journal.get(p) is None]
+    todo = held + rest
     if len(todo) < len(encoded):
         log(f"resuming: {len(encoded) - len(todo)} of {len(encoded)} responses were generated before "
             f"({journal.path})")
-    parts = [([p for p in encoded[:first] if journal.get(p) is None], None),
-             ([p for p in encoded[first:] if journal.get(p) is None], deadline)]
     try:
         if todo and data_backend == "engine":
             # + 1: the context's one spare token; + 1: the token recording generates past max_new_tokens
             llm = engine.get(max(len(p) for p in todo) + max_new_tokens + 2)
-            for part, until in parts:
-                if part:
-                    D.engine_responses(llm, part, max_new_tokens, D.eos_ids(model),
-                                       chunk=max(64, 4 * engine.max_num_seqs), progress=progress,
-                                       record=engine.record, on_sequence=journal.append, deadline=until)
-            if engine.record is not None:
-                made = sum(journal.get(p) is not None for p in todo)
-                log(f"recorded the target features of {made} sequences while generating")
-        elif todo:
-            for part, until in parts:
-                if part:
-                    D.generate_responses(model, part, max_new_tokens, gen_batch_size, device, progress,
-                                         on_sequence=journal.append, deadline=until)
+            generate = functools.partial(D.engine_responses, llm, max_new_tokens=max_new_tokens,
+                                         eos=D.eos_ids(model), chunk=max(64, 4 * engine.max_num_seqs),
+                                         progress=progress, record=engine.record, on_sequence=journal.append)
+        else:
+            generate = functools.partial(D.generate_responses, model, max_new_tokens=max_new_tokens,
+                                         batch_size=gen_batch_size, device=device, progress=progress,
+                                         on_sequence=journal.append)
+        for part, until in ((held, None), (rest, deadline)):
+            if part:
+                generate(part, deadline=until)
+        if todo and engine is not None and engine.record is not None:
+            made = sum(journal.get(p) is not None for p in todo)
+            log(f"recorded the target features of {made} sequences while generating")
     finally:  # also when stopped: what was made so far stays on disk
         journal.close()
         if engine is not None and engine.record is not None:
