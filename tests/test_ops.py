@@ -134,6 +134,10 @@ MATMUL_SHAPES = [  # (M, K, N)
     (1, 576, 130),
     (16, 160, 33),    # AMX: one full 16-token tile, a half superblock, a partial 16-row tile
     (33, 1024, 48),   # AMX: three 11-token tiles
+    (4, 64, 9),       # int4 tiles of 4, 7, 8 + 7 and 6 + 6 + 5 tokens
+    (7, 128, 12),
+    (15, 64, 33),
+    (17, 192, 8),
 ]
 ODD_K_SHAPES = [(3, 36, 5), (17, 4, 64), (2, 100, 130), (64, 12, 7)]  # K % 8 != 0
 
@@ -205,6 +209,21 @@ def test_quantized_falls_back_to_bf16_when_k_not_multiple_of_32(kernel_set, K, d
     ref = x.astype(np.float64) @ round_bf16(w).T
     scale = np.abs(x.astype(np.float64)) @ np.abs(round_bf16(w)).T
     assert (np.abs(ops.matmul(x, pw) - ref) <= 1e-5 * scale).all()
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_int4_largest_block_sums_are_exact(kernel_set, sign):
+    # Every weight q = 15 and every activation q = +-127: the largest integer sums the kernels
+    # accumulate (16 products per 16-bit lane on AVX2: 16 x 15 x 127 = 30480).
+    w = np.ones((8, 256), np.float32)
+    w[:, ::32] = 0.0  # each block's minimum is 0 and its scale 1/15, so q = 15 elsewhere
+    pw = ops.PackedWeight(w, "int4")
+    x = np.full((9, 256), sign, np.float32)
+    y = ops.matmul(x, pw).astype(np.float64)
+    xq, sx = quantize_q8_parts(x)
+    ref = (xq * np.repeat(sx, 32, axis=1)) @ quantize_q4(w).T
+    np.testing.assert_allclose(y, ref, rtol=1e-5)
+    np.testing.assert_allclose(y, sign * 248.0, rtol=1e-3)  # 8 blocks x 31 ones (f16 scale 1/15)
 
 
 def test_int8_quantization_matches_reference_rounding():

@@ -43,15 +43,13 @@ struct Kernels {
     });
   }
 
-  // Runs f(std::integral_constant<int, C>) for C = cols in 1..4.
-  template <class F>
+  // Runs f(std::integral_constant<int, C>) for C = cols in 1..kMax.
+  template <int kMax = 4, class F>
   static void with_cols(int cols, F&& f) {
-    switch (cols) {
-      case 4: f(std::integral_constant<int, 4>()); break;
-      case 3: f(std::integral_constant<int, 3>()); break;
-      case 2: f(std::integral_constant<int, 2>()); break;
-      default: f(std::integral_constant<int, 1>()); break;
+    if constexpr (kMax > 1) {
+      if (cols < kMax) return with_cols<kMax - 1>(cols, f);
     }
+    f(std::integral_constant<int, kMax>());
   }
 
   // Stores a 4 x C tile of sums (rows past the matrix end are padding and dropped).
@@ -97,23 +95,30 @@ struct Kernels {
     store_tile<C>(acc, W, g, m, Y, ldy, bias);
   }
 
-  // Independent integer accumulators per token in the quantized tiles: one dependency chain of
-  // 8 dot-product steps per superblock would leave a narrow tile waiting on latency.
-  template <int C>
-  static constexpr int kChainsFor = C <= 2 ? 2 : 1;
-
   // int8 weights x int8-quantized activations (GGUF Q8_0 x Q8_0): per superblock of 64
   // columns, 8 integer steps give the 8 (row, block) lanes their whole block dot products, then
   // one convert and one fused multiply-add apply the weight x activation block scales.
   struct Q8Format {
     static constexpr int kBytes = kQ8SuperBytes;
-    template <int C, int kChains>
+    static constexpr int kTokens = 4;  // a tile's accumulators and weight steps fill the registers
+    template <int C>
     static void dots(const uint8_t* sb, const int8_t* const (&xs)[C], const int32_t* const (&offsets)[C],
-                     typename VT::VI (&d)[kChains][C]) {
-      for (int c = 0; c < C; ++c) d[0][c] = VT::q8_init(offsets[c]);
+                     typename VT::VI (&d)[C]) {
+      // Independent accumulators for narrow tiles: one dependency chain of 8 dot-product steps
+      // would leave them waiting on latency.
+      constexpr int kChains = C <= 2 ? 2 : 1;
+      typename VT::VI chain[kChains][C];
+      for (int c = 0; c < C; ++c) {
+        chain[0][c] = VT::q8_init(offsets[c]);
+        for (int h = 1; h < kChains; ++h) chain[h][c] = VT::vi_zero();
+      }
       for (int s = 0; s < kQ8Steps; ++s) {
         const typename VT::Q8W w = VT::q8_load_step(sb + s * kQ8StepBytes);
-        for (int c = 0; c < C; ++c) d[s % kChains][c] = VT::q8_step(d[s % kChains][c], w, xs[c] + s * 8);
+        for (int c = 0; c < C; ++c) chain[s % kChains][c] = VT::q8_step(chain[s % kChains][c], w, xs[c] + s * 8);
+      }
+      for (int c = 0; c < C; ++c) {
+        d[c] = chain[0][c];
+        for (int h = 1; h < kChains; ++h) d[c] = VT::vi_add(d[c], chain[h][c]);
       }
     }
     struct Scales {
@@ -128,21 +133,22 @@ struct Kernels {
     }
   };
 
-  // 4-bit weights x int8-quantized activations (GGUF Q4_1 x Q8_1): the same walk with unsigned
+  // 4-bit weights x int8-quantized activations (GGUF Q4_1 x Q8_1): the same lanes with unsigned
   // weights (low / high nibbles of one load are steps t and t + 4), then per lane
-  // scale x dot + min x (sum of the activations).
+  // scale x dot + min x (sum of the activations). A superblock's 8 steps are unpacked once into
+  // registers and serve every token of the tile, one token's 8 steps after another.
   struct Q4Format {
     static constexpr int kBytes = kQ4SuperBytes;
-    template <int C, int kChains>
+    static constexpr int kTokens = 8;  // unpacking is paid once per superblock for all of them
+    template <int C>
     static void dots(const uint8_t* sb, const int8_t* const (&xs)[C], const int32_t* const (&)[C],
-                     typename VT::VI (&d)[kChains][C]) {
-      for (int t = 0; t < kQ4Loads; ++t) {
-        typename VT::U8W lo, hi;
-        VT::q4_unpack(sb + t * kQ8StepBytes, &lo, &hi);
-        for (int c = 0; c < C; ++c) {
-          d[0][c] = VT::u8_step(d[0][c], lo, xs[c] + t * 8);
-          d[kChains - 1][c] = VT::u8_step(d[kChains - 1][c], hi, xs[c] + (t + kQ4Loads) * 8);
-        }
+                     typename VT::VI (&d)[C]) {
+      typename VT::U8W w[kQ8Steps];
+      for (int t = 0; t < kQ4Loads; ++t) VT::q4_unpack(sb + t * kQ8StepBytes, &w[t], &w[t + kQ4Loads]);
+      for (int c = 0; c < C; ++c) {
+        typename VT::VI sums = VT::vi_zero();
+        for (int s = 0; s < kQ8Steps; ++s) sums = VT::u8_step(sums, w[s], xs[c] + s * 8);
+        d[c] = VT::u8_lanes(sums);  // 8 steps at most: see u8_step
       }
     }
     struct Scales {
@@ -162,7 +168,6 @@ struct Kernels {
   template <class Format, int C>
   static void tile_quantized(const Matrix& W, int64_t g, const QuantizedRows& x, int64_t m, float* Y,
                              int64_t ldy, const float* bias) {
-    constexpr int kChains = kChainsFor<C>;
     const int64_t P = W.superblocks();
     const uint8_t* gp = W.group(g * kPackRows);
     V acc[C];
@@ -171,18 +176,16 @@ struct Kernels {
       const uint8_t* sb = gp + p * Format::kBytes;
       const int8_t* xs[C];
       const int32_t* offsets[C];
-      typename VT::VI dots[kChains][C];
       for (int c = 0; c < C; ++c) {
         xs[c] = x.q + ((m + c) * P + p) * kQ8Super;
         offsets[c] = x.lane_offset + ((m + c) * P + p) * 2;
-        for (int h = 0; h < kChains; ++h) dots[h][c] = VT::vi_zero();
       }
-      Format::template dots<C, kChains>(sb, xs, offsets, dots);
+      typename VT::VI dots[C];
+      Format::template dots<C>(sb, xs, offsets, dots);
       const typename Format::Scales w = Format::scales(sb);  // once per superblock, all tokens
       for (int c = 0; c < C; ++c) {
-        for (int h = 1; h < kChains; ++h) dots[0][c] = VT::vi_add(dots[0][c], dots[h][c]);
         const int64_t xi = ((m + c) * P + p) * 2;
-        acc[c] = Format::apply(w, VT::q8_float(dots[0][c]), x.scale + xi, x.block_sum + xi, acc[c]);
+        acc[c] = Format::apply(w, VT::q8_float(dots[c]), x.scale + xi, x.block_sum + xi, acc[c]);
       }
     }
     store_lanes<C>(acc, W, g, m, Y, ldy, bias);
@@ -276,15 +279,19 @@ struct Kernels {
       case DType::kQ8:
       case DType::kQ4: {
         const QuantizedRows x = quantize_rows_q8(X, M, W.cols, ldx);
-        for_each_tile<4>(W.rows, M, [&](int64_t g, int64_t m, int cols) {
-          with_cols(cols, [&](auto c) {
-            if (W.dtype == DType::kQ8) tile_quantized<Q8Format, decltype(c)::value>(W, g, x, m, Y, ldy, bias);
-            else tile_quantized<Q4Format, decltype(c)::value>(W, g, x, m, Y, ldy, bias);
-          });
-        });
+        if (W.dtype == DType::kQ8) matmul_quantized<Q8Format>(W, x, M, Y, ldy, bias);
+        else matmul_quantized<Q4Format>(W, x, M, Y, ldy, bias);
         break;
       }
     }
+  }
+
+  template <class Format>
+  static void matmul_quantized(const Matrix& W, const QuantizedRows& x, int64_t M, float* Y, int64_t ldy,
+                               const float* bias) {
+    for_each_tile<Format::kTokens>(W.rows, M, [&](int64_t g, int64_t m, int cols) {
+      with_cols<Format::kTokens>(cols, [&](auto c) { tile_quantized<Format, decltype(c)::value>(W, g, x, m, Y, ldy, bias); });
+    });
   }
 
   // ---- small vector helpers -----------------------------------------------------------------

@@ -78,8 +78,10 @@ struct VecAvx2 {
   static V q8_float(VI a) { return _mm256_cvtepi32_ps(a); }
 
   // 4-bit steps (Matrix's kQ4 layout): the low and high nibbles of 32 stored bytes are two
-  // steps of unsigned weights in 0..15; u8_step multiplies one with 4 activations per lane
-  // (a pair of products never exceeds 2 x 15 x 128, so maddubs cannot saturate).
+  // steps of unsigned weights in 0..15; u8_step multiplies one with 4 activations per lane.
+  // A pair of products never exceeds 2 x 15 x 127 = 3810, so maddubs cannot saturate, and the
+  // pairs of up to 8 steps (16 products, <= 30480) add exactly in 16 bits: one multiply per
+  // step, where widening every step to 32 bits took two. u8_lanes widens a superblock's sums.
   using U8W = __m256i;
   static void q4_unpack(const uint8_t* p, U8W* lo, U8W* hi) {
     const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
@@ -90,9 +92,9 @@ struct VecAvx2 {
   static VI u8_step(VI acc, U8W w, const int8_t* x8) {
     int64_t bits;
     __builtin_memcpy(&bits, x8, 8);
-    const __m256i pairs = _mm256_maddubs_epi16(w, _mm256_set1_epi64x(bits));
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+    return _mm256_add_epi16(acc, _mm256_maddubs_epi16(w, _mm256_set1_epi64x(bits)));
   }
+  static VI u8_lanes(VI acc16) { return _mm256_madd_epi16(acc16, _mm256_set1_epi16(1)); }
 
   // Quantizes 32 activations (Q8_0) exactly like quantize_q8_block; returns the scale and the
   // sum of q.

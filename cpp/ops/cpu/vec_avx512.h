@@ -24,6 +24,7 @@ struct VecAvx512 : VecAvx2 {
     __builtin_memcpy(&bits, x8, 8);
     return _mm256_dpbusd_epi32(acc, w, _mm256_set1_epi64x(bits));
   }
+  static VI u8_lanes(VI acc) { return acc; }  // vpdpbusd accumulates in 32 bits already
 };
 
 }  // namespace sd::cpu

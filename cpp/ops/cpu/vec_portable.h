@@ -96,6 +96,7 @@ struct VecPortable {
       for (int e = 0; e < 4; ++e) acc.x[l] += w.b[4 * l + e] * static_cast<int32_t>(x8[(l % 2) * 4 + e]);
     return acc;
   }
+  static VI u8_lanes(VI acc) { return acc; }  // already 32-bit lanes
   // Quantizes 32 activations (Q8_0); returns the scale and the sum of q.
   static float q8_quantize(const float* x, int8_t* q, int32_t* sum) {
     const float scale = quantize_q8_block(x, q);
