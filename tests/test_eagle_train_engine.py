@@ -377,6 +377,17 @@ def test_a_journal_made_with_other_settings_is_dropped(tmp_path):
     assert len((tmp_path / T.S.ResponseJournal.NAME).read_text().splitlines()) == 1
 
 
+def test_responses_made_with_other_end_tokens_are_not_resumed_from():
+    from types import SimpleNamespace as NS
+
+    def settings(generation_eos):
+        model = NS(config=NS(eos_token_id=2), generation_config=NS(eos_token_id=generation_eos))
+        return T._journal_settings("target", "engine", 12, model)
+
+    assert settings([2, 0])["eos"] == [0, 2]
+    assert settings(2) != settings([2, 0])  # so ResponseJournal drops the other's responses
+
+
 def _tables_equal(path):
     from specdec_native.eagle.target import load_target
     full, _ = load_target(path)

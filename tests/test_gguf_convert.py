@@ -569,6 +569,31 @@ def test_a_cached_conversion_is_redone_when_the_converter_changes(tiny_qwen2, tm
     monkeypatch.setattr(ckpt, "GGUF_CONVERSION_VERSION", ckpt.GGUF_CONVERSION_VERSION + 1)
     again = ckpt.resolve(tiny_qwen2[1], progress=False)
     assert again != first and (again / ".complete").exists()
+    assert not first.exists()  # the stale conversion is deleted
+
+
+def test_a_new_conversion_deletes_only_stale_conversions_of_its_own_file(tiny_qwen2, tmp_path, monkeypatch):
+    import shutil
+
+    from specdec_native import checkpoint as ckpt
+
+    monkeypatch.setenv("SPECDEC_CACHE", str(tmp_path / "cache"))
+    other_dir = tmp_path / "elsewhere"
+    other_dir.mkdir()
+    other = other_dir / Path(tiny_qwen2[1]).name  # the same file name in another directory
+    shutil.copy(tiny_qwen2[1], other)
+    mine = ckpt.resolve(tiny_qwen2[1], progress=False)
+    theirs = ckpt.resolve(str(other), progress=False)
+    as_bf16 = ckpt.resolve(tiny_qwen2[1], gguf_dtype="bfloat16", progress=False)
+    unknown = mine.with_name(mine.name[:-16] + "0" * 16)  # a conversion that does not name its source
+    shutil.copytree(mine, unknown)
+    (unknown / ".complete").write_text("ok")
+    assert len({mine, theirs, as_bf16, unknown}) == 4
+    monkeypatch.setattr(ckpt, "GGUF_CONVERSION_VERSION", ckpt.GGUF_CONVERSION_VERSION + 1)
+    again = ckpt.resolve(tiny_qwen2[1], progress=False)
+    assert again.exists() and not mine.exists()
+    assert theirs.exists() and as_bf16.exists() and unknown.exists()
+    assert ckpt.resolve(str(other), progress=False) != theirs and not theirs.exists()
 
 
 def test_tiny_qwen2_tokenizer(tiny_qwen2):

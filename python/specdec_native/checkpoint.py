@@ -60,21 +60,44 @@ def resolve(model: str, gguf_dtype: str = "float32", progress: bool = True) -> P
     if path.suffix.lower() != ".gguf":
         raise ValueError(f"{path}: expected a checkpoint directory or a .gguf file")
     st = path.stat()
-    key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{gguf_dtype}:{GGUF_CONVERSION_VERSION}"
+    source = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+              "dtype": gguf_dtype, "version": GGUF_CONVERSION_VERSION}
+    key = ":".join(str(source[k]) for k in ("path", "size", "mtime_ns", "dtype", "version"))
     key = hashlib.sha256(key.encode()).hexdigest()[:16]
     out = default_cache_dir() / "converted" / f"{path.stem}-{key}"
     if not (out / ".complete").exists():
+        import shutil
+
         from .gguf_convert import convert_gguf
 
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
         convert_gguf(str(path), str(tmp), dtype=gguf_dtype, progress=progress)
-        (tmp / ".complete").write_text("ok")
+        (tmp / ".complete").write_text(json.dumps(source))
         if out.exists():
-            import shutil
-
             shutil.rmtree(out)
         os.replace(tmp, out)
+        _remove_stale_conversions(out, source)
     return out
+
+
+def _remove_stale_conversions(out: Path, source: dict) -> None:
+    """Deletes the cache's earlier conversions of the same file to the same dtype (made before
+    the file or GGUF_CONVERSION_VERSION changed): no key can reach them again, and one of a 1.5B
+    model is ~7 GB. Conversions whose `.complete` does not name their source (written before
+    it did) are left alone."""
+    import shutil
+
+    prefix = out.name[: out.name.rindex("-") + 1]
+    for other in out.parent.iterdir():
+        if other == out or not other.name.startswith(prefix) or ".tmp" in other.name:
+            continue
+        try:
+            made_from = json.loads((other / ".complete").read_text())
+        except (OSError, ValueError):
+            continue
+        if (isinstance(made_from, dict) and made_from.get("path") == source["path"]
+                and made_from.get("dtype") == source["dtype"]):
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def _shards(path: Path) -> List[str]:

@@ -271,8 +271,10 @@ def _responses(out: Path, journal_settings: Dict, encoded: List[List[int]], mode
     return [s for s in answered if s is not None]
 
 
-def _journal_settings(target: str, backend: str, max_new_tokens: int) -> Dict:
-    return {"target": target, "backend": backend, "max_new_tokens": max_new_tokens}
+def _journal_settings(target: str, backend: str, max_new_tokens: int, model) -> Dict:
+    """What a response depends on besides its prompt: a journal made with other settings (another
+    target, backend, length or end-of-generation tokens) is not resumed from."""
+    return {"target": target, "backend": backend, "max_new_tokens": max_new_tokens, "eos": D.eos_ids(model)}
 
 
 def _with_vocab(data: Dict, vocab: int, draft_vocab_size: int) -> float:
@@ -304,7 +306,7 @@ def _extend_data(out: Path, data: Dict, model, tokenizer, source: PromptSource, 
     if not fresh:
         raise ValueError(f"no prompts beyond the {len(have)} that {out / 'data.pt'} already holds")
     t0 = time.time()
-    settings = _journal_settings(data["target"], data.get("data_backend", "transformers"), max_new_tokens)
+    settings = _journal_settings(data["target"], data.get("data_backend", "transformers"), max_new_tokens, model)
     seqs = _responses(out, settings, fresh, model, max_new_tokens, gen_batch_size, device, progress,
                       data_backend, engine, log, deadline)
     data["train"] = data["train"] + seqs
@@ -349,7 +351,7 @@ def _prepare_data(out: Path, target: str, model, tokenizer, source: PromptSource
         raise ValueError(f"need more than {eval_prompts} usable prompts (<= {max_prompt_tokens} tokens), "
                          f"got {len(encoded)}")
     t0 = time.time()
-    seqs = _responses(out, _journal_settings(target, backend, max_new_tokens), encoded, model, max_new_tokens,
+    seqs = _responses(out, _journal_settings(target, backend, max_new_tokens, model), encoded, model, max_new_tokens,
                       gen_batch_size, device, progress, data_backend, engine, log, deadline, first=eval_prompts)
     heldout, train = seqs[:eval_prompts], seqs[eval_prompts:]
     if not train:
