@@ -145,10 +145,13 @@ struct Kernels {
                      typename VT::VI (&d)[C]) {
       typename VT::U8W w[kQ8Steps];
       for (int t = 0; t < kQ4Loads; ++t) VT::q4_unpack(sb + t * kQ8StepBytes, &w[t], &w[t + kQ4Loads]);
+      constexpr int kChains = C <= 2 ? 2 : 1;  // a narrow tile's latency, as in Q8Format
       for (int c = 0; c < C; ++c) {
-        typename VT::VI sums = VT::vi_zero();
-        for (int s = 0; s < kQ8Steps; ++s) sums = VT::u8_step(sums, w[s], xs[c] + s * 8);
-        d[c] = VT::u8_lanes(sums);  // 8 steps at most: see u8_step
+        typename VT::VI sums[kChains];
+        for (auto& chain : sums) chain = VT::vi_zero();
+        for (int s = 0; s < kQ8Steps; ++s) sums[s % kChains] = VT::u8_step(sums[s % kChains], w[s], xs[c] + s * 8);
+        d[c] = VT::u8_lanes(sums[0]);  // 8 steps at most: see u8_step
+        for (int h = 1; h < kChains; ++h) d[c] = VT::vi_add(d[c], VT::u8_lanes(sums[h]));
       }
     }
     struct Scales {
