@@ -18,9 +18,9 @@ struct Kernels {
   using V = typename VT::V;
 
   // ---- matmul ------------------------------------------------------------------------------
-  // The output is computed in tiles of one row group (4 weight rows) x up to 3 tokens, so one
-  // weight load serves three tokens; groups are split over threads, tokens blocked by 48 so a
-  // group's weights are reused from cache.
+  // The output is computed in tiles of one row group (4 weight rows) x a few tokens (3 for float
+  // weights, Format::kTokens for quantized ones), so one weight load serves them all; groups are
+  // split over threads, tokens blocked by 48 so a group's weights are reused from cache.
 
   // Calls tile(g, m, cols) for every (row group g, token tile m .. m + cols <= kTokens) of an
   // N x M output.
