@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -66,8 +67,6 @@ def resolve(model: str, gguf_dtype: str = "float32", progress: bool = True) -> P
     key = hashlib.sha256(key.encode()).hexdigest()[:16]
     out = default_cache_dir() / "converted" / f"{path.stem}-{key}"
     if not (out / ".complete").exists():
-        import shutil
-
         from .gguf_convert import convert_gguf
 
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
@@ -85,8 +84,6 @@ def _remove_stale_conversions(out: Path, source: dict) -> None:
     the file or GGUF_CONVERSION_VERSION changed): no key can reach them again, and one of a 1.5B
     model is ~7 GB. Conversions whose `.complete` does not name their source (written before
     it did) are left alone."""
-    import shutil
-
     prefix = out.name[: out.name.rindex("-") + 1]
     for other in out.parent.iterdir():
         if other == out or not other.name.startswith(prefix) or ".tmp" in other.name:

@@ -95,6 +95,11 @@ struct Kernels {
     store_tile<C>(acc, W, g, m, Y, ldy, bias);
   }
 
+  // Independent integer accumulators per token in the quantized tiles of 1-2 tokens: one
+  // dependency chain of 8 dot-product steps per superblock would leave them waiting on latency.
+  template <int C>
+  static constexpr int kChainsFor = C <= 2 ? 2 : 1;
+
   // int8 weights x int8-quantized activations (GGUF Q8_0 x Q8_0): per superblock of 64
   // columns, 8 integer steps give the 8 (row, block) lanes their whole block dot products, then
   // one convert and one fused multiply-add apply the weight x activation block scales.
@@ -104,9 +109,7 @@ struct Kernels {
     template <int C>
     static void dots(const uint8_t* sb, const int8_t* const (&xs)[C], const int32_t* const (&offsets)[C],
                      typename VT::VI (&d)[C]) {
-      // Independent accumulators for narrow tiles: one dependency chain of 8 dot-product steps
-      // would leave them waiting on latency.
-      constexpr int kChains = C <= 2 ? 2 : 1;
+      constexpr int kChains = kChainsFor<C>;
       typename VT::VI chain[kChains][C];
       for (int c = 0; c < C; ++c) {
         chain[0][c] = VT::q8_init(offsets[c]);
@@ -145,7 +148,7 @@ struct Kernels {
                      typename VT::VI (&d)[C]) {
       typename VT::U8W w[kQ8Steps];
       for (int t = 0; t < kQ4Loads; ++t) VT::q4_unpack(sb + t * kQ8StepBytes, &w[t], &w[t + kQ4Loads]);
-      constexpr int kChains = C <= 2 ? 2 : 1;  // a narrow tile's latency, as in Q8Format
+      constexpr int kChains = kChainsFor<C>;
       for (int c = 0; c < C; ++c) {
         typename VT::VI sums[kChains];
         for (auto& chain : sums) chain = VT::vi_zero();
