@@ -255,6 +255,40 @@ def test_int4_quantization_matches_reference_rounding(kernel_set):
     np.testing.assert_allclose(deq, quantize_q4(w), rtol=1e-6, atol=0)
 
 
+def edge_value_blocks():
+    """Blocks on the quantizers' special paths: signed-zero ties at the minimum or maximum,
+    all-zero blocks of both signs, subnormals, one huge value, constant blocks."""
+    rng = np.random.default_rng(5)
+    rows = [np.where(rng.random(32) < 0.5, -0.0, 0.0),  # only zeros, mixed signs
+            np.concatenate([[0.0, -0.0], rng.uniform(0.1, 2.0, 30)]),  # minimum a +0 / -0 tie
+            np.concatenate([[-0.0, 0.0], -rng.uniform(0.1, 2.0, 30)]),  # maximum a tie
+            rng.standard_normal(32) * 1e-41,  # subnormals
+            np.concatenate([[1e30], rng.standard_normal(31)]),
+            np.full(32, -2.25),
+            rng.standard_normal(32)]
+    return np.stack(rows).astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", QUANTIZED)
+def test_quantizers_match_reference_on_edge_values(dtype):
+    # int8 leaves out the subnormals (their scale's inverse overflows: they quantize to 0) and
+    # int4 the 1e30 block (its range overflows the f16 scale).
+    w = edge_value_blocks()[[0, 1, 2, 4, 5, 6] if dtype == "int8" else [0, 1, 2, 3, 5, 6]]
+    deq = ops.matmul(np.eye(32, dtype=np.float32), ops.PackedWeight(w, dtype)).T.astype(np.float64)
+    np.testing.assert_allclose(deq, reference_weight(w, dtype), rtol=1e-6, atol=1e-45)
+
+
+@pytest.mark.parametrize("dtype", QUANTIZED)
+def test_non_finite_weights_pack_without_crashing(dtype):
+    # NaN and inf weights have no meaningful quantization (the products they enter are not
+    # finite), but packing them must not crash, and the rows without them stay exact.
+    w = np.random.default_rng(2).standard_normal((8, 64)).astype(np.float32)
+    w[0, 3], w[1, 7], w[2, 40] = np.nan, np.inf, -np.inf
+    with np.errstate(invalid="ignore"):
+        deq = ops.matmul(np.eye(64, dtype=np.float32), ops.PackedWeight(w, dtype)).T.astype(np.float64)
+    np.testing.assert_allclose(deq[3:], reference_weight(w[3:], dtype), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_int4_error_is_within_half_a_step(seed):
     rng = np.random.default_rng(seed)

@@ -18,11 +18,12 @@ void read_f32_row(const TensorView& t, int64_t row, int64_t cols, float* dst) {
   if (t.dtype == "F32") {
     std::memcpy(dst, t.data + off * 4, static_cast<size_t>(cols) * 4);
   } else {
-    const uint16_t* src = reinterpret_cast<const uint16_t*>(t.data) + off;
+    const uint8_t* src = t.data + off * 2;
+    const bool bf16 = t.dtype == "BF16";
     uint16_t h;
     for (int64_t i = 0; i < cols; ++i) {
-      std::memcpy(&h, src + i, 2);
-      dst[i] = t.dtype == "BF16" ? bf16_to_f32(h) : f16_to_f32(h);
+      std::memcpy(&h, src + 2 * i, 2);
+      dst[i] = bf16 ? bf16_to_f32(h) : f16_to_f32(h);
     }
   }
 }
@@ -37,15 +38,48 @@ void write_values(const float* src, int64_t n, DType target, uint8_t* dst) {
     case DType::kF32:
       std::memcpy(dst, src, static_cast<size_t>(n) * 4);
       break;
-    case DType::kBF16:
+    case DType::kBF16: {
+      uint16_t* d = reinterpret_cast<uint16_t*>(dst);
+      for (int64_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
+      break;
+    }
     case DType::kF16: {
       uint16_t* d = reinterpret_cast<uint16_t*>(dst);
-      for (int64_t i = 0; i < n; ++i) d[i] = target == DType::kBF16 ? f32_to_bf16(src[i]) : f32_to_f16(src[i]);
+      for (int64_t i = 0; i < n; ++i) d[i] = f32_to_f16(src[i]);
       break;
     }
     case DType::kQ8:  // packed block by block in from_tensors
     case DType::kQ4:
       break;
+  }
+}
+
+// Quantizes one row, 32 columns at a time, into its group's superblocks (Matrix's kQ8 / kQ4
+// layout: the row's two blocks of a superblock are lanes q8_lane(r, 0) and q8_lane(r, 32)).
+void pack_quantized_row(const float* row, int64_t cols, int64_t r, DType target, uint8_t* group) {
+  for (int64_t col = 0; col < cols; col += kQ8Block) {
+    const int64_t lane = Matrix::q8_lane(r, col), lane_bytes = lane * 4;
+    if (target == DType::kQ8) {
+      uint8_t* sb = group + (col / kQ8Super) * kQ8SuperBytes;
+      int8_t q[kQ8Block];
+      const float scale = quantize_q8_block(row + col, q);
+      std::memcpy(sb + kQ8Steps * kQ8StepBytes + lane * 4, &scale, 4);
+      for (int step = 0; step < kQ8Steps; ++step)
+        for (int j = 0; j < 4; ++j)
+          sb[step * kQ8StepBytes + lane_bytes + j] = static_cast<uint8_t>(q[4 * step + j]) ^ 0x80;
+    } else {
+      uint8_t* sb = group + (col / kQ8Super) * kQ4SuperBytes;
+      uint8_t q[kQ8Block];
+      uint16_t scale, min;
+      quantize_q4_block(row + col, q, &scale, &min);
+      const int64_t scale_at = kQ4ScaleOffset + lane * 2;
+      std::memcpy(sb + scale_at, &scale, 2);
+      std::memcpy(sb + scale_at + Matrix::kQ4MinOffset, &min, 2);
+      for (int load = 0; load < kQ4Loads; ++load)  // step `load` low, step load + 4 high
+        for (int j = 0; j < 4; ++j)
+          sb[load * kQ8StepBytes + lane_bytes + j] =
+              static_cast<uint8_t>(q[4 * load + j] | q[4 * (load + kQ4Loads) + j] << 4);
+    }
   }
 }
 
@@ -96,27 +130,12 @@ Status OwnedMatrix::from_tensors(const std::vector<const TensorView*>& parts, in
           continue;
         }
         uint8_t* group = const_cast<uint8_t*>(m.group(r));
-        for (int64_t blk = 0; blk < cols / kPackCols; ++blk) {
-          const float* src = buf.data() + blk * kPackCols;
-          const int64_t col = blk * kPackCols;
-          if (target == DType::kQ8) {
-            int8_t q[kQ8Block];
-            const float scale = quantize_q8_block(src, q);
-            std::memcpy(group + Matrix::q8_scale_offset(r, col), &scale, 4);
-            for (int i = 0; i < kQ8Block; ++i)
-              group[Matrix::q8_offset(r, col + i)] = static_cast<uint8_t>(q[i]) ^ 0x80;
-          } else if (target == DType::kQ4) {
-            uint8_t q[kQ8Block];
-            uint16_t scale, min;
-            quantize_q4_block(src, q, &scale, &min);
-            std::memcpy(group + Matrix::q4_scale_offset(r, col), &scale, 2);
-            std::memcpy(group + Matrix::q4_scale_offset(r, col) + Matrix::kQ4MinOffset, &min, 2);
-            for (int i = 0; i < kQ8Block; ++i)
-              group[Matrix::q4_offset(r, col + i)] |= static_cast<uint8_t>(q[i] << Matrix::q4_shift(col + i));
-          } else {
-            write_values(src, kPackCols, target, group + m.float_offset(r, col));
-          }
+        if (m.quantized()) {
+          pack_quantized_row(buf.data(), cols, r, target, group);
+          continue;
         }
+        for (int64_t col = 0; col < cols; col += kPackCols)
+          write_values(buf.data() + col, kPackCols, target, group + m.float_offset(r, col));
       }
     });
     row0 += p->shape[0];
