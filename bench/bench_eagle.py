@@ -30,14 +30,6 @@ import fetch_models  # noqa: E402
 from bench_spec import PROMPTS, prompt_ids, run_llamacpp  # noqa: E402
 
 
-def target_path(name: str) -> str:
-    if name == "smollm2":
-        return fetch_models.smollm2_gguf()
-    if name in ("qwen1.5b", "qwen0.5b"):
-        return fetch_models.qwen_coder_gguf(name[4:])
-    return name
-
-
 def load_prompts(head: Path, which: str, llm):
     if which == "heldout":
         import torch
@@ -108,7 +100,7 @@ def main() -> int:
     ap.add_argument("--peers", default="llamacpp")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "eagle.json"))
     args = ap.parse_args()
-    target = target_path(args.target)
+    target = fetch_models.model_or_path(args.target)
     common = dict(dtype=args.dtype, num_threads=args.threads, progress=False, enable_prefix_caching=False)
     chains = [int(k) for k in str(args.k).split(",")]
     k = chains[0]

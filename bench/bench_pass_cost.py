@@ -18,31 +18,18 @@ import argparse
 import gc
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fetch_models  # noqa: E402
+from bench_spec import timeit  # noqa: E402
 
 PROMPT = "def quicksort(arr):\n    \"\"\"Sort a list of integers with quicksort and return a new list.\"\"\"\n" * 4
 
 
-def target_path(name: str) -> str:
-    if name == "smollm2":
-        return fetch_models.smollm2_gguf()
-    if name in ("qwen1.5b", "qwen0.5b"):
-        return fetch_models.qwen_coder_gguf(name[4:])
-    return name
-
-
-def best_seconds(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+def warm_timeit(fn, repeats: int) -> float:
+    fn()  # first call: allocations, page faults
+    return timeit(fn, repeats)
 
 
 def ours(gguf: str, ns, dtype: str, threads: int, repeats: int) -> dict:
@@ -52,7 +39,7 @@ def ours(gguf: str, ns, dtype: str, threads: int, repeats: int) -> dict:
     ids = llm.tokenizer.encode(PROMPT)
     if len(ids) < max(ns):
         raise ValueError(f"the bench prompt has {len(ids)} tokens, fewer than n = {max(ns)}")
-    out = {n: best_seconds(lambda: llm.prompt_logits(ids[:n]), repeats) for n in ns}
+    out = {n: warm_timeit(lambda: llm.prompt_logits(ids[:n]), repeats) for n in ns}
     del llm
     gc.collect()
     return out
@@ -69,7 +56,7 @@ def llamacpp(gguf: str, ns, threads: int, repeats: int) -> dict:
         llm.reset()  # empty KV cache: the same from-scratch pass as prompt_logits
         llm.eval(ids[:n])
 
-    out = {n: best_seconds(lambda: run(n), repeats) for n in ns}
+    out = {n: warm_timeit(lambda: run(n), repeats) for n in ns}
     del llm
     gc.collect()
     return out
@@ -86,7 +73,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "pass_cost.json"))
     args = ap.parse_args()
     ns = sorted({int(n) for n in args.n.split(",")} | {1})
-    gguf = target_path(args.target)
+    gguf = fetch_models.model_or_path(args.target)
 
     from specdec_native import ops
 

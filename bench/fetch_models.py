@@ -283,6 +283,11 @@ def fetch(name: str, cache: Optional[str] = None, jobs: int = _DEFAULT_JOBS) -> 
     raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
 
 
+def model_or_path(name: str) -> str:
+    """A bench's --target: a CLI model name (fetched) or a path, returned as it is."""
+    return fetch(name) if name in MODEL_NAMES else name
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", default=None,
