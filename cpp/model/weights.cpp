@@ -54,31 +54,30 @@ void write_values(const float* src, int64_t n, DType target, uint8_t* dst) {
   }
 }
 
-// Quantizes one row, 32 columns at a time, into its group's superblocks (Matrix's kQ8 / kQ4
-// layout: the row's two blocks of a superblock are lanes q8_lane(r, 0) and q8_lane(r, 32)).
+// Quantizes one row, 32 columns at a time, into its group (Matrix's kQ8 / kQ4 layout, whose
+// offsets place each step's 4 bytes; a kQ4 byte holds step s low and step s + kQ4Loads high).
 void pack_quantized_row(const float* row, int64_t cols, int64_t r, DType target, uint8_t* group) {
   for (int64_t col = 0; col < cols; col += kQ8Block) {
-    const int64_t lane = Matrix::q8_lane(r, col), lane_bytes = lane * 4;
     if (target == DType::kQ8) {
-      uint8_t* sb = group + (col / kQ8Super) * kQ8SuperBytes;
       int8_t q[kQ8Block];
       const float scale = quantize_q8_block(row + col, q);
-      std::memcpy(sb + kQ8Steps * kQ8StepBytes + lane * 4, &scale, 4);
-      for (int step = 0; step < kQ8Steps; ++step)
-        for (int j = 0; j < 4; ++j)
-          sb[step * kQ8StepBytes + lane_bytes + j] = static_cast<uint8_t>(q[4 * step + j]) ^ 0x80;
+      std::memcpy(group + Matrix::q8_scale_offset(r, col), &scale, 4);
+      for (int step = 0; step < kQ8Steps; ++step) {
+        uint8_t* dst = group + Matrix::q8_offset(r, col + 4 * step);
+        for (int j = 0; j < 4; ++j) dst[j] = static_cast<uint8_t>(q[4 * step + j]) ^ 0x80;
+      }
     } else {
-      uint8_t* sb = group + (col / kQ8Super) * kQ4SuperBytes;
       uint8_t q[kQ8Block];
       uint16_t scale, min;
       quantize_q4_block(row + col, q, &scale, &min);
-      const int64_t scale_at = kQ4ScaleOffset + lane * 2;
-      std::memcpy(sb + scale_at, &scale, 2);
-      std::memcpy(sb + scale_at + Matrix::kQ4MinOffset, &min, 2);
-      for (int load = 0; load < kQ4Loads; ++load)  // step `load` low, step load + 4 high
+      uint8_t* scales = group + Matrix::q4_scale_offset(r, col);
+      std::memcpy(scales, &scale, 2);
+      std::memcpy(scales + Matrix::kQ4MinOffset, &min, 2);
+      for (int step = 0; step < kQ4Loads; ++step) {
+        uint8_t* dst = group + Matrix::q4_offset(r, col + 4 * step);
         for (int j = 0; j < 4; ++j)
-          sb[load * kQ8StepBytes + lane_bytes + j] =
-              static_cast<uint8_t>(q[4 * load + j] | q[4 * (load + kQ4Loads) + j] << 4);
+          dst[j] = static_cast<uint8_t>(q[4 * step + j] | q[4 * (step + kQ4Loads) + j] << 4);
+      }
     }
   }
 }
