@@ -136,11 +136,14 @@ def test_features_recorded_while_generating_equal_the_separate_pass(target, llm,
         else:
             assert (got["argmax"][:P - 1] == -1).all()
     assert 0 < short < len(seqs)  # both kinds were checked
-    if not label_prompts:
-        feats = [recorded[tuple(s["ids"])] for s in seqs[:2]]
-        T.collate(seqs[:2], feats, "cpu")  # responses only: fine
-        with pytest.raises(ValueError, match="--train-on-prompt"):
-            T.collate(seqs[:2], feats, "cpu", train_on_prompt=True)
+    feats = [recorded[tuple(s["ids"])] for s in seqs[:2]]
+    responses_only = T.collate(seqs[:2], feats, "cpu")["mask"]
+    with_prompts = T.collate(seqs[:2], feats, "cpu", train_on_prompt=True)["mask"]
+    for r, s in enumerate(seqs[:2]):  # prompt rows are labels exactly where their greedy token is known
+        P = s["prompt_len"] - 1
+        assert (responses_only[r, :P] == 0).all() and responses_only[r, P] == 1
+        assert torch.equal(with_prompts[r, P:], responses_only[r, P:])
+        assert (with_prompts[r, :P] == (1 if label_prompts else 0)).all()
 
 
 RUN = dict(max_prompts=8, eval_prompts=2, max_new_tokens=12, ttt_steps=2, draft_vocab_size=128, batch_size=2,
@@ -159,6 +162,17 @@ def test_tiny_training_prepares_then_trains_a_loadable_head(target, tmp_path, ba
     assert m["steps"] == 4 and m["data_backend"] == label and m["heldout"]["anchors"] > 0
     head = load_head(out, target_embeddings=model.get_input_embeddings().weight, target_config=model.config)
     assert head.config.draft_vocab_size == 128 and int(head.t2d.sum()) == 128
+
+
+def test_train_on_prompt_needs_data_with_prompt_labels(target, tmp_path):
+    """Data prepared without --train-on-prompt has no greedy tokens on its prompt rows: training
+    on it with --train-on-prompt says so instead of silently learning from the responses only."""
+    path, _, prompts = target
+    out = tmp_path / "head"
+    T.train_draft(path, out, prompts=prompts, prepare_only=True, **RUN)
+    with pytest.raises(ValueError, match="--train-on-prompt needs the target's greedy tokens on prompt rows"):
+        T.train_draft(path, out, steps=1, train_on_prompt=True, **RUN)
+    assert not (out / "checkpoint.pt").exists()
 
 
 def test_a_cache_from_the_other_backend_is_refused(target, tmp_path):

@@ -109,7 +109,9 @@ def _shift_rows(x: torch.Tensor, n: int) -> torch.Tensor:
 
 def collate(seqs: Sequence[Dict], feats: Sequence[Dict], device, train_on_prompt: bool = False) -> Dict:
     """Right-padded batch. mask[b, j] = 1 where the target's distribution at position j is a
-    label: response positions (j >= prompt_len - 1), or all with train_on_prompt; none past the
+    label: response positions (j >= prompt_len - 1), and with train_on_prompt also the prompt
+    rows whose features carry the target's greedy token (argmax >= 0: data prepared with
+    --train-on-prompt; other data, merged in, labels its responses only); none past the
     sequence's features (one row short of it when they were recorded and it ends in EOS)."""
     B, T = len(seqs), max(len(s["ids"]) for s in seqs)
     H3, H = feats[0]["aux"].shape[-1], feats[0]["final"].shape[-1]
@@ -120,13 +122,17 @@ def collate(seqs: Sequence[Dict], feats: Sequence[Dict], device, train_on_prompt
         b["ids"][r, :n] = torch.tensor(s["ids"])
         nf = f["aux"].shape[0]  # features recorded while generating end one row short after an EOS
         b["aux"][r, :nf], b["final"][r, :nf], b["argmax"][r, :nf] = f["aux"], f["final"], f["argmax"]
-        start = 0 if train_on_prompt else max(s["prompt_len"] - 1, 0)
-        if (f["argmax"][start:] < 0).any():
-            raise ValueError("--train-on-prompt needs the target's greedy tokens on prompt rows, and these "
-                             "features were recorded without them: prepare the data again (a new --out) with "
-                             "--train-on-prompt")
+        start = max(s["prompt_len"] - 1, 0)
         b["mask"][r, start:nf] = 1.0
+        if train_on_prompt:
+            b["mask"][r, :min(start, nf)] = (f["argmax"][:min(start, nf)] >= 0).float()
     return {k: v.to(device) for k, v in b.items()}
+
+
+def _labels_prompt(seq: Dict, feats: Dict) -> bool:
+    """Whether the features hold the target's greedy tokens on the sequence's prompt rows."""
+    P = max(seq["prompt_len"] - 1, 0)
+    return P > 0 and bool((feats["argmax"][:P] >= 0).all())
 
 
 def ttt_loss(head: Eagle3Head, batch: Dict, steps: int, label_weight: torch.Tensor,
@@ -498,6 +504,10 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
 
     warmup = warmup_steps if warmup_steps is not None else max(1, min(50, steps // 20))
     n_train = len(data["train"])
+    if train_on_prompt and not any(_labels_prompt(s, f) for s, f in zip(data["train"], train_feats)):
+        raise ValueError("--train-on-prompt needs the target's greedy tokens on prompt rows, and these "
+                         "features were recorded without them: prepare the data again (a new --out) with "
+                         "--train-on-prompt")
     if start < steps:
         log(f"training steps {start + 1}..{steps}, matmuls in {precision}")
     bar = tqdm(range(start, steps), desc="train EAGLE-3 head", disable=not progress, initial=start, total=steps)
