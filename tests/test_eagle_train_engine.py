@@ -175,6 +175,18 @@ def test_train_on_prompt_needs_data_with_prompt_labels(target, tmp_path):
     assert not (out / "checkpoint.pt").exists()
 
 
+def test_train_on_prompt_draws_the_draft_vocabulary_from_prompts_too(target, tmp_path):
+    path, model, prompts = target
+    out = tmp_path / "head"
+    T.train_draft(path, out, prompts=prompts, prepare_only=True, train_on_prompt=True,
+                  **dict(RUN, draft_vocab_size=8))
+    data = torch.load(out / "data.pt", weights_only=False)
+    V = model.config.vocab_size
+    _, with_prompts, _ = D.vocab_map(data["train"], V, 8, include_prompt=True)
+    _, responses_only, _ = D.vocab_map(data["train"], V, 8)
+    assert torch.equal(data["t2d"], with_prompts) and not torch.equal(with_prompts, responses_only)
+
+
 def test_a_cache_from_the_other_backend_is_refused(target, tmp_path):
     path, _, prompts = target
     out = tmp_path / "head"

@@ -283,9 +283,11 @@ def _journal_settings(target: str, backend: str, max_new_tokens: int, model) -> 
     return {"target": target, "backend": backend, "max_new_tokens": max_new_tokens, "eos": D.eos_ids(model)}
 
 
-def _with_vocab(data: Dict, vocab: int, draft_vocab_size: int) -> float:
-    """Sets data's draft vocabulary (d2t, t2d) from its training responses; returns the coverage."""
-    data["d2t"], data["t2d"], covered = D.vocab_map(data["train"], vocab, draft_vocab_size)
+def _with_vocab(data: Dict, vocab: int, draft_vocab_size: int, label_prompts: bool = False) -> float:
+    """Sets data's draft vocabulary (d2t, t2d) from its training responses (and prompts, when
+    they are labels too); returns the coverage."""
+    data["d2t"], data["t2d"], covered = D.vocab_map(data["train"], vocab, draft_vocab_size,
+                                                     include_prompt=label_prompts)
     data["draft_vocab_coverage"] = covered
     return covered
 
@@ -293,7 +295,7 @@ def _with_vocab(data: Dict, vocab: int, draft_vocab_size: int) -> float:
 def _extend_data(out: Path, data: Dict, model, tokenizer, source: PromptSource, wanted: int,
                  max_new_tokens: int, max_prompt_tokens: int, seed: int, gen_batch_size: int, device,
                  progress: bool, log: Callable, data_backend: str, engine: Optional[_EngineTarget],
-                 deadline: Optional[float] = None) -> Dict:
+                 deadline: Optional[float] = None, label_prompts: bool = False) -> Dict:
     """Adds training sequences to OUT's data until it holds `wanted` (train + held out): prompts
     it does not have yet, their responses; the held-out ones stay. The draft vocabulary is
     rebuilt from all training responses, so no head may have been trained on the old one yet."""
@@ -316,7 +318,7 @@ def _extend_data(out: Path, data: Dict, model, tokenizer, source: PromptSource, 
     seqs = _responses(out, settings, fresh, model, max_new_tokens, gen_batch_size, device, progress,
                       data_backend, engine, log, deadline)
     data["train"] = data["train"] + seqs
-    covered = _with_vocab(data, model.config.vocab_size, int(data["t2d"].sum()))
+    covered = _with_vocab(data, model.config.vocab_size, int(data["t2d"].sum()), label_prompts)
     data["generation_seconds"] = round(data.get("generation_seconds", 0.0) + time.time() - t0, 1)
     n_tok = sum(len(s["ids"]) - s["prompt_len"] for s in seqs)
     log(f"added {len(seqs)} training sequences ({n_tok} response tokens) in {time.time() - t0:.0f}s; now "
@@ -330,7 +332,8 @@ def _prepare_data(out: Path, target: str, model, tokenizer, source: PromptSource
                   eval_prompts: int, max_new_tokens: int, max_prompt_tokens: int, draft_vocab_size: Optional[int],
                   seed: int, gen_batch_size: int, device, progress: bool, log: Callable,
                   data_backend: str = "transformers", engine: Optional[_EngineTarget] = None,
-                  engine_dtype: str = "int4", extend: bool = False, deadline: Optional[float] = None) -> Dict:
+                  engine_dtype: str = "int4", extend: bool = False, deadline: Optional[float] = None,
+                  label_prompts: bool = False) -> Dict:
     path = out / "data.pt"
     vocab = model.config.vocab_size
     backend = _backend_name(data_backend, engine_dtype)
@@ -349,7 +352,7 @@ def _prepare_data(out: Path, target: str, model, tokenizer, source: PromptSource
         if extend:
             return _extend_data(out, data, model, tokenizer, source, max_prompts + eval_prompts,
                                 max_new_tokens, max_prompt_tokens, seed, gen_batch_size, device, progress, log,
-                                data_backend, engine, deadline)
+                                data_backend, engine, deadline, label_prompts)
         log(f"reusing {path}: {len(data['train'])} training and {len(data['heldout'])} held-out sequences")
         return data
     encoded = _prompt_ids(tokenizer, vocab, source, max_prompts + eval_prompts, max_prompt_tokens, seed)
@@ -364,10 +367,10 @@ def _prepare_data(out: Path, target: str, model, tokenizer, source: PromptSource
         raise ValueError("the target gave no responses to train on")
     data = {"target": target, "train": train, "heldout": heldout, "data_backend": backend}
     dvs = min(vocab, 32000) if draft_vocab_size is None else draft_vocab_size
-    covered = _with_vocab(data, vocab, dvs)
+    covered = _with_vocab(data, vocab, dvs, label_prompts)
     n_tok = sum(len(s["ids"]) - s["prompt_len"] for s in seqs)
     log(f"generated {n_tok} response tokens for {len(seqs)} prompts in {time.time() - t0:.0f}s ({backend}); "
-        f"draft vocab {dvs} covers {covered:.1%} of training response tokens")
+        f"draft vocab {dvs} covers {covered:.1%} of the trained tokens")
     data["generation_seconds"] = round(time.time() - t0, 1)
     S.save_atomic(data, path)
     S.ResponseJournal.discard(out)
@@ -428,7 +431,7 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
     deadline = None if max_data_minutes is None else time.monotonic() + 60 * max_data_minutes
     data = _prepare_data(out, target, model, tokenizer, source, max_prompts, eval_prompts,
                          max_new_tokens, max_prompt_tokens, draft_vocab_size, seed, gen_batch_size or 8, device,
-                         progress, log, data_backend, engine, engine_dtype, extend_data, deadline)
+                         progress, log, data_backend, engine, engine_dtype, extend_data, deadline, train_on_prompt)
     if prepare_only:
         return {"prepared": str(out / "data.pt"), "data_backend": data.get("data_backend", "transformers"),
                 "train_sequences": len(data["train"]), "heldout_sequences": len(data["heldout"]),
