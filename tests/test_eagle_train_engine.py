@@ -187,6 +187,57 @@ def test_train_on_prompt_draws_the_draft_vocabulary_from_prompts_too(target, tmp
     assert torch.equal(data["t2d"], with_prompts) and not torch.equal(with_prompts, responses_only)
 
 
+def test_merge_data_trains_on_several_directories_with_their_features(target, tmp_path):
+    """--merge-data: an empty OUT starts as the first directory (its held-out set included); the
+    others add the training sequences OUT lacks, except those whose prompts OUT holds out, with
+    their stored features (the target computes none again); the draft vocabulary is rebuilt."""
+    path, model, prompts = target
+    a, b, out, logs = tmp_path / "a", tmp_path / "b", tmp_path / "out", []
+    T.train_draft(path, a, prompts=prompts[:6], prepare_only=True, **dict(RUN, max_prompts=4))
+    # b: other response lengths, so its sequences of a's held-out prompts are new sequences
+    T.train_draft(path, b, prompts=prompts, prepare_only=True, **dict(RUN, max_prompts=10, seed=1, max_new_tokens=10))
+    da, db = (torch.load(d / "data.pt", weights_only=False) for d in (a, b))
+    keys_a = {T.S.sequence_key(s) for s in da["train"] + da["heldout"]}
+    held = {tuple(s["ids"][:s["prompt_len"]]) for s in da["heldout"]}
+    left_out = [s for s in db["train"] if tuple(s["ids"][:s["prompt_len"]]) in held]
+    added = [s for s in db["train"] if T.S.sequence_key(s) not in keys_a and s not in left_out]
+    assert left_out and added  # both paths are taken
+    m = T.train_draft(path, out, steps=2, merge_data=[a, b], **dict(RUN, log=logs.append))
+    got = torch.load(out / "data.pt", weights_only=False)
+    assert got["heldout"] == da["heldout"] and got["train"] == da["train"] + added
+    assert m["train_sequences"] == len(da["train"]) + len(added)
+    assert any(f"{len(left_out)} left out" in x for x in logs), "\n".join(logs)
+    assert not any(x.startswith("target features of") for x in logs), "\n".join(logs)  # all reused
+    _, t2d, _ = D.vocab_map(got["train"], model.config.vocab_size, 128)
+    assert torch.equal(got["t2d"], t2d)
+    head = load_head(out, target_embeddings=model.get_input_embeddings().weight, target_config=model.config)
+    assert int(head.t2d.sum()) == 128
+    # resuming with the same --merge-data adds nothing; a new directory once trained is refused
+    assert T.train_draft(path, out, steps=3, merge_data=[a, b], **RUN)["start_step"] == 2
+    c = tmp_path / "c"
+    T.train_draft(path, c, prompts=prompts[6:], prepare_only=True, **dict(RUN, max_prompts=4, seed=2))
+    with pytest.raises(ValueError, match="merge into a new --out"):
+        T.train_draft(path, out, steps=3, merge_data=[c], **RUN)
+
+
+def test_merge_data_refuses_other_targets_and_missing_data(target, tmp_path):
+    path, _, prompts = target
+    a, other, out = tmp_path / "a", tmp_path / "other", tmp_path / "out"
+    T.train_draft(path, a, prompts=prompts[:6], prepare_only=True, **dict(RUN, max_prompts=4))
+    other.mkdir()
+    data = torch.load(a / "data.pt", weights_only=False)
+    T.S.save_atomic(dict(data, target="/elsewhere/model"), other / "data.pt")
+    with pytest.raises(ValueError, match="holds data for target '/elsewhere/model'"):
+        T.train_draft(path, out, steps=1, merge_data=[a, other], **RUN)
+    with pytest.raises(ValueError, match="no data.pt there"):
+        T.train_draft(path, tmp_path / "out2", steps=1, merge_data=[tmp_path / "nowhere"], **RUN)
+    assert T.main(["--target", str(path), "--out", str(tmp_path / "out3"), "--steps", "1", "--no-progress",
+                   "--merge-data", str(a), str(tmp_path / "nowhere")]) == 2
+    T.S.save_atomic(dict(data, data_backend="transformers"), other / "data.pt")
+    with pytest.raises(ValueError, match="transformers data backend, not the engine"):
+        T.train_draft(path, out, steps=1, merge_data=[other], **RUN)
+
+
 def test_a_cache_from_the_other_backend_is_refused(target, tmp_path):
     path, _, prompts = target
     out = tmp_path / "head"

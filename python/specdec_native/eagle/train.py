@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import data as D
+from . import merge as M
 from . import store as S
 from .checkpoint import save_head, warm_start
 from .config import config_from_target, resolve_aux_layer_ids
@@ -328,6 +329,27 @@ def _extend_data(out: Path, data: Dict, model, tokenizer, source: PromptSource, 
     return data
 
 
+def _merge_data(out: Path, data: Dict, dirs: Sequence, aux_ids: Sequence[int], vocab: int,
+                label_prompts: bool, log: Callable) -> Dict:
+    """OUT's data with the training sequences of the training directories `dirs` added (see
+    merge.merge_training_dirs) and the draft vocabulary rebuilt; unchanged when they add nothing."""
+    added, feats = M.merge_training_dirs(out, data, dirs, aux_ids, log)
+    if not added:
+        return data
+    if (out / "checkpoint.pt").exists():
+        raise ValueError(f"{out} has a training checkpoint, trained on the current draft vocabulary, which "
+                         f"merging data rebuilds; merge into a new --out")
+    if feats:
+        S.append_features(out, data.get("data_backend", "transformers"), aux_ids, feats)
+    data["train"] = data["train"] + added
+    data["merged_from"] = data.get("merged_from", []) + [str(Path(d).resolve()) for d in dirs]
+    covered = _with_vocab(data, vocab, int(data["t2d"].sum()), label_prompts)
+    log(f"now {len(data['train'])} training and {len(data['heldout'])} held-out sequences; draft vocab "
+        f"covers {covered:.1%}")
+    S.save_atomic(data, out / "data.pt")
+    return data
+
+
 def _prepare_data(out: Path, target: str, model, tokenizer, source: PromptSource, max_prompts: int,
                   eval_prompts: int, max_new_tokens: int, max_prompt_tokens: int, draft_vocab_size: Optional[int],
                   seed: int, gen_batch_size: int, device, progress: bool, log: Callable,
@@ -388,7 +410,7 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
                 head_intermediate_size: Optional[int] = None, extend_data: bool = False,
                 prompt_sources: Optional[Sequence[str]] = None, init_from=None, precision: str = "auto",
                 record_features: bool = True, prompt_kinds: Sequence[str] = D.PROMPT_KINDS,
-                max_data_minutes: Optional[float] = None) -> Dict:
+                max_data_minutes: Optional[float] = None, merge_data: Sequence = ()) -> Dict:
     """Trains (or resumes training of) an EAGLE-3 head for `target` into directory `out`; returns
     the run's metrics (also written to OUT/metrics.json).
 
@@ -406,7 +428,9 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
     afterwards; sequences without features (a resumed OUT) still get the second pass.
     prompt_kinds: which prompts mined definitions give (data.code_prompts).
     max_data_minutes: stop generating responses that many minutes into the data step and train
-    on the ones made (the held-out prompts are answered first, whatever the limit)."""
+    on the ones made (the held-out prompts are answered first, whatever the limit).
+    merge_data: training directories of the same target and data backend whose training
+    sequences (and stored features) are added to OUT's data (merge.merge_training_dirs)."""
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA device")
     if data_backend not in DATA_BACKENDS:
@@ -429,9 +453,16 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
             engine.record = D.Recording(model, aux, S.FeatureSink(out, _backend_name(data_backend, engine_dtype), aux,
                                                                   FEATURE_CHUNK), label_prompts=train_on_prompt)
     deadline = None if max_data_minutes is None else time.monotonic() + 60 * max_data_minutes
+    merge_data = [Path(d) for d in merge_data]
+    data_aux = resolve_aux_layer_ids(aux_layer_ids, model.config.num_hidden_layers)
+    if merge_data and not (out / "data.pt").exists():  # OUT starts as the first one, held-out set included
+        M.start_from(out, merge_data[0], data_aux, log)
+        merge_data = merge_data[1:]
     data = _prepare_data(out, target, model, tokenizer, source, max_prompts, eval_prompts,
                          max_new_tokens, max_prompt_tokens, draft_vocab_size, seed, gen_batch_size or 8, device,
                          progress, log, data_backend, engine, engine_dtype, extend_data, deadline, train_on_prompt)
+    if merge_data:
+        data = _merge_data(out, data, merge_data, data_aux, model.config.vocab_size, train_on_prompt, log)
     if prepare_only:
         return {"prepared": str(out / "data.pt"), "data_backend": data.get("data_backend", "transformers"),
                 "train_sequences": len(data["train"]), "heldout_sequences": len(data["heldout"]),
@@ -599,6 +630,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add prompts to OUT's data up to --max-prompts (+ --eval-prompts): responses and "
                         "features only for the new ones, the held-out ones kept, the draft vocabulary rebuilt "
                         "(so OUT must not hold a checkpoint.pt yet)")
+    p.add_argument("--merge-data", metavar="DIR", nargs="+", default=(),
+                   help="also train on these training directories' sequences (same target and data backend; "
+                        "their stored features are reused): an OUT without data starts as a copy of the first "
+                        "(its held-out set included); the draft vocabulary is rebuilt, so OUT must not hold a "
+                        "checkpoint.pt yet"),
     p.add_argument("--init-from", metavar="HEAD_DIR",
                    help="start a new run from this head's weights (same shape; lm_head rows matched by "
                         "target token), e.g. a head trained on fewer prompts; ignored when resuming")
@@ -631,6 +667,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                               engine_dtype=args.engine_dtype, threads=args.threads,
                               gen_batch_size=args.gen_batch_size, prepare_only=args.prepare_only,
                               head_intermediate_size=args.head_intermediate_size, extend_data=args.extend_data,
+                              merge_data=args.merge_data,
                               init_from=args.init_from, precision=args.precision,
                               record_features=not args.separate_feature_pass,
                               max_data_minutes=args.max_data_minutes)
