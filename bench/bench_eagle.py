@@ -6,7 +6,7 @@ the head's draft cost ratio c (one drafted token's time / one autoregressive ste
 
     python bench/bench_eagle.py --head HEAD_DIR [--target smollm2|qwen1.5b|PATH] [--k 3 | --k 1,2,4,8]
                                 [--trees 4:8:4,4:16:5] [--prompts heldout,code,code2] [--tokens 64]
-                                [--peers llamacpp]
+                                [--peers llamacpp] [--compare-head OTHER_HEAD_DIR]
 
 --trees adds EAGLE-2 dynamic trees from the same head, each top_k:max_nodes:depth. --k takes a
 list: one head chain per length (n-gram and the draft model use the first). Beside each row:
@@ -87,6 +87,7 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--head", required=True)
+    ap.add_argument("--compare-head", help="another head (say an earlier one) whose chains run beside --head's")
     ap.add_argument("--target", default="smollm2")
     ap.add_argument("--k", default="3", help="chain length(s) of the head, comma-separated")
     ap.add_argument("--trees", default="4:8:4,4:16:5", help="EAGLE-2 trees top_k:max_nodes:depth, comma-separated ('' for none)")
@@ -112,6 +113,9 @@ def main() -> int:
             "method": "eagle", "num_speculative_tokens": int(t.split(":")[2]),
             "tree": {"top_k": int(t.split(":")[0]), "max_nodes": int(t.split(":")[1])}})
            for t in filter(None, args.trees.split(","))},
+        **{f"eagle chain k={c} ({Path(args.compare_head).name})": dict(
+            draft=args.compare_head, speculative={"method": "eagle", "num_speculative_tokens": c, "tree": "chain"})
+           for c in (chains if args.compare_head else [])},
         f"ngram k={k}": dict(speculative={"method": "ngram", "num_speculative_tokens": k}),
     }
     if args.target == "qwen1.5b":
