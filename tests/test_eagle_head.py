@@ -1,6 +1,7 @@
 """EAGLE-3 heads: the on-disk format (round trip, validation), the head's internal consistency
 (KV-cached drafting == full causal forward == the training-time-test unroll) and a tiny
 self-distillation run on a random-weight Llama (loss goes down, head loads, resume continues)."""
+import ast
 import json
 
 import pytest
@@ -305,11 +306,22 @@ def test_prompt_kinds_choose_what_each_definition_becomes(tiny_target, tmp_path)
     assert [p for p in mixed if isinstance(p, Completion)] == completions[2::3]
     chat = code_prompts(20, kinds=("explain", "write"))
     assert not any(isinstance(p, Completion) for p in chat) and chat[0].startswith("Explain")
+    # "source": each whole definition, dedented, beginning with its "complete" prompt and
+    # parsing as Python on its own (methods included: their class indentation is removed).
+    sources = code_prompts(30, kinds=("source",))
+    assert all(isinstance(p, Completion) for p in sources) and len(sources) == 30
+    for head, whole in zip(completions, sources):
+        assert whole.startswith(head)  # equal for a definition that is only its docstring
+        ast.parse(whole)
+    assert sum(len(whole) > len(head) for head, whole in zip(completions, sources)) >= 20
+    assert any(p.startswith("def ") and "self" in p.split("\n")[0] for p in sources)  # a method
     for bad in ((), ("complete", "complete"), ("summarise",)):
         with pytest.raises(ValueError, match="prompt kinds must be distinct names"):
             code_prompts(5, kinds=bad)
     with pytest.raises(ValueError, match="prompt kinds"):
         T.train_draft(tiny_target[0], tmp_path / "head", steps=1, prompt_kinds=("poems",), **RUN)
+    with pytest.raises(ValueError, match="use it with train_on_prompt"):
+        T.train_draft(tiny_target[0], tmp_path / "head", steps=1, prompt_kinds=("source",), **RUN)
     assert not (tmp_path / "head" / "data.pt").exists()
 
 

@@ -45,10 +45,10 @@ def _stdlib_files(root: Path) -> List[Path]:
     return out
 
 
-def _documented_definitions(path: Path) -> List[Tuple[str, str, str, str, str]]:
-    """(kind, name, docstring, source, head) of the public functions and classes in a file whose
-    docstring is 40-600 characters and whose source is at most 1200, in ast.walk order; head is
-    the source up to the end of the docstring, dedented."""
+def _documented_definitions(path: Path) -> List[Tuple[str, str, str, str, str, str]]:
+    """(kind, name, docstring, source, head, whole) of the public functions and classes in a file
+    whose docstring is 40-600 characters and whose source is at most 1200, in ast.walk order;
+    head is the source up to the end of the docstring, whole all of it, both dedented."""
     try:
         src = path.read_text(encoding="utf-8")
         tree = ast.parse(src)
@@ -65,7 +65,8 @@ def _documented_definitions(path: Path) -> List[Tuple[str, str, str, str, str]]:
             # their class indentation: put it back on the first line, then dedent.
             lines = (" " * node.col_offset + code).splitlines()
             head = textwrap.dedent("\n".join(lines[:node.body[0].end_lineno - node.lineno + 1])) + "\n"
-            out.append(("class" if isinstance(node, ast.ClassDef) else "function", node.name, doc, code, head))
+            whole = textwrap.dedent("\n".join(lines)) + "\n"
+            out.append(("class" if isinstance(node, ast.ClassDef) else "function", node.name, doc, code, head, whole))
     return out
 
 
@@ -83,7 +84,10 @@ def stdlib_prompts(limit: int, seed: int = 0, per_file: int = 2) -> List[str]:
     return code_prompts(limit, None, seed=seed, per_file=per_file)
 
 
-PROMPT_KINDS = ("explain", "write", "complete")
+# "source" (the whole definition as raw code) is for teacher-forced data (--train-on-prompt):
+# not in the default mix, where the target would only continue past a finished definition.
+PROMPT_KINDS = ("explain", "write", "complete", "source")
+DEFAULT_PROMPT_KINDS = ("explain", "write", "complete")
 
 
 def checked_prompt_kinds(kinds: Sequence[str]) -> List[str]:
@@ -94,7 +98,7 @@ def checked_prompt_kinds(kinds: Sequence[str]) -> List[str]:
 
 
 def code_prompts(limit: int, roots: Optional[Sequence[Union[str, Path]]] = None, seed: int = 0,
-                 per_file: int = 2, kinds: Sequence[str] = PROMPT_KINDS) -> List[Prompt]:
+                 per_file: int = 2, kinds: Sequence[str] = DEFAULT_PROMPT_KINDS) -> List[Prompt]:
     """Up to `limit` prompts built from functions and classes (with docstrings) of the Python
     sources under `roots` (default: the standard library), three kinds in turn: "explain this
     code" and "write this from its docstring" (chat), and the definition's signature and
@@ -103,7 +107,9 @@ def code_prompts(limit: int, roots: Optional[Sequence[Union[str, Path]]] = None,
     from each per round, in as many rounds as it takes, so a larger limit extends the list a
     smaller one gives. Test folders and nested site-packages are skipped. `kinds` keeps some of
     the three ("explain", "write", "complete"), still taken in turn: ("complete",) makes every
-    definition a Completion, for a head meant for code completion."""
+    definition a Completion, for a head meant for code completion. A fourth kind, "source",
+    makes the whole definition a Completion: text for the target to label position by position
+    (teacher-forced data, with train_on_prompt)."""
     kinds = checked_prompt_kinds(kinds)
     roots = [Path(sysconfig.get_paths()["stdlib"])] if not roots else [Path(r) for r in roots]
     for root in roots:
@@ -113,7 +119,7 @@ def code_prompts(limit: int, roots: Optional[Sequence[Union[str, Path]]] = None,
     prompts: List[Prompt] = []
     for start in range(0, max((len(d) for _, d in defs), default=0), per_file):
         for module, found in defs:
-            for kind, name, doc, code, head in found[start:start + per_file]:
+            for kind, name, doc, code, head, whole in found[start:start + per_file]:
                 if len(prompts) >= limit:
                     return prompts
                 turn = kinds[len(prompts) % len(kinds)]
@@ -122,8 +128,10 @@ def code_prompts(limit: int, roots: Optional[Sequence[Union[str, Path]]] = None,
                                    f"```python\n{code}\n```")
                 elif turn == "write":
                     prompts.append(f"Write a Python {kind} `{name}` that does the following:\n\n{doc}")
-                else:
+                elif turn == "complete":
                     prompts.append(Completion(head))
+                else:
+                    prompts.append(Completion(whole))
     return prompts
 
 

@@ -216,7 +216,7 @@ PromptSource = Callable[[int], Sequence[D.Prompt]]  # at least `limit` prompts w
 
 
 def _prompt_source(prompts, prompts_file, prompt_sources, seed: int,
-                   prompt_kinds: Sequence[str] = D.PROMPT_KINDS) -> PromptSource:
+                   prompt_kinds: Sequence[str] = D.DEFAULT_PROMPT_KINDS) -> PromptSource:
     """Where the prompts come from: given, a JSONL file, Python source trees, or the standard library."""
     if prompt_sources and (prompts is not None or prompts_file is not None):
         raise ValueError("give prompts, a prompts file or prompt sources, not several")
@@ -409,7 +409,7 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
                 threads: Optional[int] = None, prepare_only: bool = False,
                 head_intermediate_size: Optional[int] = None, extend_data: bool = False,
                 prompt_sources: Optional[Sequence[str]] = None, init_from=None, precision: str = "auto",
-                record_features: bool = True, prompt_kinds: Sequence[str] = D.PROMPT_KINDS,
+                record_features: bool = True, prompt_kinds: Sequence[str] = D.DEFAULT_PROMPT_KINDS,
                 max_data_minutes: Optional[float] = None, merge_data: Sequence = ()) -> Dict:
     """Trains (or resumes training of) an EAGLE-3 head for `target` into directory `out`; returns
     the run's metrics (also written to OUT/metrics.json).
@@ -439,6 +439,9 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
         raise ValueError("ttt_steps, batch_size and eval_k must be >= 1 and steps >= 0")
     if max_data_minutes is not None and not max_data_minutes > 0:
         raise ValueError(f"max_data_minutes must be > 0, got {max_data_minutes}")
+    if "source" in prompt_kinds and not train_on_prompt:
+        raise ValueError("prompt kind 'source' gives whole definitions for the target to label: "
+                         "use it with train_on_prompt (--train-on-prompt)")
     precision = training_precision(precision, device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -596,9 +599,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-sources", nargs="+", metavar="DIR",
                    help="Python source trees to build prompts from, as from the standard library (e.g. a "
                         "site-packages folder: more prompts than the standard library's ~3,000)")
-    p.add_argument("--prompt-kinds", nargs="+", choices=D.PROMPT_KINDS, default=list(D.PROMPT_KINDS),
+    p.add_argument("--prompt-kinds", nargs="+", choices=D.PROMPT_KINDS,
+                   default=list(D.DEFAULT_PROMPT_KINDS),
                    help="which prompts to mine from each definition, in turn: explain its code, write it from "
-                        "its docstring (chat), or complete it from its signature and docstring (raw code)")
+                        "its docstring (chat), complete it from its signature and docstring (raw code), or "
+                        "source: the whole definition as raw code, for the target to label with "
+                        "--train-on-prompt (teacher-forced data)")
     p.add_argument("--prompts", help="JSONL of {\"prompt\": ...} (or {\"input_ids\": [...]}) lines; "
                                      "default: docstrings and code of the Python standard library")
     p.add_argument("--max-prompts", type=int, default=64, help="training prompts")
