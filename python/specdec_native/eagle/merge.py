@@ -11,6 +11,14 @@ import torch
 from . import store as S
 
 
+def _training_data(d: Path) -> Dict:
+    """Training directory d's data.pt; a clear error when it has none."""
+    path = d / "data.pt"
+    if not path.is_file():
+        raise ValueError(f"--merge-data {d}: no data.pt there (prepare it with --prepare-only first)")
+    return torch.load(path, weights_only=False)
+
+
 def merge_training_dirs(out: Path, data: Dict, dirs: Sequence, aux_ids: Sequence[int],
                         log: Callable) -> Tuple[List[Dict], Dict[str, Dict]]:
     """(the training sequences of `dirs` that OUT's data does not hold yet, in order; the
@@ -18,7 +26,7 @@ def merge_training_dirs(out: Path, data: Dict, dirs: Sequence, aux_ids: Sequence
     others need the target again. A sequence whose prompt is one of OUT's held-out
     prompts is left out: the held-out estimate stays held out. Held-out sequences of `dirs`
     are not trained on."""
-    backend = data.get("data_backend", "transformers")
+    backend = S.backend_of(data)
     have = {S.sequence_key(s) for s in data["train"] + data["heldout"]}
     held_prompts = {S.prompt_of(s) for s in data["heldout"]}
     added: List[Dict] = []
@@ -27,32 +35,31 @@ def merge_training_dirs(out: Path, data: Dict, dirs: Sequence, aux_ids: Sequence
         d = Path(d)
         if d.resolve() == Path(out).resolve():
             raise ValueError(f"--merge-data {d} is OUT itself")
-        path = d / "data.pt"
-        if not path.is_file():
-            raise ValueError(f"--merge-data {d}: no data.pt there (prepare it with --prepare-only first)")
-        other = torch.load(path, weights_only=False)
+        other = _training_data(d)
         if other.get("target") != data["target"]:
             raise ValueError(f"--merge-data {d} holds data for target {other.get('target')!r}, not "
                              f"{data['target']!r}")
-        made_by = other.get("data_backend", "transformers")
+        made_by = S.backend_of(other)
         if made_by != backend:
             raise ValueError(f"--merge-data {d} holds data made with the {made_by} data backend, not the "
                              f"{backend} one (responses and features must come from the same target weights)")
-        fresh, held_back = [], 0
+        fresh: Dict[str, Dict] = {}  # by sequence_key, in order
+        held_back = 0
         for s in other["train"]:
-            if S.sequence_key(s) in have:
+            key = S.sequence_key(s)
+            if key in have:
                 continue
             if S.prompt_of(s) in held_prompts:
                 held_back += 1
                 continue
-            have.add(S.sequence_key(s))
-            fresh.append(s)
+            have.add(key)
+            fresh[key] = s
         feats = S.load_features(d, backend, aux_ids, other["train"] + other["heldout"])
-        with_feats = {S.sequence_key(s): feats[S.sequence_key(s)] for s in fresh if S.sequence_key(s) in feats}
+        with_feats = {key: feats[key] for key in fresh if key in feats}
         found.update(with_feats)
         log(f"merging {len(fresh)} training sequences from {d} ({len(with_feats)} with their features"
             + (f"; {held_back} left out: their prompts are held out here" if held_back else "") + ")")
-        added += fresh
+        added += fresh.values()
     return added, found
 
 
@@ -60,11 +67,8 @@ def start_from(out: Path, first: Path, aux_ids: Sequence[int], log: Callable) ->
     """Starts an empty OUT as a copy of training directory `first`: its data.pt (held-out
     sequences included) and its stored features."""
     first = Path(first)
-    path = first / "data.pt"
-    if not path.is_file():
-        raise ValueError(f"--merge-data {first}: no data.pt there (prepare it with --prepare-only first)")
-    data = torch.load(path, weights_only=False)
-    backend = data.get("data_backend", "transformers")
+    data = _training_data(first)
+    backend = S.backend_of(data)
     feats = S.load_features(first, backend, aux_ids, data["train"] + data["heldout"])
     Path(out).mkdir(parents=True, exist_ok=True)
     if feats:

@@ -22,6 +22,11 @@ def save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def backend_of(data: Dict) -> str:
+    """The data backend a data.pt was made with (one from before the engine backend: transformers)."""
+    return data.get("data_backend", "transformers")
+
+
 def prompt_of(seq: Dict) -> tuple:
     """A sequence's prompt ids, as a dict key."""
     return tuple(seq["ids"][:seq["prompt_len"]])

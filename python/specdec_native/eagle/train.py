@@ -315,7 +315,7 @@ def _extend_data(out: Path, data: Dict, model, tokenizer, source: PromptSource, 
     if not fresh:
         raise ValueError(f"no prompts beyond the {len(have)} that {out / 'data.pt'} already holds")
     t0 = time.time()
-    settings = _journal_settings(data["target"], data.get("data_backend", "transformers"), max_new_tokens, model)
+    settings = _journal_settings(data["target"], S.backend_of(data), max_new_tokens, model)
     seqs = _responses(out, settings, fresh, model, max_new_tokens, gen_batch_size, device, progress,
                       data_backend, engine, log, deadline)
     data["train"] = data["train"] + seqs
@@ -340,7 +340,7 @@ def _merge_data(out: Path, data: Dict, dirs: Sequence, aux_ids: Sequence[int], v
         raise ValueError(f"{out} has a training checkpoint, trained on the current draft vocabulary, which "
                          f"merging data rebuilds; merge into a new --out")
     if feats:
-        S.append_features(out, data.get("data_backend", "transformers"), aux_ids, feats)
+        S.append_features(out, S.backend_of(data), aux_ids, feats)
     data["train"] = data["train"] + added
     data["merged_from"] = data.get("merged_from", []) + [str(Path(d).resolve()) for d in dirs]
     covered = _with_vocab(data, vocab, int(data["t2d"].sum()), label_prompts)
@@ -363,7 +363,7 @@ def _prepare_data(out: Path, target: str, model, tokenizer, source: PromptSource
         data = torch.load(path, weights_only=False)
         if data["target"] != target:
             raise ValueError(f"{out} holds a run for target {data['target']!r}, not {target!r}; use another --out")
-        made_by = data.get("data_backend", "transformers")  # data.pt from before the engine backend
+        made_by = S.backend_of(data)
         if made_by != backend:
             raise ValueError(f"{out} holds data made with the {made_by} data backend, not the {backend} one "
                              f"(responses and features must come from the same target weights); use another "
@@ -467,7 +467,7 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
     if merge_data:
         data = _merge_data(out, data, merge_data, data_aux, model.config.vocab_size, train_on_prompt, log)
     if prepare_only:
-        return {"prepared": str(out / "data.pt"), "data_backend": data.get("data_backend", "transformers"),
+        return {"prepared": str(out / "data.pt"), "data_backend": S.backend_of(data),
                 "train_sequences": len(data["train"]), "heldout_sequences": len(data["heldout"]),
                 "response_tokens": sum(len(s["ids"]) - s["prompt_len"] for s in data["train"] + data["heldout"]),
                 "draft_vocab_coverage": data.get("draft_vocab_coverage")}
@@ -572,7 +572,7 @@ def train_draft(target, out, steps: int = 200, device: str = "cpu", *, prompts=N
     save(max(start, steps))
 
     metrics.update(heldout=accepted_lengths(head, data["heldout"], held_feats, eval_k, device),
-                   data_backend=data.get("data_backend", "transformers"),
+                   data_backend=S.backend_of(data),
                    steps=len(history), train_seconds=round(train_seconds, 1), ttt_steps=ttt_steps,
                    precision=precision,
                    draft_vocab_size=cfg.draft_vocab_size, aux_layer_ids=list(aux_ids),
@@ -640,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also train on these training directories' sequences (same target and data backend; "
                         "their stored features are reused): an OUT without data starts as a copy of the first "
                         "(its held-out set included); the draft vocabulary is rebuilt, so OUT must not hold a "
-                        "checkpoint.pt yet"),
+                        "checkpoint.pt yet")
     p.add_argument("--init-from", metavar="HEAD_DIR",
                    help="start a new run from this head's weights (same shape; lm_head rows matched by "
                         "target token), e.g. a head trained on fewer prompts; ignored when resuming")
