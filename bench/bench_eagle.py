@@ -6,10 +6,11 @@ the head's draft cost ratio c (one drafted token's time / one autoregressive ste
 
     python bench/bench_eagle.py --head HEAD_DIR [--target smollm2|qwen1.5b|PATH] [--k 3 | --k 1,2,4,8]
                                 [--trees 4:8:4,4:16:5] [--prompts heldout,code,code2] [--tokens 64]
-                                [--peers llamacpp] [--compare-head OTHER_HEAD_DIR]
+                                [--peers llamacpp] [--compare-head OTHER_HEAD_DIR] [--draft-k 3,4]
+                                [--draft-vocab VOCAB.json]
 
 --trees adds EAGLE-2 dynamic trees from the same head, each top_k:max_nodes:depth. --k takes a
-list: one head chain per length (n-gram and the draft model use the first). Beside each row:
+list: one head chain per length (n-gram uses the first; the draft model --draft-k's, default the first). Beside each row:
 the target pass cost in autoregressive steps (the verification forward's time per pass over one
 autoregressive step), and the draft nodes per pass.
 
@@ -96,6 +97,7 @@ def main() -> int:
                          + ",".join(PROMPTS))
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--draft-vocab", help="the 0.5B draft's reduced vocabulary (JSON list of ids; default: the head's)")
+    ap.add_argument("--draft-k", help="qwen1.5b: the 0.5B draft model's chain length(s), comma-separated (default: --k's first)")
     ap.add_argument("--dtype", default="int4")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--peers", default="llamacpp")
@@ -118,12 +120,12 @@ def main() -> int:
            for c in (chains if args.compare_head else [])},
         f"ngram k={k}": dict(speculative={"method": "ngram", "num_speculative_tokens": k}),
     }
-    if args.target == "qwen1.5b":
-        configs[f"0.5B draft k={k}"] = dict(draft=fetch_models.qwen_coder_gguf("0.5b"),
-                                            speculative={"method": "draft", "num_speculative_tokens": k})
+    for dk in ([int(x) for x in args.draft_k.split(",")] if args.draft_k else [k]) if args.target == "qwen1.5b" else []:
+        configs[f"0.5B draft k={dk}"] = dict(draft=fetch_models.qwen_coder_gguf("0.5b"),
+                                             speculative={"method": "draft", "num_speculative_tokens": dk})
         # FR-Spec: the same draft with an LM head of the head's draft vocabulary only (its t2d)
-        configs[f"0.5B draft k={k}, draft vocab"] = dict(draft=fetch_models.qwen_coder_gguf("0.5b"), speculative={
-            "method": "draft", "num_speculative_tokens": k, "draft_vocab": args.draft_vocab or args.head})
+        configs[f"0.5B draft k={dk}, draft vocab"] = dict(draft=fetch_models.qwen_coder_gguf("0.5b"), speculative={
+            "method": "draft", "num_speculative_tokens": dk, "draft_vocab": args.draft_vocab or args.head})
     engines = {name: LLM(target, **common, **extra) for name, extra in configs.items()}
     llamacpp = None
     if "llamacpp" in args.peers and target.endswith(".gguf"):

@@ -3,7 +3,8 @@ LM head keeps only the given rows. Checked against transformers' full logits of 
 (its drafts are the argmax over the kept tokens, its q their softmax), T = 0 token identity with
 the target alone, the head's bytes, the three ways to name the set, and bad input. The T > 0
 statistical test is test_speculative.py's test_sampled_tokens_follow_the_target_distribution
-("draft_vocab")."""
+("draft_vocab"). `specdec draft-vocab` (counting a set over text files) is checked against the
+`tokenizers` library's own counts."""
 from __future__ import annotations
 
 import json
@@ -162,3 +163,71 @@ def test_the_core_refuses_a_bad_set_from_a_direct_caller(ckpts, vocab, message):
     with pytest.raises(ValueError, match=message):
         llm.engine.attach_draft_model(ckpt_mod.model_config(draft), draft.shards, "float32", o)
     assert len(llm.generate(prompt_token_ids=PROMPTS[:1], sampling_params=[greedy_params(6)])[0].token_ids) == 6
+
+
+def _texts(root):
+    (root / "src" / "sub").mkdir(parents=True)
+    (root / "src" / "a.py").write_text("w010 w010 w010 w011 w011 w012 w099")
+    (root / "src" / "sub" / "b.py").write_text("w011 w013 w013")
+    (root / "src" / "notes.txt").write_text("w200 w200 w200 w200")
+    return root / "src"
+
+
+def _reference_top(ckpt, files, size):
+    """The `size` most frequent ids of the files under the `tokenizers` library itself, ties to
+    the lower id, and their share of all tokens."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+    counts = Counter(i for f in files for i in tok.encode(f.read_text(), add_special_tokens=False).ids)
+    top = sorted(counts, key=lambda t: (-counts[t], t))[:size]
+    return set(top), sum(counts[t] for t in top) / sum(counts.values())
+
+
+@pytest.mark.parametrize("extra, pattern", [([], "*.py"), (["--suffix", ".py", "--suffix", ".txt"], "*")])
+def test_cli_draft_vocab_counts_the_files_tokens(ckpts, tmp_path, capsys, extra, pattern):
+    from specdec_native import cli
+
+    src = _texts(tmp_path)
+    out = tmp_path / "vocab.json"
+    assert cli.main(["draft-vocab", str(ckpts["target"]), str(src), "--size", "2", "--out", str(out), *extra]) == 0
+    top, coverage = _reference_top(ckpts["target"], [f for f in src.rglob(pattern) if f.is_file()], 2)
+    ids = json.loads(out.read_text())
+    assert set(ids) == top | {0, 1, 2}  # plus the special tokens (<unk> <s> </s>, the EOS among them)
+    assert resolve(str(out), V) == ids
+    assert f"cover {100 * coverage:.2f}%" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["MISSING"], "no such file or directory"),
+    (["EMPTYDIR"], "no files ending in .py"),
+    (["EMPTYFILE"], "hold no tokens"),
+    (["SRC", "--size", "0"], "size must be >= 1"),
+    (["SRC", "--max-chars", "0"], "--max-chars must be >= 1"),
+])
+def test_cli_draft_vocab_bad_input(ckpts, tmp_path, capsys, args, message):
+    from specdec_native import cli
+
+    src = _texts(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty.py").write_text("")
+    names = {"MISSING": tmp_path / "missing", "EMPTYDIR": tmp_path / "empty", "EMPTYFILE": tmp_path / "empty.py", "SRC": src}
+    out = tmp_path / "vocab.json"
+    argv = [str(names.get(a, a)) for a in args]
+    assert cli.main(["draft-vocab", str(ckpts["target"]), *argv, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_cli_draft_vocab_needs_a_tokenizer(ckpts, tmp_path, capsys):
+    import shutil
+
+    from specdec_native import cli
+
+    bare = tmp_path / "bare"
+    shutil.copytree(ckpts["target"], bare)
+    (bare / "tokenizer.json").unlink()
+    assert cli.main(["draft-vocab", str(bare), str(_texts(tmp_path)), "--out", str(tmp_path / "v.json")]) == 2
+    assert "has no tokenizer.json" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from .speculative import METHODS
@@ -93,6 +94,29 @@ def _convert(args) -> int:
     return 0
 
 
+def _draft_vocab(args) -> int:
+    from . import checkpoint as ckpt_mod
+    from .draft_vocab import from_texts
+    from .source_files import gather, read_heads, stdlib_root
+    from .tokenizer import Tokenizer
+
+    if args.max_chars < 1:
+        raise ValueError(f"--max-chars must be >= 1, got {args.max_chars}")
+    path = ckpt_mod.resolve(args.model)
+    if not (path / "tokenizer.json").is_file():
+        raise ValueError(f"{args.model} has no tokenizer.json: a draft vocabulary is counted with the model's tokenizer")
+    tokenizer = Tokenizer(path)
+    files = gather(args.sources or [stdlib_root()], args.suffix or [".py"])
+    always = sorted(set(ckpt_mod.load(path).eos_token_ids) | set(tokenizer.special_token_ids()))
+    vocab = from_texts(read_heads(files, args.max_chars), tokenizer, args.size, always=always)
+    Path(args.out).write_text(json.dumps(vocab.ids) + "\n")
+    print(f"{len(vocab.ids)} token ids ({len(always)} special) from {vocab.tokens_counted:,} tokens of "
+          f"{len(files)} files: they cover {100 * vocab.coverage:.2f}% of them"
+          f"{'' if vocab.distinct > args.size else f' (all {vocab.distinct:,} distinct tokens seen: fewer than --size)'}"
+          f"; wrote {args.out}")
+    return 0
+
+
 def _add_speculation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft", help="draft checkpoint (directory or .gguf) sharing the target's vocabulary")
     p.add_argument("--method", choices=list(METHODS),
@@ -171,6 +195,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train an EAGLE-3 draft head for a target by self-distillation (extra: train); "
                             "`specdec train-draft --help` lists its options")
     t.add_argument("args", nargs=argparse.REMAINDER)  # main() hands them to the trainer's own parser
+
+    v = sub.add_parser("draft-vocab", help="a reduced draft vocabulary (--draft-vocab) counted over text files",
+                       description="The --size most frequent tokens of some text under MODEL's tokenizer, plus its "
+                                   "special tokens, as a JSON list for --draft-vocab / SpeculativeConfig(draft_vocab=): "
+                                   "a draft drafting inside them reads that many rows of its LM head per token.")
+    v.add_argument("model", help="the target or draft (directory or .gguf): its tokenizer counts the tokens")
+    v.add_argument("sources", nargs="*", help="text files or directories (default: the Python standard library's sources)")
+    v.add_argument("--size", type=int, default=32768, help="tokens kept besides the special ones (default 32768)")
+    v.add_argument("--suffix", action="append", default=None,
+                   help="in directories, the files ending in this (repeatable; default .py)")
+    v.add_argument("--max-chars", type=int, default=20000, help="characters read from each file's start")
+    v.add_argument("--out", required=True, help="the JSON file to write")
+    v.set_defaults(func=_draft_vocab)
 
     c = sub.add_parser("convert", help="convert a GGUF file to a Hugging Face checkpoint directory")
     c.add_argument("gguf")

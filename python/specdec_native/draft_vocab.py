@@ -5,12 +5,14 @@ verification is unchanged, so the output stays lossless.
 
 SpeculativeConfig(draft_vocab=...) takes a list of token ids, a JSON file holding one, or an
 EAGLE-3 head directory (its t2d: the draft vocabulary its trainer chose from the target's own
-responses). most_frequent() builds one from token sequences (e.g. the target's outputs)."""
+responses). most_frequent() builds one from token sequences (e.g. the target's outputs);
+from_texts() from text in the kind the draft will write (`specdec draft-vocab` on the command
+line: by default the Python standard library's sources, a set for code completion)."""
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, List, Sequence, Union
+from typing import Iterable, List, NamedTuple, Sequence, Union
 
 import numpy as np
 
@@ -22,11 +24,41 @@ DraftVocab = Union[Sequence[int], np.ndarray, str, Path]
 def most_frequent(sequences: Iterable[Sequence[int]], size: int, always: Sequence[int] = ()) -> List[int]:
     """The `size` most frequent ids of `sequences` (ties: lower id first), plus `always` (e.g.
     the end-of-sequence ids), sorted."""
+    return _top(Counter(int(t) for seq in sequences for t in seq), size, always)
+
+
+def _top(counts: Counter, size: int, always: Sequence[int]) -> List[int]:
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
-    counts = Counter(int(t) for seq in sequences for t in seq)
     ranked = sorted(counts, key=lambda t: (-counts[t], t))[:size]
     return sorted(set(ranked) | {int(t) for t in always})
+
+
+class TextVocab(NamedTuple):
+    ids: List[int]
+    tokens_counted: int
+    distinct: int  # distinct ids among them
+    coverage: float  # the fraction of the counted tokens that are in ids
+
+
+def from_texts(texts: Iterable[str], tokenizer, size: int, always: Sequence[int] = (),
+               batch: int = 256) -> TextVocab:
+    """The `size` most frequent token ids of `texts` under `tokenizer` (a specdec_native
+    Tokenizer), plus `always`, and how much of the text they cover."""
+    counts: Counter = Counter()
+    chunk: List[str] = []
+    for text in texts:
+        chunk.append(text)
+        if len(chunk) == batch:
+            counts.update(t for ids in tokenizer.encode_batch(chunk) for t in ids)
+            chunk = []
+    if chunk:
+        counts.update(t for ids in tokenizer.encode_batch(chunk) for t in ids)
+    total = sum(counts.values())
+    if total == 0:
+        raise ValueError("the texts hold no tokens: nothing to count a draft vocabulary from")
+    ids = _top(counts, size, always)
+    return TextVocab(ids, total, len(counts), sum(counts[t] for t in ids) / total)
 
 
 def resolve(spec: DraftVocab, vocab_size: int) -> List[int]:

@@ -34,6 +34,14 @@ class Tokenizer:
                 ids = [bos] + ids
         return ids
 
+    def encode_batch(self, texts: Sequence[str]) -> List[List[int]]:
+        """Token ids of each text, without special tokens (the library's threads do the work)."""
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def special_token_ids(self) -> List[int]:
+        """The ids of the added tokens marked special (end-of-text, chat role markers, ...)."""
+        return sorted(i for i, t in self._tok.get_added_tokens_decoder().items() if t.special)
+
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 import ast
 import functools
 import json
-import os
 import random
-import sysconfig
 import textwrap
 import time
 from collections import Counter
@@ -24,6 +22,7 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequenc
 import torch
 from tqdm.auto import tqdm
 
+from ..source_files import source_files, stdlib_root
 
 
 class Completion(str):
@@ -32,19 +31,9 @@ class Completion(str):
 
 
 Prompt = Union[str, Completion, List[int]]
-_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "turtledemo",
-              "__pycache__", "ensurepip", "tkinter", "config-3"}
 
 
 # --- prompts -------------------------------------------------------------------------------
-def _stdlib_files(root: Path) -> List[Path]:
-    out = []
-    for d, dirs, files in os.walk(root):
-        dirs[:] = sorted(x for x in dirs if x not in _SKIP_DIRS and not x.startswith(("config-", ".")))
-        out.extend(Path(d) / f for f in sorted(files) if f.endswith(".py"))
-    return out
-
-
 def _documented_definitions(path: Path) -> List[Tuple[str, str, str, str, str, str]]:
     """(kind, name, docstring, source, head, whole) of the public functions and classes in a file
     whose docstring is 40-600 characters and whose source is at most 1200, in ast.walk order;
@@ -74,7 +63,7 @@ def _documented_definitions(path: Path) -> List[Tuple[str, str, str, str, str, s
 def _mined_definitions(roots: Tuple[str, ...], seed: int) -> List[Tuple[str, List]]:
     """(module, its documented definitions) per file under `roots`, files in a seeded order
     (parsed once per process: the standard library takes tens of seconds)."""
-    files = [(Path(root), f) for root in roots for f in _stdlib_files(Path(root))]
+    files = [(Path(root), f) for root in roots for f in source_files(Path(root))]
     random.Random(seed).shuffle(files)
     return [(".".join(f.relative_to(root).with_suffix("").parts), _documented_definitions(f)) for root, f in files]
 
@@ -111,7 +100,7 @@ def code_prompts(limit: int, roots: Optional[Sequence[Union[str, Path]]] = None,
     makes the whole definition a Completion: text for the target to label position by position
     (teacher-forced data, with train_on_prompt)."""
     kinds = checked_prompt_kinds(kinds)
-    roots = [Path(sysconfig.get_paths()["stdlib"])] if not roots else [Path(r) for r in roots]
+    roots = [stdlib_root()] if not roots else [Path(r) for r in roots]
     for root in roots:
         if not root.is_dir():
             raise ValueError(f"prompt source {root} is not a directory")
