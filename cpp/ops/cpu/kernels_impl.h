@@ -24,11 +24,12 @@ struct Kernels {
 
   // Calls tile(g, m, cols) for every (row group g, token tile m .. m + cols <= kTokens) of an
   // N x M output.
-  template <int kTokens = 3, class TileFn>
+  // With kGroups > 1 a tile covers that many row groups and g counts tiles of them.
+  template <int kTokens = 3, int kGroups = 1, class TileFn>
   static void for_each_tile(int64_t N, int64_t M, TileFn&& tile) {
     constexpr int64_t kTokenBlock = 48;
-    const int64_t G = (N + kPackRows - 1) / kPackRows;
-    parallel_for(G, 4, [&](int64_t g0, int64_t g1) {
+    const int64_t G = (N + kPackRows * kGroups - 1) / (kPackRows * kGroups);
+    parallel_for(G, (4 + kGroups - 1) / kGroups, [&](int64_t g0, int64_t g1) {
       for (int64_t mb = 0; mb < M; mb += kTokenBlock) {
         const int64_t me = M < mb + kTokenBlock ? M : mb + kTokenBlock;
         // Balanced tiles (5 tokens: 3 + 2, not 4 + 1): a narrow tile wastes the weight loads.
@@ -100,14 +101,34 @@ struct Kernels {
   template <int C>
   static constexpr int kChainsFor = C <= 2 ? 2 : 1;
 
+  // The lanes a quantized tile computes in: VT's 8, one row group. An instruction set may also
+  // offer VT::Wide, two row groups side by side in 16 lanes (the second group's packed weights
+  // start `stride` bytes after the first's), where one integer step serves both groups.
+  struct Narrow : VT {
+    static constexpr int kGroups = 1;
+    static void q4_unpack(const uint8_t* p, int64_t, typename VT::U8W* lo, typename VT::U8W* hi) {
+      VT::q4_unpack(p, lo, hi);
+    }
+    static V load_f16(const uint16_t* p, int64_t) { return VT::load(p, DType::kF16); }
+  };
+  template <class T, class = void>
+  struct WideOr {
+    using type = Narrow;
+  };
+  template <class T>
+  struct WideOr<T, std::void_t<typename T::Wide>> {
+    using type = typename T::Wide;
+  };
+
   // int8 weights x int8-quantized activations (GGUF Q8_0 x Q8_0): per superblock of 64
   // columns, 8 integer steps give the 8 (row, block) lanes their whole block dot products, then
   // one convert and one fused multiply-add apply the weight x activation block scales.
   struct Q8Format {
+    using L = Narrow;
     static constexpr int kBytes = kQ8SuperBytes;
     static constexpr int kTokens = 4;  // a tile's accumulators and weight steps fill the registers
     template <int C>
-    static void dots(const uint8_t* sb, const int8_t* const (&xs)[C], const int32_t* const (&offsets)[C],
+    static void dots(const uint8_t* sb, int64_t, const int8_t* const (&xs)[C], const int32_t* const (&offsets)[C],
                      typename VT::VI (&d)[C]) {
       constexpr int kChains = kChainsFor<C>;
       typename VT::VI chain[kChains][C];
@@ -127,7 +148,7 @@ struct Kernels {
     struct Scales {
       V scale;
     };
-    static Scales scales(const uint8_t* sb) {
+    static Scales scales(const uint8_t* sb, int64_t) {
       return {VT::load(reinterpret_cast<const float*>(sb + kQ8Steps * kQ8StepBytes))};
     }
     // acc += dot x weight scale x activation scale
@@ -139,45 +160,53 @@ struct Kernels {
   // 4-bit weights x int8-quantized activations (GGUF Q4_1 x Q8_1): the same lanes with unsigned
   // weights (low / high nibbles of one load are steps t and t + 4), then per lane
   // scale x dot + min x (sum of the activations). A superblock's 8 steps are unpacked once into
-  // registers and serve every token of the tile, one token's 8 steps after another.
-  struct Q4Format {
+  // registers and serve every token of the tile, one token's 8 steps after another. Lanes is
+  // Narrow or VT::Wide (see Narrow).
+  template <class Lanes>
+  struct Q4FormatIn {
+    using L = Lanes;
+    using LV = typename L::V;
+    using LI = typename L::VI;
     static constexpr int kBytes = kQ4SuperBytes;
     static constexpr int kTokens = 8;  // unpacking is paid once per superblock for all of them
     template <int C>
-    static void dots(const uint8_t* sb, const int8_t* const (&xs)[C], const int32_t* const (&)[C],
-                     typename VT::VI (&d)[C]) {
-      typename VT::U8W w[kQ8Steps];
-      for (int t = 0; t < kQ4Loads; ++t) VT::q4_unpack(sb + t * kQ8StepBytes, &w[t], &w[t + kQ4Loads]);
+    static void dots(const uint8_t* sb, int64_t stride, const int8_t* const (&xs)[C], const int32_t* const (&)[C],
+                     LI (&d)[C]) {
+      typename L::U8W w[kQ8Steps];
+      for (int t = 0; t < kQ4Loads; ++t) L::q4_unpack(sb + t * kQ8StepBytes, stride, &w[t], &w[t + kQ4Loads]);
       constexpr int kChains = kChainsFor<C>;
       for (int c = 0; c < C; ++c) {
-        typename VT::VI sums[kChains];
-        for (auto& chain : sums) chain = VT::vi_zero();
-        for (int s = 0; s < kQ8Steps; ++s) sums[s % kChains] = VT::u8_step(sums[s % kChains], w[s], xs[c] + s * 8);
-        d[c] = VT::u8_lanes(sums[0]);  // 8 steps at most: see u8_step
-        for (int h = 1; h < kChains; ++h) d[c] = VT::vi_add(d[c], VT::u8_lanes(sums[h]));
+        LI sums[kChains];
+        for (auto& chain : sums) chain = L::vi_zero();
+        for (int s = 0; s < kQ8Steps; ++s) sums[s % kChains] = L::u8_step(sums[s % kChains], w[s], xs[c] + s * 8);
+        d[c] = L::u8_lanes(sums[0]);  // 8 steps at most: see u8_step
+        for (int h = 1; h < kChains; ++h) d[c] = L::vi_add(d[c], L::u8_lanes(sums[h]));
       }
     }
     struct Scales {
-      V scale, min;
+      LV scale, min;
     };
-    static Scales scales(const uint8_t* sb) {
+    static Scales scales(const uint8_t* sb, int64_t stride) {
       const uint16_t* f16 = reinterpret_cast<const uint16_t*>(sb + kQ4ScaleOffset);
-      return {VT::load(f16, DType::kF16), VT::load(f16 + kQ8Lanes, DType::kF16)};
+      return {L::load_f16(f16, stride / 2), L::load_f16(f16 + kQ8Lanes, stride / 2)};
     }
-    static V apply(const Scales& w, V dot, const float* x_scale, const float* x_sum, V acc) {
-      acc = VT::fma(dot, VT::mul(w.scale, VT::load2(x_scale)), acc);
-      return VT::fma(w.min, VT::load2(x_sum), acc);
+    static LV apply(const Scales& w, LV dot, const float* x_scale, const float* x_sum, LV acc) {
+      acc = L::fma(dot, L::mul(w.scale, L::load2(x_scale)), acc);
+      return L::fma(w.min, L::load2(x_sum), acc);
     }
   };
+  using Q4Format = Q4FormatIn<Narrow>;
+  using Q4WideFormat = Q4FormatIn<typename WideOr<VT>::type>;
 
-  // One row group x C tokens of a quantized matmul, superblock by superblock.
+  // Format::L::kGroups row groups from g x C tokens of a quantized matmul, superblock by superblock.
   template <class Format, int C>
   static void tile_quantized(const Matrix& W, int64_t g, const QuantizedRows& x, int64_t m, float* Y,
                              int64_t ldy, const float* bias) {
-    const int64_t P = W.superblocks();
+    using L = typename Format::L;
+    const int64_t P = W.superblocks(), stride = W.group_bytes();
     const uint8_t* gp = W.group(g * kPackRows);
-    V acc[C];
-    for (int c = 0; c < C; ++c) acc[c] = VT::zero();
+    typename L::V acc[C];
+    for (int c = 0; c < C; ++c) acc[c] = L::zero();
     for (int64_t p = 0; p < P; ++p) {
       const uint8_t* sb = gp + p * Format::kBytes;
       const int8_t* xs[C];
@@ -186,28 +215,29 @@ struct Kernels {
         xs[c] = x.q + ((m + c) * P + p) * kQ8Super;
         offsets[c] = x.lane_offset + ((m + c) * P + p) * 2;
       }
-      typename VT::VI dots[C];
-      Format::template dots<C>(sb, xs, offsets, dots);
-      const typename Format::Scales w = Format::scales(sb);  // once per superblock, all tokens
+      typename L::VI dots[C];
+      Format::template dots<C>(sb, stride, xs, offsets, dots);
+      const typename Format::Scales w = Format::scales(sb, stride);  // once per superblock, all tokens
       for (int c = 0; c < C; ++c) {
         const int64_t xi = ((m + c) * P + p) * 2;
-        acc[c] = Format::apply(w, VT::q8_float(dots[c]), x.scale + xi, x.block_sum + xi, acc[c]);
+        acc[c] = Format::apply(w, L::q8_float(dots[c]), x.scale + xi, x.block_sum + xi, acc[c]);
       }
     }
-    store_lanes<C>(acc, W, g, m, Y, ldy, bias);
+    store_lanes<L, C>(acc, W, g, m, Y, ldy, bias);
   }
 
-  // Stores C vectors of 8 (row, block) lane sums: output row r is lanes 2r + 2r + 1.
-  template <int C>
-  static void store_lanes(const V (&acc)[C], const Matrix& W, int64_t g, int64_t m, float* Y,
+  // Stores C vectors of 8 (row, block) lane sums per row group: output row r of a group is its
+  // lanes 2r + 2r + 1.
+  template <class L, int C>
+  static void store_lanes(const typename L::V (&acc)[C], const Matrix& W, int64_t g, int64_t m, float* Y,
                           int64_t ldy, const float* bias) {
     for (int c = 0; c < C; ++c) {
-      float lanes[kQ8Lanes];
-      VT::store(lanes, acc[c]);
-      for (int r = 0; r < kPackRows; ++r) {
-        const int64_t row = g * kPackRows + r;
+      float lanes[kQ8Lanes * L::kGroups];
+      L::store(lanes, acc[c]);
+      for (int i = 0; i < kPackRows * L::kGroups; ++i) {
+        const int64_t row = g * kPackRows + i;
         if (row >= W.rows) break;
-        Y[(m + c) * ldy + row] = lanes[2 * r] + lanes[2 * r + 1] + (bias ? bias[row] : 0.f);
+        Y[(m + c) * ldy + row] = lanes[2 * i] + lanes[2 * i + 1] + (bias ? bias[row] : 0.f);
       }
     }
   }
@@ -286,17 +316,26 @@ struct Kernels {
       case DType::kQ4: {
         const QuantizedRows x = quantize_rows_q8(X, M, W.cols, ldx);
         if (W.dtype == DType::kQ8) matmul_quantized<Q8Format>(W, x, M, Y, ldy, bias);
-        else matmul_quantized<Q4Format>(W, x, M, Y, ldy, bias);
+        else matmul_quantized<Q4Format, Q4WideFormat>(W, x, M, Y, ldy, bias);
         break;
       }
     }
   }
 
-  template <class Format>
+  // Tiles of Wide::kGroups row groups where the instruction set has them (a last group left
+  // over runs narrow), else of one.
+  template <class Format, class WideFormat = Format>
   static void matmul_quantized(const Matrix& W, const QuantizedRows& x, int64_t M, float* Y, int64_t ldy,
                                const float* bias) {
-    for_each_tile<Format::kTokens>(W.rows, M, [&](int64_t g, int64_t m, int cols) {
-      with_cols<Format::kTokens>(cols, [&](auto c) { tile_quantized<Format, decltype(c)::value>(W, g, x, m, Y, ldy, bias); });
+    constexpr int kGroups = WideFormat::L::kGroups;
+    const int64_t groups = W.groups();
+    for_each_tile<Format::kTokens, kGroups>(W.rows, M, [&](int64_t t, int64_t m, int cols) {
+      const int64_t g = t * kGroups;
+      with_cols<Format::kTokens>(cols, [&](auto c) {
+        if (g + kGroups <= groups) tile_quantized<WideFormat, decltype(c)::value>(W, g, x, m, Y, ldy, bias);
+        else
+          for (int64_t h = g; h < groups; ++h) tile_quantized<Format, decltype(c)::value>(W, h, x, m, Y, ldy, bias);
+      });
     });
   }
 
