@@ -103,13 +103,16 @@ struct Kernels {
 
   // The lanes a quantized tile computes in: VT's 8, one row group. An instruction set may also
   // offer VT::Wide, two row groups side by side in 16 lanes (the second group's packed weights
-  // start `stride` bytes after the first's), where one integer step serves both groups.
+  // start `stride` bytes after the first's), where one integer step serves both groups. The
+  // strides the loads take count their own elements.
   struct Narrow : VT {
     static constexpr int kGroups = 1;
     static void q4_unpack(const uint8_t* p, int64_t, typename VT::U8W* lo, typename VT::U8W* hi) {
       VT::q4_unpack(p, lo, hi);
     }
     static V load_f16(const uint16_t* p, int64_t) { return VT::load(p, DType::kF16); }
+    static V load_f32(const float* p, int64_t) { return VT::load(p); }
+    static typename VT::Q8W q8_load_step(const uint8_t* p, int64_t) { return VT::q8_load_step(p); }
   };
   template <class T, class = void>
   struct WideOr {
@@ -122,40 +125,46 @@ struct Kernels {
 
   // int8 weights x int8-quantized activations (GGUF Q8_0 x Q8_0): per superblock of 64
   // columns, 8 integer steps give the 8 (row, block) lanes their whole block dot products, then
-  // one convert and one fused multiply-add apply the weight x activation block scales.
-  struct Q8Format {
-    using L = Narrow;
+  // one convert and one fused multiply-add apply the weight x activation block scales. Lanes is
+  // Narrow or VT::Wide (see Narrow).
+  template <class Lanes>
+  struct Q8FormatIn {
+    using L = Lanes;
+    using LV = typename L::V;
+    using LI = typename L::VI;
     static constexpr int kBytes = kQ8SuperBytes;
     static constexpr int kTokens = 4;  // a tile's accumulators and weight steps fill the registers
     template <int C>
-    static void dots(const uint8_t* sb, int64_t, const int8_t* const (&xs)[C], const int32_t* const (&offsets)[C],
-                     typename VT::VI (&d)[C]) {
+    static void dots(const uint8_t* sb, int64_t stride, const int8_t* const (&xs)[C],
+                     const int32_t* const (&offsets)[C], LI (&d)[C]) {
       constexpr int kChains = kChainsFor<C>;
-      typename VT::VI chain[kChains][C];
+      LI chain[kChains][C];
       for (int c = 0; c < C; ++c) {
-        chain[0][c] = VT::q8_init(offsets[c]);
-        for (int h = 1; h < kChains; ++h) chain[h][c] = VT::vi_zero();
+        chain[0][c] = L::q8_init(offsets[c]);
+        for (int h = 1; h < kChains; ++h) chain[h][c] = L::vi_zero();
       }
       for (int s = 0; s < kQ8Steps; ++s) {
-        const typename VT::Q8W w = VT::q8_load_step(sb + s * kQ8StepBytes);
-        for (int c = 0; c < C; ++c) chain[s % kChains][c] = VT::q8_step(chain[s % kChains][c], w, xs[c] + s * 8);
+        const typename L::Q8W w = L::q8_load_step(sb + s * kQ8StepBytes, stride);
+        for (int c = 0; c < C; ++c) chain[s % kChains][c] = L::q8_step(chain[s % kChains][c], w, xs[c] + s * 8);
       }
       for (int c = 0; c < C; ++c) {
         d[c] = chain[0][c];
-        for (int h = 1; h < kChains; ++h) d[c] = VT::vi_add(d[c], chain[h][c]);
+        for (int h = 1; h < kChains; ++h) d[c] = L::vi_add(d[c], chain[h][c]);
       }
     }
     struct Scales {
-      V scale;
+      LV scale;
     };
-    static Scales scales(const uint8_t* sb, int64_t) {
-      return {VT::load(reinterpret_cast<const float*>(sb + kQ8Steps * kQ8StepBytes))};
+    static Scales scales(const uint8_t* sb, int64_t stride) {
+      return {L::load_f32(reinterpret_cast<const float*>(sb + kQ8Steps * kQ8StepBytes), stride / 4)};
     }
     // acc += dot x weight scale x activation scale
-    static V apply(const Scales& w, V dot, const float* x_scale, const float*, V acc) {
-      return VT::fma(dot, VT::mul(w.scale, VT::load2(x_scale)), acc);
+    static LV apply(const Scales& w, LV dot, const float* x_scale, const float*, LV acc) {
+      return L::fma(dot, L::mul(w.scale, L::load2(x_scale)), acc);
     }
   };
+  using Q8Format = Q8FormatIn<Narrow>;
+  using Q8WideFormat = Q8FormatIn<typename WideOr<VT>::type>;
 
   // 4-bit weights x int8-quantized activations (GGUF Q4_1 x Q8_1): the same lanes with unsigned
   // weights (low / high nibbles of one load are steps t and t + 4), then per lane
@@ -315,7 +324,7 @@ struct Kernels {
       case DType::kQ8:
       case DType::kQ4: {
         const QuantizedRows x = quantize_rows_q8(X, M, W.cols, ldx);
-        if (W.dtype == DType::kQ8) matmul_quantized<Q8Format>(W, x, M, Y, ldy, bias);
+        if (W.dtype == DType::kQ8) matmul_quantized<Q8Format, Q8WideFormat>(W, x, M, Y, ldy, bias);
         else matmul_quantized<Q4Format, Q4WideFormat>(W, x, M, Y, ldy, bias);
         break;
       }

@@ -27,11 +27,11 @@ struct VecAvx512 : VecAvx2 {
   }
   static VI u8_lanes(VI acc) { return acc; }  // vpdpbusd accumulates in 32 bits already
 
-  // Two row groups in 16 lanes for the int4 tiles (kernels_impl.h, Narrow): lanes 0-7 are group
-  // g's, 8-15 group g + 1's, whose packed bytes start `stride` bytes later. One 512-bit
-  // vpdpbusd does a step of both groups against the same 8 activation bytes, so a token's
-  // superblock costs half the instructions of two 256-bit tiles (~1.7x the int4 GMAC/s of one
-  // core with the weights in L2).
+  // Two row groups in 16 lanes for the int4 and int8 tiles (kernels_impl.h, Narrow): lanes 0-7
+  // are group g's, 8-15 group g + 1's, whose packed data starts `stride` elements later. One
+  // 512-bit vpdpbusd does a step of both groups against the same 8 activation bytes, so a
+  // token's superblock costs half the instructions of two 256-bit tiles (~1.7x the int4 GMAC/s
+  // of one core with the weights in L2).
   struct Wide {
     static constexpr int kGroups = 2;
     using V = __m512;
@@ -56,9 +56,7 @@ struct VecAvx512 : VecAvx2 {
     static VI vi_add(VI a, VI b) { return _mm512_add_epi32(a, b); }
     static V q8_float(VI a) { return _mm512_cvtepi32_ps(a); }
     static void q4_unpack(const uint8_t* p, int64_t stride, U8W* lo, U8W* hi) {
-      const __m512i b = _mm512_inserti64x4(
-          _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))),
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + stride)), 1);
+      const __m512i b = pair256(p, p + stride);
       const __m512i mask = _mm512_set1_epi8(0x0F);
       *lo = _mm512_and_si512(b, mask);
       *hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), mask);
@@ -69,6 +67,25 @@ struct VecAvx512 : VecAvx2 {
       return _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi64(bits));
     }
     static VI u8_lanes(VI acc) { return acc; }
+    // int8 steps, as the 256-bit ones above: weights w + 128, the offsets cancel the 128.
+    using Q8W = __m512i;
+    static VI q8_init(const int32_t* offset2) {
+      double pair;
+      __builtin_memcpy(&pair, offset2, 8);
+      return _mm512_castpd_si512(_mm512_set1_pd(pair));
+    }
+    static Q8W q8_load_step(const uint8_t* p, int64_t stride) { return pair256(p, p + stride); }
+    static VI q8_step(VI acc, Q8W w, const int8_t* x8) { return u8_step(acc, w, x8); }
+    static V load_f32(const float* p, int64_t stride) {
+      return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(_mm256_loadu_ps(p))),
+                                                 _mm256_castps_pd(_mm256_loadu_ps(p + stride)), 1));
+    }
+
+   private:
+    static __m512i pair256(const uint8_t* a, const uint8_t* b) {
+      return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a))),
+                                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), 1);
+    }
   };
 };
 
