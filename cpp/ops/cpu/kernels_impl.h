@@ -102,9 +102,9 @@ struct Kernels {
   static constexpr int kChainsFor = C <= 2 ? 2 : 1;
 
   // The lanes a quantized tile computes in: VT's 8, one row group. An instruction set may also
-  // offer VT::Wide, two row groups side by side in 16 lanes (the second group's packed weights
-  // start `stride` bytes after the first's), where one integer step serves both groups. The
-  // strides the loads take count their own elements.
+  // offer VT::Wide, two row groups side by side in 16 lanes (the second group's packed data
+  // starts one group's bytes after the first's), where one integer step serves both groups.
+  // Each load takes that distance counted in its own elements (bytes, halves, floats).
   struct Narrow : VT {
     static constexpr int kGroups = 1;
     static void q4_unpack(const uint8_t* p, int64_t, typename VT::U8W* lo, typename VT::U8W* hi) {
