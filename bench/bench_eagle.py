@@ -131,17 +131,16 @@ def main() -> int:
            for c in (chains if args.compare_head else [])},
         f"ngram k={k}": dict(speculative={"method": "ngram", "num_speculative_tokens": k}),
     }
-    for dk in ([int(x) for x in args.draft_k.split(",")] if args.draft_k else [k]) if args.target == "qwen1.5b" else []:
-        configs[f"0.5B draft k={dk}"] = dict(draft=fetch_models.qwen_coder_gguf("0.5b"),
-                                             speculative={"method": "draft", "num_speculative_tokens": dk})
-        # FR-Spec: the same draft with an LM head of the head's draft vocabulary only (its t2d)
-        configs[f"0.5B draft k={dk}, draft vocab"] = dict(draft=fetch_models.qwen_coder_gguf("0.5b"), speculative={
-            "method": "draft", "num_speculative_tokens": dk, "draft_vocab": args.draft_vocab or args.head})
-    if args.draft_adaptive and args.target == "qwen1.5b":
-        configs[f"0.5B draft adaptive k<={args.draft_adaptive}, draft vocab"] = dict(
-            draft=fetch_models.qwen_coder_gguf("0.5b"), speculative={
-                "method": "draft", "num_speculative_tokens": args.draft_adaptive, "adaptive": True,
-                "draft_vocab": args.draft_vocab or args.head})
+    if args.target == "qwen1.5b":
+        draft = fetch_models.qwen_coder_gguf("0.5b")
+        vocab = args.draft_vocab or args.head  # FR-Spec: an LM head of these tokens only (a head: its t2d)
+        for dk in [int(x) for x in args.draft_k.split(",")] if args.draft_k else [k]:
+            configs[f"0.5B draft k={dk}"] = dict(draft=draft, speculative={"method": "draft", "num_speculative_tokens": dk})
+            configs[f"0.5B draft k={dk}, draft vocab"] = dict(draft=draft, speculative={
+                "method": "draft", "num_speculative_tokens": dk, "draft_vocab": vocab})
+        if args.draft_adaptive:
+            configs[f"0.5B draft adaptive k<={args.draft_adaptive}, draft vocab"] = dict(draft=draft, speculative={
+                "method": "draft", "num_speculative_tokens": args.draft_adaptive, "adaptive": True, "draft_vocab": vocab})
     engines = {name: LLM(target, **common, **extra) for name, extra in configs.items()}
     llamacpp = None
     if "llamacpp" in args.peers and target.endswith(".gguf"):

@@ -11,6 +11,7 @@ line: by default the Python standard library's sources, a set for code completio
 from __future__ import annotations
 
 from collections import Counter
+from itertools import islice
 from pathlib import Path
 from typing import Iterable, List, NamedTuple, Sequence, Union
 
@@ -46,13 +47,8 @@ def from_texts(texts: Iterable[str], tokenizer, size: int, always: Sequence[int]
     """The `size` most frequent token ids of `texts` under `tokenizer` (a specdec_native
     Tokenizer), plus `always`, and how much of the text they cover."""
     counts: Counter = Counter()
-    chunk: List[str] = []
-    for text in texts:
-        chunk.append(text)
-        if len(chunk) == batch:
-            counts.update(t for ids in tokenizer.encode_batch(chunk) for t in ids)
-            chunk = []
-    if chunk:
+    texts = iter(texts)
+    while chunk := list(islice(texts, batch)):
         counts.update(t for ids in tokenizer.encode_batch(chunk) for t in ids)
     total = sum(counts.values())
     if total == 0:
