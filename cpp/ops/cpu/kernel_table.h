@@ -14,16 +14,26 @@ struct AttentionPlan {
 };
 
 // Activations quantized for the int8 matmul, per row and block of 32 (Q8_0 x Q8_0), laid out
-// like the weights: per row and superblock p of 64 columns, q holds 8 steps of 8 bytes (4 of
-// block 0, 4 of block 1: step s = columns 4s .. 4s + 3 of each), scale the 2 block scales, and
-// lane_offset = -128 x the 2 blocks' sums of q, which cancels the + 128 the weights are stored
-// with when a kernel multiplies the unsigned stored bytes directly (AVX-512 VNNI), and
-// block_sum = scale x the sum of q (the int4 weights' minimums multiply it).
+// like the weights and superblock-major: for superblock p of 64 columns, the M rows' records
+// follow each other, so a tile finds all its tokens' data at fixed offsets from one pointer.
+// A record holds the 8 steps of 8 bytes (4 of block 0, 4 of block 1: step s = columns
+// 4s .. 4s + 3 of each), the 2 block scales, block_sum = scale x the sum of q (the int4
+// weights' minimums multiply it) and lane_offset = -128 x the 2 blocks' sums of q, which cancels
+// the + 128 the weights are stored with when a kernel multiplies the unsigned stored bytes
+// directly (AVX-512 VNNI).
 struct QuantizedRows {
-  const int8_t* q = nullptr;            // [M][P][64]
-  const float* scale = nullptr;         // [M][P][2]
-  const float* block_sum = nullptr;     // [M][P][2]
-  const int32_t* lane_offset = nullptr; // [M][P][2]
+  static constexpr int64_t kScale = 64, kBlockSum = 72, kLaneOffset = 80;  // byte offsets
+  static constexpr int64_t kRecordBytes = 88;
+  const uint8_t* data = nullptr;  // [P][rows] records
+  int64_t rows = 0;
+
+  const uint8_t* record(int64_t p, int64_t m) const { return data + (p * rows + m) * kRecordBytes; }
+  static const int8_t* q(const uint8_t* rec) { return reinterpret_cast<const int8_t*>(rec); }
+  static const float* scale(const uint8_t* rec) { return reinterpret_cast<const float*>(rec + kScale); }
+  static const float* block_sum(const uint8_t* rec) { return reinterpret_cast<const float*>(rec + kBlockSum); }
+  static const int32_t* lane_offset(const uint8_t* rec) {
+    return reinterpret_cast<const int32_t*>(rec + kLaneOffset);
+  }
 };
 
 struct KernelTable {
