@@ -170,8 +170,8 @@ struct Kernels {
   // 4-bit weights x int8-quantized activations (GGUF Q4_1 x Q8_1): the same lanes with unsigned
   // weights (low / high nibbles of one load are steps t and t + 4), then per lane
   // scale x dot + min x (sum of the activations). A superblock's 8 steps are unpacked once into
-  // registers and serve every token of the tile, one token's 8 steps after another. Lanes is
-  // Narrow or VT::Wide (see Narrow).
+  // registers and serve every token of the tile, step by step over the tokens (their
+  // accumulators are independent chains side by side). Lanes is Narrow or VT::Wide (see Narrow).
   template <class Lanes>
   struct Q4FormatIn {
     using L = Lanes;
