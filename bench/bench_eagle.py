@@ -4,7 +4,7 @@ with its LM head cut to the head's draft vocabulary or --draft-vocab's: FR-Spec'
 llama.cpp's autoregressive decoding of the same GGUF. Beside each row: mean accepted length and
 the head's draft cost ratio c (one drafted token's time / one autoregressive step's).
 
-    python bench/bench_eagle.py --head HEAD_DIR [--target smollm2|qwen1.5b|PATH] [--k 3 | --k 1,2,4,8]
+    python bench/bench_eagle.py [--head HEAD_DIR] [--target smollm2|qwen1.5b|PATH] [--k 3 | --k 1,2,4,8]
                                 [--trees 4:8:4,4:16:5] [--prompts heldout,code,code2] [--tokens 64]
                                 [--peers llamacpp] [--compare-head OTHER_HEAD_DIR] [--draft-k 3,4]
                                 [--draft-vocab VOCAB.json] [--draft-adaptive 6] [--repeats 3]
@@ -95,7 +95,8 @@ def main() -> int:
     from specdec_native import LLM
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--head", required=True)
+    ap.add_argument("--head", help="an EAGLE-3 head directory (without one: only the other drafters' rows, "
+                                   "on --prompts other than heldout)")
     ap.add_argument("--compare-head", help="another head (say an earlier one) whose chains run beside --head's")
     ap.add_argument("--target", default="smollm2")
     ap.add_argument("--k", default="3", help="chain length(s) of the head, comma-separated")
@@ -118,14 +119,17 @@ def main() -> int:
     common = dict(dtype=args.dtype, num_threads=args.threads, progress=False, enable_prefix_caching=False)
     chains = [int(k) for k in str(args.k).split(",")]
     k = chains[0]
+    if not args.head and "heldout" in args.prompts.split(","):
+        ap.error("--prompts heldout needs --head (its held-out prompts)")
+    heads = [args.head] if args.head else []
     configs = {
         "autoregressive": {},
-        **{f"eagle chain k={c}": dict(draft=args.head, speculative={"method": "eagle", "num_speculative_tokens": c,
-                                                                    "tree": "chain"}) for c in chains},
-        **{f"eagle tree {t}": dict(draft=args.head, speculative={
+        **{f"eagle chain k={c}": dict(draft=head, speculative={"method": "eagle", "num_speculative_tokens": c,
+                                                               "tree": "chain"}) for c in chains for head in heads},
+        **{f"eagle tree {t}": dict(draft=head, speculative={
             "method": "eagle", "num_speculative_tokens": int(t.split(":")[2]),
             "tree": {"top_k": int(t.split(":")[0]), "max_nodes": int(t.split(":")[1])}})
-           for t in filter(None, args.trees.split(","))},
+           for t in filter(None, args.trees.split(",")) for head in heads},
         **{f"eagle chain k={c} ({Path(args.compare_head).name})": dict(
             draft=args.compare_head, speculative={"method": "eagle", "num_speculative_tokens": c, "tree": "chain"})
            for c in (chains if args.compare_head else [])},
@@ -136,9 +140,10 @@ def main() -> int:
         vocab = args.draft_vocab or args.head  # FR-Spec: an LM head of these tokens only (a head: its t2d)
         for dk in [int(x) for x in args.draft_k.split(",")] if args.draft_k else [k]:
             configs[f"0.5B draft k={dk}"] = dict(draft=draft, speculative={"method": "draft", "num_speculative_tokens": dk})
-            configs[f"0.5B draft k={dk}, draft vocab"] = dict(draft=draft, speculative={
-                "method": "draft", "num_speculative_tokens": dk, "draft_vocab": vocab})
-        if args.draft_adaptive:
+            if vocab:
+                configs[f"0.5B draft k={dk}, draft vocab"] = dict(draft=draft, speculative={
+                    "method": "draft", "num_speculative_tokens": dk, "draft_vocab": vocab})
+        if args.draft_adaptive and vocab:
             configs[f"0.5B draft adaptive k<={args.draft_adaptive}, draft vocab"] = dict(draft=draft, speculative={
                 "method": "draft", "num_speculative_tokens": args.draft_adaptive, "adaptive": True, "draft_vocab": vocab})
     engines = {name: LLM(target, **common, **extra) for name, extra in configs.items()}
@@ -147,7 +152,7 @@ def main() -> int:
         llamacpp = run_llamacpp(target, args.threads, args.tokens)
     sets = {}
     for which in filter(None, args.prompts.split(",")):
-        prompts = load_prompts(Path(args.head), which, engines["autoregressive"])
+        prompts = load_prompts(Path(args.head or "."), which, engines["autoregressive"])
         print(f"-- prompts: {which} ({len(prompts)})", flush=True)
         rows = measure(engines, prompts, args.tokens, args.repeats)
         if llamacpp is not None:
