@@ -69,9 +69,7 @@ struct VecAvx2 {
     return Q8W{_mm256_sign_epi8(w, w), w};
   }
   static VI q8_step(VI acc, const Q8W& w, const int8_t* x8) {
-    int64_t bits;
-    __builtin_memcpy(&bits, x8, 8);
-    const __m256i x = _mm256_sign_epi8(_mm256_set1_epi64x(bits), w.sign);
+    const __m256i x = _mm256_sign_epi8(broadcast8(x8), w.sign);
     const __m256i pairs = _mm256_maddubs_epi16(w.abs, x);  // |sum of 2| <= 2 * 128 * 127
     return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
   }
@@ -90,9 +88,7 @@ struct VecAvx2 {
     *hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), mask);
   }
   static VI u8_step(VI acc, U8W w, const int8_t* x8) {
-    int64_t bits;
-    __builtin_memcpy(&bits, x8, 8);
-    return _mm256_add_epi16(acc, _mm256_maddubs_epi16(w, _mm256_set1_epi64x(bits)));
+    return _mm256_add_epi16(acc, _mm256_maddubs_epi16(w, broadcast8(x8)));
   }
   static VI u8_lanes(VI acc16) { return _mm256_madd_epi16(acc16, _mm256_set1_epi16(1)); }
 
@@ -130,6 +126,67 @@ struct VecAvx2 {
     *sum = _mm_cvtsi128_si32(s4);
     return scale;
   }
+  // Two row groups side by side for the quantized tiles (kernels_impl.h, Narrow), as two 256-bit
+  // halves: lanes a are group g's, b group g + 1's, whose packed data starts `stride` elements
+  // later. A token's activation bytes are broadcast once per step for both groups, and the
+  // tile's activation scales and pointers serve twice the rows.
+  struct Wide {
+    static constexpr int kGroups = 2;
+    struct V {
+      __m256 a, b;
+    };
+    struct VI {
+      __m256i a, b;
+    };
+    using U8W = VI;
+    static V zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+    static V fma(V x, V y, V z) { return {_mm256_fmadd_ps(x.a, y.a, z.a), _mm256_fmadd_ps(x.b, y.b, z.b)}; }
+    static V mul(V x, V y) { return {_mm256_mul_ps(x.a, y.a), _mm256_mul_ps(x.b, y.b)}; }
+    static void store(float* p, V x) {
+      _mm256_storeu_ps(p, x.a);
+      _mm256_storeu_ps(p + 8, x.b);
+    }
+    static V load2(const float* p) {
+      const __m256 v = VecAvx2::load2(p);
+      return {v, v};
+    }
+    static V load_f16(const uint16_t* p, int64_t stride) {
+      return {VecAvx2::load(p, DType::kF16), VecAvx2::load(p + stride, DType::kF16)};
+    }
+    static V load_f32(const float* p, int64_t stride) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + stride)}; }
+    static VI vi_zero() { return {_mm256_setzero_si256(), _mm256_setzero_si256()}; }
+    static VI vi_add(VI x, VI y) { return {_mm256_add_epi32(x.a, y.a), _mm256_add_epi32(x.b, y.b)}; }
+    static V q8_float(VI x) { return {_mm256_cvtepi32_ps(x.a), _mm256_cvtepi32_ps(x.b)}; }
+    static void q4_unpack(const uint8_t* p, int64_t stride, U8W* lo, U8W* hi) {
+      VecAvx2::q4_unpack(p, &lo->a, &hi->a);
+      VecAvx2::q4_unpack(p + stride, &lo->b, &hi->b);
+    }
+    static VI u8_step(VI acc, U8W w, const int8_t* x8) {
+      const __m256i x = broadcast8(x8);
+      return {_mm256_add_epi16(acc.a, _mm256_maddubs_epi16(w.a, x)), _mm256_add_epi16(acc.b, _mm256_maddubs_epi16(w.b, x))};
+    }
+    static VI u8_lanes(VI acc16) { return {VecAvx2::u8_lanes(acc16.a), VecAvx2::u8_lanes(acc16.b)}; }
+    struct Q8W {
+      VecAvx2::Q8W a, b;
+    };
+    static VI q8_init(const int32_t*) { return vi_zero(); }
+    static Q8W q8_load_step(const uint8_t* p, int64_t stride) {
+      return {VecAvx2::q8_load_step(p), VecAvx2::q8_load_step(p + stride)};
+    }
+    static VI q8_step(VI acc, const Q8W& w, const int8_t* x8) {
+      const __m256i x = broadcast8(x8), one = _mm256_set1_epi16(1);
+      const __m256i pa = _mm256_maddubs_epi16(w.a.abs, _mm256_sign_epi8(x, w.a.sign));
+      const __m256i pb = _mm256_maddubs_epi16(w.b.abs, _mm256_sign_epi8(x, w.b.sign));
+      return {_mm256_add_epi32(acc.a, _mm256_madd_epi16(pa, one)), _mm256_add_epi32(acc.b, _mm256_madd_epi16(pb, one))};
+    }
+  };
+  // x8[0..7] in each 64-bit lane.
+  static __m256i broadcast8(const int8_t* x8) {
+    int64_t bits;
+    __builtin_memcpy(&bits, x8, 8);
+    return _mm256_set1_epi64x(bits);
+  }
+
   static float hsum(V a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));

@@ -20,11 +20,7 @@ struct VecAvx512 : VecAvx2 {
   }
   static Q8W q8_load_step(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
   static VI q8_step(VI acc, Q8W w, const int8_t* x8) { return u8_step(acc, w, x8); }
-  static VI u8_step(VI acc, U8W w, const int8_t* x8) {
-    int64_t bits;
-    __builtin_memcpy(&bits, x8, 8);
-    return _mm256_dpbusd_epi32(acc, w, _mm256_set1_epi64x(bits));
-  }
+  static VI u8_step(VI acc, U8W w, const int8_t* x8) { return _mm256_dpbusd_epi32(acc, w, broadcast8(x8)); }
   static VI u8_lanes(VI acc) { return acc; }  // vpdpbusd accumulates in 32 bits already
 
   // Two row groups in 16 lanes for the int4 and int8 tiles (kernels_impl.h, Narrow): lanes 0-7
