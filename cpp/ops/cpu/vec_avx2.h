@@ -68,9 +68,10 @@ struct VecAvx2 {
                                        _mm256_set1_epi8(static_cast<char>(0x80)));
     return Q8W{_mm256_sign_epi8(w, w), w};
   }
-  static VI q8_step(VI acc, const Q8W& w, const int8_t* x8) {
-    const __m256i x = _mm256_sign_epi8(broadcast8(x8), w.sign);
-    const __m256i pairs = _mm256_maddubs_epi16(w.abs, x);  // |sum of 2| <= 2 * 128 * 127
+  static VI q8_step(VI acc, const Q8W& w, const int8_t* x8) { return q8_step_x(acc, w, broadcast8(x8)); }
+  // q8_step with the activation bytes already broadcast.
+  static VI q8_step_x(VI acc, const Q8W& w, __m256i x) {
+    const __m256i pairs = _mm256_maddubs_epi16(w.abs, _mm256_sign_epi8(x, w.sign));  // |sum of 2| <= 2 * 128 * 127
     return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
   }
   static V q8_float(VI a) { return _mm256_cvtepi32_ps(a); }
@@ -174,10 +175,8 @@ struct VecAvx2 {
       return {VecAvx2::q8_load_step(p), VecAvx2::q8_load_step(p + stride)};
     }
     static VI q8_step(VI acc, const Q8W& w, const int8_t* x8) {
-      const __m256i x = broadcast8(x8), one = _mm256_set1_epi16(1);
-      const __m256i pa = _mm256_maddubs_epi16(w.a.abs, _mm256_sign_epi8(x, w.a.sign));
-      const __m256i pb = _mm256_maddubs_epi16(w.b.abs, _mm256_sign_epi8(x, w.b.sign));
-      return {_mm256_add_epi32(acc.a, _mm256_madd_epi16(pa, one)), _mm256_add_epi32(acc.b, _mm256_madd_epi16(pb, one))};
+      const __m256i x = broadcast8(x8);
+      return {VecAvx2::q8_step_x(acc.a, w.a, x), VecAvx2::q8_step_x(acc.b, w.b, x)};
     }
   };
   // x8[0..7] in each 64-bit lane.
