@@ -24,6 +24,9 @@ struct AttentionPlan {
 struct QuantizedRows {
   static constexpr int64_t kScale = 64, kBlockSum = 72, kLaneOffset = 80;  // byte offsets
   static constexpr int64_t kRecordBytes = 88;
+  static_assert(kScale == kQ8Steps * 8, "the 8-byte steps (two blocks' 4 columns) come first");
+  static_assert(kBlockSum == kScale + 8 && kLaneOffset == kBlockSum + 8 && kRecordBytes == kLaneOffset + 8,
+                "then two floats of each per-block field");
   const uint8_t* data = nullptr;  // [P][rows] records
   int64_t rows = 0;
 

@@ -283,7 +283,7 @@ struct Kernels {
     parallel_for(M * P * 2, 64, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {  // i = (row * P + p) * 2 + block
         const int64_t r = i / (2 * P), blk = i % (2 * P), p = blk / 2, half = blk % 2;
-        uint8_t* rec = data + (p * M + r) * QuantizedRows::kRecordBytes;
+        uint8_t* rec = const_cast<uint8_t*>(x.record(p, r));
         int8_t qb[kQ8Block] = {};
         int32_t sum = 0;
         const float scale = blk < nb ? VT::q8_quantize(X + r * ldx + blk * kQ8Block, qb, &sum) : 0.f;
