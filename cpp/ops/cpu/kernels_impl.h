@@ -184,17 +184,23 @@ struct Kernels {
     using LI = typename L::VI;
     static constexpr int kBytes = kQ4SuperBytes;
     static constexpr int kTokens = 8;  // unpacking is paid once per superblock for all of them
+    // One load at a time (steps t and t + 4) for every token: the live registers are the C
+    // sums and one load's two steps, not all 8 steps (which spilled on AVX2's 16 registers).
     template <int C>
     static void dots(const uint8_t* sb, int64_t stride, const int8_t* const (&xs)[C], const int32_t* const (&)[C],
                      LI (&d)[C]) {
-      typename L::U8W w[kQ8Steps];
-      for (int t = 0; t < kQ4Loads; ++t) L::q4_unpack(sb + t * kQ8StepBytes, stride, &w[t], &w[t + kQ4Loads]);
       constexpr int kChains = kChainsFor<C>;
       LI sums[kChains][C];
       for (int h = 0; h < kChains; ++h)
         for (int c = 0; c < C; ++c) sums[h][c] = L::vi_zero();
-      for (int s = 0; s < kQ8Steps; ++s)
-        for (int c = 0; c < C; ++c) sums[s % kChains][c] = L::u8_step(sums[s % kChains][c], w[s], xs[c] + s * 8);
+      for (int t = 0; t < kQ4Loads; ++t) {
+        typename L::U8W lo, hi;
+        L::q4_unpack(sb + t * kQ8StepBytes, stride, &lo, &hi);
+        for (int c = 0; c < C; ++c) {
+          sums[0][c] = L::u8_step(sums[0][c], lo, xs[c] + t * 8);
+          sums[kChains - 1][c] = L::u8_step(sums[kChains - 1][c], hi, xs[c] + (t + kQ4Loads) * 8);
+        }
+      }
       for (int c = 0; c < C; ++c) {
         d[c] = L::u8_lanes(sums[0][c]);  // 8 steps at most: see u8_step
         for (int h = 1; h < kChains; ++h) d[c] = L::vi_add(d[c], L::u8_lanes(sums[h][c]));
