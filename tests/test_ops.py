@@ -134,7 +134,7 @@ MATMUL_SHAPES = [  # (M, K, N)
     (1, 576, 130),
     (16, 160, 33),    # AMX: one full 16-token tile, a half superblock, a partial 16-row tile
     (33, 1024, 48),   # AMX: three 11-token tiles
-    (4, 64, 9),       # int4 tiles of 4, 7, 8 + 7 and 6 + 6 + 5 tokens
+    (4, 64, 9),       # quantized tiles of 4, 7 (or 4 + 3), 8 + 7 (or 5 x 3) and 6 + 6 + 5 tokens
     (7, 128, 12),
     (15, 64, 33),
     (17, 192, 8),

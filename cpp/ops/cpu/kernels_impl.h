@@ -139,7 +139,9 @@ struct Kernels {
     using LV = typename L::V;
     using LI = typename L::VI;
     static constexpr int kBytes = kQ8SuperBytes;
-    static constexpr int kTokens = 4;  // a tile's accumulators and weight steps fill the registers
+    // Wide on AVX2: 12 accumulators and one step's 4 weight registers of 16 (6 tokens, 5 and 6 in
+    // one tile: 0.80 -> 0.68 ms at 5 tokens against 4-token tiles, 8960 x 1536, Zen 3).
+    static constexpr int kTokens = 6;
     template <int C>
     static void dots(const uint8_t* sb, int64_t stride, const int8_t* const (&xs)[C],
                      const int32_t* const (&offsets)[C], LI (&d)[C]) {
@@ -183,7 +185,10 @@ struct Kernels {
     using LV = typename L::V;
     using LI = typename L::VI;
     static constexpr int kBytes = kQ4SuperBytes;
-    static constexpr int kTokens = 8;  // unpacking is paid once per superblock for all of them
+    // Unpacking is paid once per superblock for all of a tile's tokens; their sums (Wide: two
+    // registers each) and one load's 4 weight registers must fit the register file: 8 tokens
+    // spilled on AVX2's 16, where 2 tiles of 4 were faster (0.67 -> 0.60 ms at 8, Zen 3).
+    static constexpr int kTokens = VT::kRegisters >= 32 ? 8 : 6;
     // One load at a time (steps t and t + 4) for every token: the live registers are the C
     // sums and one load's two steps, not all 8 steps (which spilled on AVX2's 16 registers).
     template <int C>

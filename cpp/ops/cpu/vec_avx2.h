@@ -12,6 +12,7 @@ namespace sd::cpu {
 
 struct VecAvx2 {
   static constexpr int kWidth = 8;
+  static constexpr int kRegisters = 16;  // ymm0-15: what a matmul tile's accumulators must fit in
   using V = __m256;
   static V zero() { return _mm256_setzero_ps(); }
   static V set1(float a) { return _mm256_set1_ps(a); }

@@ -12,6 +12,7 @@
 namespace sd::cpu {
 
 struct VecAvx512 : VecAvx2 {
+  static constexpr int kRegisters = 32;  // zmm0-31
   // The stored weights (w + 128) are multiplied as they are; the accumulator starts at the
   // activations' lane offsets (-128 x the block's activation sum), which cancels the + 128.
   using Q8W = __m256i;

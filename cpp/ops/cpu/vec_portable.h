@@ -9,6 +9,7 @@ namespace sd::cpu {
 
 struct VecPortable {
   static constexpr int kWidth = 8;
+  static constexpr int kRegisters = 16;  // as AVX2 (the compiler's vectors are what it makes of them)
   struct V {
     float x[8];
   };
