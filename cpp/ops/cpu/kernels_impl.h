@@ -176,9 +176,9 @@ struct Kernels {
 
   // 4-bit weights x int8-quantized activations (GGUF Q4_1 x Q8_1): the same lanes with unsigned
   // weights (low / high nibbles of one load are steps t and t + 4), then per lane
-  // scale x dot + min x (sum of the activations). A superblock's 8 steps are unpacked once into
-  // registers and serve every token of the tile, step by step over the tokens (their
-  // accumulators are independent chains side by side). Lanes is Narrow or VT::Wide (see Narrow).
+  // scale x dot + min x (sum of the activations). Each of a superblock's 4 loads is unpacked
+  // once and its two steps serve every token of the tile (their accumulators are independent
+  // chains side by side). Lanes is Narrow or VT::Wide (see Narrow).
   template <class Lanes>
   struct Q4FormatIn {
     using L = Lanes;
@@ -191,6 +191,7 @@ struct Kernels {
     static constexpr int kTokens = VT::kRegisters >= 32 ? 8 : 6;
     // One load at a time (steps t and t + 4) for every token: the live registers are the C
     // sums and one load's two steps, not all 8 steps (which spilled on AVX2's 16 registers).
+    // With two chains (1-2 tokens) the low-nibble steps feed one and the high-nibble steps the other.
     template <int C>
     static void dots(const uint8_t* sb, int64_t stride, const int8_t* const (&xs)[C], const int32_t* const (&)[C],
                      LI (&d)[C]) {

@@ -73,9 +73,15 @@ struct VecAvx2 {
   // q8_step with the activation bytes already broadcast.
   static VI q8_step_x(VI acc, const Q8W& w, __m256i x) {
     const __m256i pairs = _mm256_maddubs_epi16(w.abs, _mm256_sign_epi8(x, w.sign));  // |sum of 2| <= 2 * 128 * 127
-    VI sum = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
-    __asm__("" : "+x"(sum));  // kept in a register: see u8_step_x
-    return sum;
+    return pinned(_mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))));
+  }
+  // `v`, made to exist in a register at this point. Left free, GCC reassociates a tile's chains
+  // of integer adds into trees whose every product is live at once, and on 16 registers spills
+  // them all to the stack (a store and a load per multiply, which made the tiles of 3 or more
+  // tokens store-bound); an empty asm that takes and gives v is a point no reordering crosses.
+  static VI pinned(VI v) {
+    __asm__("" : "+x"(v));
+    return v;
   }
   static V q8_float(VI a) { return _mm256_cvtepi32_ps(a); }
 
@@ -92,15 +98,8 @@ struct VecAvx2 {
     *hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), mask);
   }
   static VI u8_step(VI acc, U8W w, const int8_t* x8) { return u8_step_x(acc, w, broadcast8(x8)); }
-  // u8_step with the activation bytes already broadcast. The sum is pinned to a register: left
-  // free, GCC reassociates a tile's chains of 16-bit adds into trees whose every product is
-  // live at once, and on 16 registers spills them all to the stack (a store and a load per
-  // multiply, which made the tiles of 3 or more tokens store-bound).
-  static VI u8_step_x(VI acc, U8W w, __m256i x) {
-    VI sum = _mm256_add_epi16(acc, _mm256_maddubs_epi16(w, x));
-    __asm__("" : "+x"(sum));
-    return sum;
-  }
+  // u8_step with the activation bytes already broadcast.
+  static VI u8_step_x(VI acc, U8W w, __m256i x) { return pinned(_mm256_add_epi16(acc, _mm256_maddubs_epi16(w, x))); }
   static VI u8_lanes(VI acc16) { return _mm256_madd_epi16(acc16, _mm256_set1_epi16(1)); }
 
   // Quantizes 32 activations (Q8_0) exactly like quantize_q8_block; returns the scale and the
