@@ -1,5 +1,6 @@
 """End to end on the GPU, side by side in one run: our autoregressive decoding vs speculative
-decoding (draft model chain, n-gram) with LLM(device="cuda"), and transformers' generate (and
+decoding (draft model chain, n-gram) with LLM(device="cuda") (and autoregressive without CUDA
+graphs, SPECDEC_CUDA_GRAPHS=0, to show what the graphs save), and transformers' generate (and
 its assisted generation with the same draft) on the same GPU, against the bandwidth limit
 (decode reads every weight once per token: tokens/s <= HBM bytes/s / weight bytes per token).
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -112,6 +114,7 @@ def main() -> int:
     common = dict(device="cuda", dtype=args.dtype, progress=False, enable_prefix_caching=False)
     configs = {
         "autoregressive": {},
+        "autoregressive, no graphs": dict(cuda_graphs=False),  # every forward eager: the launch overhead
         f"draft chain k={args.k}": dict(draft=str(draft), speculative={"method": "draft", "num_speculative_tokens": args.k}),
         f"ngram k={args.k}": dict(speculative={"method": "ngram", "num_speculative_tokens": args.k}),
     }
@@ -123,7 +126,11 @@ def main() -> int:
         prompt_ids = [11, 12, 13, 14, 15, 16, 17, 18] * 8  # repetitive: n-gram drafts apply
     bound = peak / ar.engine.weight_bytes_per_token
     for cfg, extra in configs.items():
-        llm = ar if not extra else LLM(str(target), **common, **extra)
+        extra = dict(extra)
+        graphs = extra.pop("cuda_graphs", True)
+        os.environ["SPECDEC_CUDA_GRAPHS"] = "1" if graphs else "0"  # read when the model loads
+        llm = ar if not extra and graphs else LLM(str(target), **common, **extra)
+        os.environ.pop("SPECDEC_CUDA_GRAPHS")
         tps, out = timed_generate(llm, prompt_ids, args.tokens)
         rows.append({"config": cfg, "tokens_per_s": tps, "mean_accepted_length": out.metrics.get("mean_accepted_length", 1.0)})
         print(f"{cfg:24s} {tps:8.1f} tok/s  {rows[-1]['mean_accepted_length']:.2f} tokens/pass", flush=True)

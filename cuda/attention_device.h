@@ -14,7 +14,8 @@ struct AttentionWorkspace {
   DeviceBuffer<AttnWorkItem> items;
   DeviceBuffer<int32_t> part_base, merge;
   DeviceBuffer<float> part_o, part_lse;
-  Status upload(const AttentionPlan& plan);
+  // Copies the plan in on `stream` (buffers only grow: their addresses stay while they suffice).
+  Status upload(const AttentionPlan& plan, cudaStream_t stream);
 };
 
 struct PagedKVDevice {

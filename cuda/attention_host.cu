@@ -125,7 +125,10 @@ struct DeviceAttention {
     SD_RETURN_IF_ERROR(plan_paged_attention(in.qo_indptr, in.kv_indptr, in.kv_last_page_len, in.batch, in.page_size,
                                             in.num_qo_heads, in.num_kv_heads, in.head_dim, in.custom_mask == nullptr,
                                             in.kv_chunk, sms, &plan));
-    SD_RETURN_IF_ERROR(ws.upload(plan));
+    if (in.pad_plan > 0)
+      pad_attention_plan(&plan, static_cast<int64_t>(plan.items.size()) + in.pad_plan,
+                         static_cast<int64_t>(plan.merge.size() / 3) + in.pad_plan, plan.num_slots + in.pad_plan);
+    SD_RETURN_IF_ERROR(ws.upload(plan, nullptr));
     io_dtype = in.io_in_kv_dtype ? in.kv_dtype : DType::kF32;
     out_elems = static_cast<size_t>(in.total_q) * in.num_qo_heads * in.head_dim;
     const size_t cache_elems = static_cast<size_t>(in.num_pages) * in.page_size * in.num_kv_heads * in.head_dim;

@@ -70,6 +70,11 @@ struct AttentionPlan {
   int64_t blocks() const { return static_cast<int64_t>(items.size()) * num_kv_heads * head_blocks; }
 };
 
+// A plan padded for a CUDA graph, whose launches keep their grid sizes between replays: at least
+// `items` work items (the extra ones empty: q_count 0), `merges` merge entries (token -1) and
+// `slots` partial slots. The padded plan computes exactly what the plan did.
+void pad_attention_plan(AttentionPlan* plan, int64_t items, int64_t merges, int64_t slots);
+
 // Builds the schedule from HOST copies of the page table (which must be valid: see
 // validate_paged_attention). kv_chunk > 0 forces that chunk size (rounded up to a multiple of
 // kAttnKeyTile); 0 picks one so that ~4 blocks per SM are in flight. num_sms: the GPU's SMs.
@@ -102,6 +107,7 @@ struct HostAttentionInputs {
   DType kv_dtype = DType::kF32;  // the caches are rounded to this dtype on the host
   bool io_in_kv_dtype = false;   // q/out on the device in the K/V dtype (else f32)
   int32_t kv_chunk = 0;          // 0: automatic split
+  int32_t pad_plan = 0;          // empty work items / merge entries / slots appended (pad_attention_plan)
 };
 
 // Every check sd::ops::paged_attention makes (same messages), plus head_dim / dtype support.

@@ -45,7 +45,7 @@ sd::DType kv_dtype_from_name(const std::string& name) {
 void parse_attention(AttentionArgs& a, py::handle q_obj, py::handle k_obj, py::handle v_obj, py::handle qo_obj,
                      py::handle kvp_obj, py::handle kvi_obj, py::handle last_obj, py::object mask_obj,
                      py::object mask_indptr_obj, py::object scale_obj, const std::string& kv_dtype,
-                     const std::string& io_dtype, int kv_chunk) {
+                     const std::string& io_dtype, int kv_chunk, int pad_plan) {
   a.q = f32(q_obj, "q", 3);        // [total_q, qo_heads, head_dim]
   a.k = f32(k_obj, "k_cache", 4);  // [pages, page_size, kv_heads, head_dim]
   a.v = f32(v_obj, "v_cache", 4);
@@ -76,6 +76,7 @@ void parse_attention(AttentionArgs& a, py::handle q_obj, py::handle k_obj, py::h
   if (io_dtype != "float32" && io_dtype != "kv")
     throw py::value_error("io_dtype must be 'float32' or 'kv' (q/out in the K/V dtype); got '" + io_dtype + "'");
   if (kv_chunk < 0) throw py::value_error("kv_chunk must be >= 0 (0: automatic)");
+  if (pad_plan < 0) throw py::value_error("pad_plan must be >= 0");
   sd::cuda::HostAttentionInputs& in = a.in;
   in.q = a.q.data();
   in.total_q = a.q.shape(0);
@@ -102,13 +103,14 @@ void parse_attention(AttentionArgs& a, py::handle q_obj, py::handle k_obj, py::h
   in.kv_dtype = kv_dtype_from_name(kv_dtype);
   in.io_in_kv_dtype = io_dtype == "kv";
   in.kv_chunk = kv_chunk;
+  in.pad_plan = pad_plan;
 }
 
 #define SD_ATTENTION_ARGS                                                                                 \
   py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("qo_indptr"), py::arg("kv_indptr"),       \
       py::arg("kv_indices"), py::arg("kv_last_page_len"), py::arg("custom_mask") = py::none(),            \
       py::arg("mask_indptr") = py::none(), py::arg("sm_scale") = py::none(), py::arg("kv_dtype") = "float32", \
-      py::arg("io_dtype") = "float32", py::arg("kv_chunk") = 0
+      py::arg("io_dtype") = "float32", py::arg("kv_chunk") = 0, py::arg("pad_plan") = 0
 
 // Weight [N, K] f32 and the GEMM options shared by gemm / time_gemm.
 struct GemmArgs {
@@ -145,9 +147,9 @@ void register_attention(py::module_& m) {
       "paged_attention",
       [](py::handle q, py::handle k, py::handle v, py::handle qo, py::handle kvp, py::handle kvi, py::handle last,
          py::object mask, py::object mask_indptr, py::object scale, const std::string& kv_dtype,
-         const std::string& io_dtype, int kv_chunk) {
+         const std::string& io_dtype, int kv_chunk, int pad_plan) {
         AttentionArgs a;
-        parse_attention(a, q, k, v, qo, kvp, kvi, last, mask, mask_indptr, scale, kv_dtype, io_dtype, kv_chunk);
+        parse_attention(a, q, k, v, qo, kvp, kvi, last, mask, mask_indptr, scale, kv_dtype, io_dtype, kv_chunk, pad_plan);
         py::array_t<float> out({a.q.shape(0), a.q.shape(1), a.q.shape(2)});
         sd::Status st;
         {
@@ -162,15 +164,16 @@ void register_attention(py::module_& m) {
       "(f32 arrays; custom_mask: the CPU op's bool mask, mask_indptr in entries; it is bit-packed "
       "for the kernel). kv_dtype: the caches are rounded to float32/bfloat16/float16 on the device; "
       "io_dtype: 'float32' or 'kv' (q/out in the K/V dtype on the device); kv_chunk: force the "
-      "split-KV chunk (keys; 0 = automatic).");
+      "split-KV chunk (keys; 0 = automatic); pad_plan: append that many empty work items, merge "
+      "entries and partial slots to the plan, as a CUDA graph's step does (the result must not change).");
 
   m.def(
       "time_paged_attention",
       [](py::handle q, py::handle k, py::handle v, py::handle qo, py::handle kvp, py::handle kvi, py::handle last,
          py::object mask, py::object mask_indptr, py::object scale, const std::string& kv_dtype,
-         const std::string& io_dtype, int kv_chunk, int iters) {
+         const std::string& io_dtype, int kv_chunk, int pad_plan, int iters) {
         AttentionArgs a;
-        parse_attention(a, q, k, v, qo, kvp, kvi, last, mask, mask_indptr, scale, kv_dtype, io_dtype, kv_chunk);
+        parse_attention(a, q, k, v, qo, kvp, kvi, last, mask, mask_indptr, scale, kv_dtype, io_dtype, kv_chunk, pad_plan);
         if (iters < 1) throw py::value_error("iters must be >= 1");
         sd::cuda::AttentionTiming t;
         sd::Status st;

@@ -5,19 +5,29 @@
 // layer: RMSNorm -> fused qkv GEMM (+ bias) -> RoPE on q and k -> KV append -> paged attention
 // (tree masks bit-packed) -> o GEMM + residual -> RMSNorm -> gate_up GEMM -> SiLU * up -> down
 // GEMM + residual; then the logit rows: gather, final RMSNorm, LM head, one download (or only
-// each row's argmax). A batch may run a subset of the layers or attend a sparse KV window (the
+// each row's argmax, or with batch.sample the verification outcomes: cuda/device_sampling.h,
+// so a speculative step at T > 0 brings back no logits either). A batch may run a subset of the layers or attend a sparse KV window (the
 // self-speculation drafts) and capture layers' outputs into host memory, as on the CPU (an
 // EAGLE head drafts on the CPU from those features, with the host copy of the embedding).
 // GEMMs: the GEMV kernel for up to 16 rows (decode, small verify batches), cuBLAS tensor cores
 // above (activations rounded to the weights' dtype first); GEMV everywhere without libcublas.
 // Activations are f32 throughout; K/V are stored in bf16.
 //
+// CUDA graphs: a forward of up to 16 rows over every layer without feature capture (decode and
+// verification steps) replays a graph captured for its shape (rows, logit rows, requests, tree
+// mask or not) after its first, eager run; the page tables and the padded attention plan are
+// copied in before each replay. SPECDEC_CUDA_GRAPHS=0 turns them off.
+//
 // NOT YET RUN ON A GPU: written and compiled without one (see docs/cuda.md for the runs owed).
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "cuda/attention_device.h"
@@ -25,6 +35,7 @@
 #include "cuda/cuda_check.h"
 #include "cuda/cuda_ops.h"
 #include "cuda/device_model.h"
+#include "cuda/device_sampling.h"
 #include "cuda/mask_bits.h"
 #include "model/batch_pages.h"
 #include "model/llama.h"
@@ -86,6 +97,8 @@ class DeviceLlama final : public ForwardModel {
   static Status create(const ModelConfig& cfg, const Checkpoint& ckpt, WeightDTypes dtypes,
                        const std::function<void(int, int)>& progress, std::unique_ptr<ForwardModel>* out);
   ~DeviceLlama() override {
+    for (auto& g : graphs_)
+      if (g.second.exec != nullptr) cudaGraphExecDestroy(g.second.exec);
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
   }
 
@@ -109,6 +122,15 @@ class DeviceLlama final : public ForwardModel {
   // Y[M, N] = X[M, K] W^T (+ bias).
   Status linear(const float* X, int64_t M, const DeviceMatrix& W, const float* bias, float* Y);
   Status decoder_layer(int32_t l, int64_t T, bool masked);
+  // The forward's kernels from the embedding to the LM head's logits_ (what a graph captures);
+  // the batch's tables are on the device already.
+  Status enqueue_model(const ForwardBatch& batch, int64_t T, int64_t R, bool masked);
+  // Pads plan_ to the step's graph, uploads it and replays the graph, capturing it first when
+  // it is new, too small for the plan, or its buffers have moved.
+  Status run_graph(const ForwardBatch& batch, int64_t T, int64_t R, bool masked);
+  // The device addresses a captured forward reads and writes (weights and K/V aside, which
+  // do not move).
+  std::vector<const void*> graph_buffers() const;
   void* k_layer(int32_t l) const { return k_cache_.get() + l * layout_.layer_elems(); }
   void* v_layer(int32_t l) const { return v_cache_.get() + l * layout_.layer_elems(); }
 
@@ -139,7 +161,26 @@ class DeviceLlama final : public ForwardModel {
   // Activations (f32) and the half-precision copy of a GEMM's input.
   DeviceBuffer<float> x_, xn_, qkv_, q_, k_new_, v_new_, attn_, gate_up_, act_, rows_, logits_;
   DeviceBuffer<uint16_t> half_in_;
+  DeviceRowSampler sampler_;  // batch.sample
+
+  // A captured forward for one (rows, logit rows, requests, masked) shape.
+  struct StepGraph {
+    cudaGraphExec_t exec = nullptr;
+    int64_t items = 0, merges = 0, slots = 0;  // the attention plan's padded sizes
+    std::vector<const void*> buffers;          // graph_buffers() at capture
+    int64_t forwards = 0;
+  };
+  bool use_graphs_ = true;
+  std::map<std::tuple<int64_t, int64_t, int32_t, bool>, StepGraph> graphs_;
 };
+
+// A buffer that grows with the context (page table, tree mask): twice what is asked, so that
+// its address, and a graph that reads it, last for many steps.
+template <class T>
+Status write_with_headroom(DeviceBuffer<T>& buf, const std::vector<T>& host, cudaStream_t stream) {
+  if (host.size() > buf.size()) SD_RETURN_IF_ERROR(buf.reserve(2 * host.size()));
+  return buf.write_async(host, stream);
+}
 
 Status DeviceLlama::create(const ModelConfig& cfg, const Checkpoint& ckpt, WeightDTypes dtypes,
                            const std::function<void(int, int)>& progress, std::unique_ptr<ForwardModel>* out) {
@@ -188,6 +229,8 @@ Status DeviceLlama::create(const ModelConfig& cfg, const Checkpoint& ckpt, Weigh
   SD_RETURN_IF_ERROR(check(cudaStreamCreateWithFlags(&m->stream_, cudaStreamNonBlocking), "cudaStreamCreate"));
   std::string cublas_path;
   m->cublas_ = cublas_load(&cublas_path).ok();
+  const char* graphs = std::getenv("SPECDEC_CUDA_GRAPHS");
+  m->use_graphs_ = graphs == nullptr || std::strcmp(graphs, "0") != 0;
   *out = std::move(m);
   return Status::Ok();
 }
@@ -324,7 +367,9 @@ Status DeviceLlama::forward(const ForwardBatch& batch, KVCache& kv, float* logit
   static const std::vector<int64_t> kNoMask;
   SD_RETURN_IF_ERROR(pages_.build(batch.seqs, batch.qo_indptr, masked ? batch.mask_indptr : kNoMask, batch.window,
                                   "forward"));
-  SD_RETURN_IF_ERROR(reserve_activations(T, R));
+  // Graph shapes all share activations sized for kGemvMaxRows rows.
+  const bool graph = use_graphs_ && T <= kGemvMaxRows && batch.layers.empty() && batch.capture_layers.empty();
+  SD_RETURN_IF_ERROR(reserve_activations(graph ? kGemvMaxRows : T, graph ? kGemvMaxRows : R));
 
   // The batch's tables, uploaded on the stream (the host arrays are staged before each call returns).
   pages_.new_token_slots(&slots_host_);
@@ -332,20 +377,45 @@ Status DeviceLlama::forward(const ForwardBatch& batch, KVCache& kv, float* logit
   SD_RETURN_IF_ERROR(positions_.write_async(batch.positions, stream_));
   SD_RETURN_IF_ERROR(slots_.write_async(slots_host_, stream_));
   SD_RETURN_IF_ERROR(kv_indptr_.write_async(pages_.kv_indptr(), stream_));
-  SD_RETURN_IF_ERROR(kv_indices_.write_async(pages_.kv_indices(), stream_));
+  SD_RETURN_IF_ERROR(write_with_headroom(kv_indices_, pages_.kv_indices(), stream_));
   SD_RETURN_IF_ERROR(logit_rows_.write_async(batch.logit_rows, stream_));
   if (masked) {
     pack_mask_bits(batch.custom_mask.data(), batch.mask_indptr.data(), B, &mask_host_, &mask_indptr_host_);
     if (mask_host_.empty()) mask_host_.push_back(0);  // a valid pointer even for an all-empty mask
-    SD_RETURN_IF_ERROR(mask_.write_async(mask_host_, stream_));
+    SD_RETURN_IF_ERROR(write_with_headroom(mask_, mask_host_, stream_));
     SD_RETURN_IF_ERROR(mask_indptr_.write_async(mask_indptr_host_, stream_));
   }
   SD_RETURN_IF_ERROR(plan_paged_attention(batch.qo_indptr.data(), pages_.kv_indptr().data(),
                                           pages_.kv_last_page_len().data(), B, layout_.page_size, cfg_.num_heads,
                                           cfg_.num_kv_heads, cfg_.head_dim, !masked, kAttnChunk, num_sms_, &plan_));
-  SD_RETURN_IF_ERROR(sync(stream_, "forward: before the attention plan upload"));  // ws_.upload reallocates
-  SD_RETURN_IF_ERROR(ws_.upload(plan_));
+  if (graph) {
+    SD_RETURN_IF_ERROR(run_graph(batch, T, R, masked));
+  } else {
+    SD_RETURN_IF_ERROR(ws_.upload(plan_, stream_));
+    SD_RETURN_IF_ERROR(enqueue_model(batch, T, R, masked));
+  }
 
+  const int64_t V = cfg_.vocab_size;
+  if (R > 0) {
+    if (batch.argmax != nullptr) {  // greedy verification: R ids come back instead of R x V floats
+      SD_RETURN_IF_ERROR(argmax_.reserve(static_cast<size_t>(R)));
+      SD_RETURN_IF_ERROR(argmax(logits_.get(), R, V, argmax_.get(), stream_));
+      SD_RETURN_IF_ERROR(check(cudaMemcpyAsync(batch.argmax, argmax_.get(), static_cast<size_t>(R) * sizeof(int32_t),
+                                               cudaMemcpyDeviceToHost, stream_),
+                               "argmax D2H"));
+    }
+    if (batch.sample != nullptr) SD_RETURN_IF_ERROR(sampler_.enqueue(*batch.sample, logits_.get(), V, stream_));
+    if (logits != nullptr)
+      SD_RETURN_IF_ERROR(check(cudaMemcpyAsync(logits, logits_.get(), static_cast<size_t>(R * V) * sizeof(float),
+                                               cudaMemcpyDeviceToHost, stream_),
+                               "logits D2H"));
+  }
+  SD_RETURN_IF_ERROR(sync(stream_, "forward"));
+  if (batch.sample != nullptr) sampler_.read(batch.sample);
+  return Status::Ok();
+}
+
+Status DeviceLlama::enqueue_model(const ForwardBatch& batch, int64_t T, int64_t R, bool masked) {
   const int64_t H = cfg_.hidden_size, V = cfg_.vocab_size;
   SD_RETURN_IF_ERROR(embedding(embed_.dtype, embed_.data.get(), V, H, ids_.get(), T, x_.get(), nullptr, stream_));
   // The layers to run (all, or the self-speculation draft's subset); captured outputs go
@@ -362,24 +432,53 @@ Status DeviceLlama::forward(const ForwardBatch& batch, KVCache& kv, float* logit
                                                    cudaMemcpyDeviceToHost, stream_),
                                  "captured features D2H"));
   }
-  if (R > 0) {
-    // Gather the logit rows (the embedding gather over x as an f32 table), norm, LM head.
-    SD_RETURN_IF_ERROR(embedding(DType::kF32, x_.get(), T, H, logit_rows_.get(), R, rows_.get(), nullptr, stream_));
-    SD_RETURN_IF_ERROR(rmsnorm(rows_.get(), final_norm_.get(), cfg_.rms_norm_eps, R, H, rows_.get(), stream_));
-    SD_RETURN_IF_ERROR(linear(rows_.get(), R, tied_ ? embed_ : lm_head_, nullptr, logits_.get()));
-    if (batch.argmax != nullptr) {  // greedy verification: R ids come back instead of R x V floats
-      SD_RETURN_IF_ERROR(argmax_.reserve(static_cast<size_t>(R)));
-      SD_RETURN_IF_ERROR(argmax(logits_.get(), R, V, argmax_.get(), stream_));
-      SD_RETURN_IF_ERROR(check(cudaMemcpyAsync(batch.argmax, argmax_.get(), static_cast<size_t>(R) * sizeof(int32_t),
-                                               cudaMemcpyDeviceToHost, stream_),
-                               "argmax D2H"));
-    }
-    if (logits != nullptr)
-      SD_RETURN_IF_ERROR(check(cudaMemcpyAsync(logits, logits_.get(), static_cast<size_t>(R * V) * sizeof(float),
-                                               cudaMemcpyDeviceToHost, stream_),
-                               "logits D2H"));
+  if (R == 0) return Status::Ok();
+  // Gather the logit rows (the embedding gather over x as an f32 table), norm, LM head.
+  SD_RETURN_IF_ERROR(embedding(DType::kF32, x_.get(), T, H, logit_rows_.get(), R, rows_.get(), nullptr, stream_));
+  SD_RETURN_IF_ERROR(rmsnorm(rows_.get(), final_norm_.get(), cfg_.rms_norm_eps, R, H, rows_.get(), stream_));
+  return linear(rows_.get(), R, tied_ ? embed_ : lm_head_, nullptr, logits_.get());
+}
+
+std::vector<const void*> DeviceLlama::graph_buffers() const {
+  return {x_.get(),         xn_.get(),         qkv_.get(),        q_.get(),           k_new_.get(),
+          v_new_.get(),     attn_.get(),       gate_up_.get(),    act_.get(),         rows_.get(),
+          logits_.get(),    half_in_.get(),    ids_.get(),        positions_.get(),   slots_.get(),
+          kv_indptr_.get(), kv_indices_.get(), logit_rows_.get(), mask_.get(),        mask_indptr_.get(),
+          ws_.items.get(),  ws_.part_base.get(), ws_.merge.get(), ws_.part_o.get(),   ws_.part_lse.get()};
+}
+
+Status DeviceLlama::run_graph(const ForwardBatch& batch, int64_t T, int64_t R, bool masked) {
+  StepGraph& g = graphs_[std::make_tuple(T, R, static_cast<int32_t>(batch.seqs.size()), masked)];
+  if (g.forwards++ == 0) {  // the first forward of a shape runs eagerly (module loading, kernel attributes)
+    SD_RETURN_IF_ERROR(ws_.upload(plan_, stream_));
+    return enqueue_model(batch, T, R, masked);
   }
-  return sync(stream_, "forward");
+  const int64_t items = static_cast<int64_t>(plan_.items.size()), merges = static_cast<int64_t>(plan_.merge.size() / 3);
+  const bool fits = g.exec != nullptr && items <= g.items && merges <= g.merges && plan_.num_slots <= g.slots;
+  if (!fits) {  // room for the context to grow: twice the work items and partial slots
+    g.items = std::max(g.items, 2 * items);
+    g.merges = std::max(g.merges, merges > 0 ? T : 0);
+    g.slots = std::max(g.slots, 2 * plan_.num_slots);
+  }
+  pad_attention_plan(&plan_, g.items, g.merges, g.slots);
+  SD_RETURN_IF_ERROR(ws_.upload(plan_, stream_));
+  std::vector<const void*> buffers = graph_buffers();
+  if (!fits || buffers != g.buffers) {
+    if (g.exec != nullptr) cudaGraphExecDestroy(g.exec);
+    g.exec = nullptr;
+    SD_RETURN_IF_ERROR(check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture"));
+    const Status run = enqueue_model(batch, T, R, masked);
+    cudaGraph_t graph = nullptr;
+    const Status end = check(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
+    Status inst = run.ok() && end.ok() ? check(cudaGraphInstantiate(&g.exec, graph, 0), "cudaGraphInstantiate") : Status::Ok();
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    for (const Status& st : {run, end, inst})
+      if (!st.ok())
+        return Status(st.code(), "device model: capturing the CUDA graph of a " + std::to_string(T) +
+                                     "-row forward failed (SPECDEC_CUDA_GRAPHS=0 runs without graphs): " + st.message());
+    g.buffers = std::move(buffers);
+  }
+  return check(cudaGraphLaunch(g.exec, stream_), "cudaGraphLaunch");
 }
 
 Status DeviceLlama::copy_tokens(KVCache& kv, const SeqPages& seq, const std::vector<int64_t>& from,

@@ -130,6 +130,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const KernelP
   T* v_s = k_s + kStages * S::kTileElems;
 
   const AttnWorkItem it = p.items[blockIdx.x];
+  if (it.q_count <= 0) return;  // padding (a plan sized for a CUDA graph: pad_attention_plan)
   const int kh = blockIdx.y / p.head_blocks, hb = blockIdx.y % p.head_blocks;
   const int head0 = kh * p.group + hb * p.heads_per_block;
   const int nheads = min(p.heads_per_block, p.group - hb * p.heads_per_block);
@@ -286,6 +287,7 @@ __global__ void merge_partials_kernel(const int32_t* merge, const float* part_o,
                                       int num_qo_heads, int head_dim, QT* out) {
   const int e = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
   const int64_t tok = merge[3 * e], base = merge[3 * e + 1];
+  if (tok < 0) return;  // padding
   const int n = merge[3 * e + 2];
   float mx = -INFINITY;
   for (int c = 0; c < n; ++c) mx = fmaxf(mx, part_lse[(base + c) * num_qo_heads + h]);
@@ -455,14 +457,21 @@ Status plan_paged_attention(const int32_t* qo_indptr, const int32_t* kv_indptr,
   return Status::Ok();
 }
 
-Status AttentionWorkspace::upload(const AttentionPlan& plan) {
-  SD_RETURN_IF_ERROR(items.upload(plan.items));
-  SD_RETURN_IF_ERROR(part_base.upload(plan.part_base));
-  SD_RETURN_IF_ERROR(merge.upload(plan.merge));
+Status AttentionWorkspace::upload(const AttentionPlan& plan, cudaStream_t stream) {
+  SD_RETURN_IF_ERROR(items.write_async(plan.items, stream));
+  SD_RETURN_IF_ERROR(part_base.write_async(plan.part_base, stream));
+  SD_RETURN_IF_ERROR(merge.write_async(plan.merge, stream));
   const size_t slots = static_cast<size_t>(plan.num_slots) * plan.num_qo_heads;
-  SD_RETURN_IF_ERROR(part_o.alloc(slots * plan.head_dim));
-  SD_RETURN_IF_ERROR(part_lse.alloc(slots));
-  return Status::Ok();
+  SD_RETURN_IF_ERROR(part_o.reserve(slots * plan.head_dim));
+  return part_lse.reserve(slots);
+}
+
+void pad_attention_plan(AttentionPlan* plan, int64_t items, int64_t merges, int64_t slots) {
+  AttnWorkItem none{};
+  none.chunk = -1;  // q_count 0: the kernel's blocks return at once
+  if (static_cast<int64_t>(plan->items.size()) < items) plan->items.resize(static_cast<size_t>(items), none);
+  while (static_cast<int64_t>(plan->merge.size() / 3) < merges) plan->merge.insert(plan->merge.end(), {-1, 0, 0});
+  plan->num_slots = std::max(plan->num_slots, slots);
 }
 
 Status paged_attention(const AttentionPlan& plan, const AttentionWorkspace& ws, const PagedKVDevice& kv,
@@ -474,7 +483,7 @@ Status paged_attention(const AttentionPlan& plan, const AttentionWorkspace& ws, 
     return InvalidArgument("paged_attention (CUDA): the plan's causal flag and the mask disagree");
   if (io.packed_mask && !io.mask_byte_indptr)
     return InvalidArgument("paged_attention (CUDA): packed_mask needs mask_byte_indptr");
-  if (ws.items.size() != plan.items.size())
+  if (ws.items.size() < plan.items.size() || ws.merge.size() < plan.merge.size())
     return InvalidArgument("paged_attention (CUDA): the workspace was not uploaded from this plan");
   switch (kv.dtype) {
     case DType::kF32: return launch_io<float>(plan, ws, kv, io, stream);

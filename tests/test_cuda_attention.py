@@ -221,6 +221,31 @@ def test_tree_verify_matches_cpu_and_float64(kv_dtype, head_dim, hkv, group, pag
 
 
 @needs_gpu
+@pytest.mark.parametrize("use_mask", [False, True])
+@pytest.mark.parametrize("kv_chunk", [64, 1 << 20])
+def test_padded_plan_changes_nothing(use_mask, kv_chunk):
+    """A CUDA graph's step pads the plan (empty work items, merge entries, partial slots) so its
+    launches keep their grids: the padding must not touch the output, bit for bit."""
+    ext = cuda.extension()
+    rng = np.random.default_rng(kv_chunk % 991 + use_mask)
+    requests = [(300, 5), (37, 3), (700, 1)]
+    args = make_batch(rng, 16, 2, 4, 64, requests)
+    masks = [causal_mask(qo, kv) for kv, qo in requests]
+    if use_mask:  # a tree: each row sees the prefix, a random subset of the new tokens and itself
+        for m in masks:
+            qo = m.shape[0]
+            m[:, -qo:] &= rng.random((qo, qo)) < 0.5
+            m[np.arange(qo), m.shape[1] - qo + np.arange(qo)] = True
+    extra = mask_args(masks) if use_mask else {}
+    plain = ext.paged_attention(**args, **extra, kv_dtype="bfloat16", kv_chunk=kv_chunk)
+    for pad in (1, 7, 300):
+        padded = ext.paged_attention(**args, **extra, kv_dtype="bfloat16", kv_chunk=kv_chunk, pad_plan=pad)
+        np.testing.assert_array_equal(padded, plain)
+    with pytest.raises(ValueError, match="pad_plan"):
+        ext.paged_attention(**args, pad_plan=-1)
+
+
+@needs_gpu
 def test_arbitrary_masks_and_sparse_rows():
     """Masks that are not trees: random rows (each with at least one visible key), including
     rows whose only visible key is far from the diagonal (split chunks that see nothing)."""

@@ -17,9 +17,11 @@ attention takes 64 or 128):
   request by request (verification forwards of <= 16 rows, the batch-invariant GEMV path),
   batched runs complete, and every KV block comes back;
 * T > 0: the target as its own draft is accepted every time (p == q row for row), and seeded
-  runs repeat;
+  runs repeat; sampling and verification on the device (autoregressive, n-gram, a draft-model
+  tree) draw the CPU engine's tokens for the same seeds in at least 5 of 8 requests;
 * int8 layers on the GPU: logits close to the CPU's int8 engine (5e-2: the CPU also quantizes
   activations), fewer weight bytes, and speculation token-identical to GPU autoregressive;
+* CUDA graphs (decode and verification forwards replayed) give the tokens of eager forwards;
 * bad input is refused the same way as on the CPU (out-of-range ids, int4 weights on the GPU).
 """
 from __future__ import annotations
@@ -215,6 +217,60 @@ def test_gpu_sampling_self_draft_is_always_accepted_and_seeded_runs_repeat(ckpts
     again = [llm.generate(prompt_token_ids=[p], sampling_params=[sp])[0].token_ids for p, sp in zip(PROMPTS, params)]
     assert again == [o.token_ids for o in outs]
     assert_no_blocks_held(llm.engine)
+
+
+@needs_gpu
+@pytest.mark.parametrize("spec", [
+    None,
+    {"method": "ngram", "num_speculative_tokens": 4},
+    {"method": "draft", "num_speculative_tokens": 3, "tree": {"top_k": 3, "max_nodes": 10}},
+])
+def test_gpu_sampling_on_the_device_draws_the_cpus_tokens(ckpts, spec):
+    # T > 0: the GPU samples and verifies where the logits are (cuda/device_sampling.h: the
+    # processed distributions, then the lossless tree walk, with the CPU's Philox keys), so a
+    # seeded run draws the tokens of the CPU engine in bfloat16. Only where the two engines' logits
+    # (bf16 roundings in other places) move a draw across a boundary may a request part ways.
+    from specdec_native import SamplingParams
+
+    prompts = PROMPTS * 2
+    params = [SamplingParams(max_tokens=MAX_TOKENS[i % 4], temperature=0.8, top_k=40 if i % 2 else 0,
+                             top_p=0.95 if i % 3 == 0 else 1.0, seed=100 + i, ignore_eos=True) for i in range(8)]
+    draft = str(ckpts / "draft") if spec and spec["method"] == "draft" else None
+    gpu = load_llm(ckpts / "target", device="cuda", draft=draft, speculative=spec)
+    cpu = load_llm(ckpts / "target", dtype="bfloat16", draft=draft, speculative=spec)
+    g = [_tokens(gpu, [p], [sp])[0] for p, sp in zip(prompts, params)]
+    c = [_tokens(cpu, [p], [sp])[0] for p, sp in zip(prompts, params)]
+    assert sum(a == b for a, b in zip(g, c)) >= 5, (g, c)  # a wrong key or walk agrees on none
+    assert_no_blocks_held(gpu.engine)
+
+
+@needs_gpu
+def test_gpu_cuda_graphs_change_no_token(ckpts, monkeypatch):
+    # Forwards of <= 16 rows replay CUDA graphs after their first run (cuda/device_llama.cu);
+    # SPECDEC_CUDA_GRAPHS=0 runs every forward eagerly. Same kernels with the same arguments
+    # (the attention plan padded with empty work items), so the same tokens: greedy and seeded,
+    # autoregressive and with a draft tree, and a 300-token prompt whose keys outgrow one
+    # 256-key chunk (split KV: the merge step joins the graph, which is captured again).
+    from specdec_native import SamplingParams
+
+    spec = {"method": "draft", "num_speculative_tokens": 3, "tree": {"top_k": 2, "max_nodes": 6}}
+    prompts = PROMPTS + [prompt(300, seed=11)]
+    params = _greedy() + [greedy_params(40)]
+    sampled = [SamplingParams(max_tokens=n, temperature=0.8, seed=3 + i, ignore_eos=True)
+               for i, n in enumerate(MAX_TOKENS + [40])]
+
+    def run(graphs):
+        monkeypatch.setenv("SPECDEC_CUDA_GRAPHS", "1" if graphs else "0")
+        ar = load_llm(ckpts / "target", device="cuda")
+        sd = load_llm(ckpts / "target", device="cuda", draft=str(ckpts / "draft"), speculative=spec)
+        out = []
+        for llm in (ar, sd):
+            for ps in (params, sampled):
+                out.append([_tokens(llm, [p], [sp])[0] for p, sp in zip(prompts, ps)])
+            assert_no_blocks_held(llm.engine)
+        return out
+
+    assert run(graphs=True) == run(graphs=False)
 
 
 @needs_gpu

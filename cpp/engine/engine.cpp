@@ -254,20 +254,26 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
   }
   fb.logit_rows.resize(fb.token_ids.size());
   for (size_t i = 0; i < fb.logit_rows.size(); ++i) fb.logit_rows[i] = static_cast<int32_t>(i);
-  // Lossless verification of greedy requests reads each row's argmax only: the model returns
-  // those ids (on a GPU: T ints downloaded instead of T x V logits).
-  bool argmax_only = acceptance_.mode == AcceptanceMode::kLossless;
+  // Lossless verification happens where the logits are (on a GPU, T x V floats never come back):
+  // greedy batches ask for each row's argmax only, others for the verification outcomes.
+  // The lossy rules judge the logits here.
+  const bool lossless = acceptance_.mode == AcceptanceMode::kLossless;
+  bool argmax_only = lossless;
   for (const Sequence* s : running) argmax_only = argmax_only && s->req.sampling.greedy();
   std::vector<int32_t> row_argmax;
+  RowSampling sampled;
   if (argmax_only) {
     row_argmax.resize(fb.token_ids.size());
     fb.argmax = row_argmax.data();
+  } else if (lossless) {
+    for (size_t k = 0; k < B; ++k) sampled.add(&trees[k], running[k]->req.sampling, running[k]->res.tokens.size());
+    fb.sample = &sampled;
   } else {
     logits_.resize(fb.token_ids.size() * static_cast<size_t>(V));
   }
   const int64_t feature_width = capture_features(&fb);
   capture_requested(&fb, running);
-  SD_RETURN_IF_ERROR(model_->forward(fb, *kv_, argmax_only ? nullptr : logits_.data()));
+  SD_RETURN_IF_ERROR(model_->forward(fb, *kv_, lossless ? nullptr : logits_.data()));
   store_requested(fb, running);
   const double forward_seconds = now_seconds() - t0;
 
@@ -278,17 +284,19 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
     const GenerationRequest& req = r.req;
     GenerationResult& res = r.res;
     const double tv = now_seconds();
-    const float* rows = argmax_only ? nullptr : logits_.data() + static_cast<int64_t>(fb.qo_indptr[k]) * V;
     VerifyOutcome v;
-    const bool greedy = req.sampling.greedy();
-    std::vector<int32_t> best;  // each row's argmax, at T = 0
-    if (argmax_only)
-      best.assign(row_argmax.begin() + fb.qo_indptr[k], row_argmax.begin() + fb.qo_indptr[k + 1]);
-    else if (greedy)
-      for (int32_t i = 0; i <= t.size(); ++i) best.push_back(argmax(rows + i * V, V));
-    if (acceptance_.mode != AcceptanceMode::kLossless) {
+    if (argmax_only) {
+      v = verify_greedy(t, row_argmax.data() + fb.qo_indptr[k]);
+    } else if (lossless) {
+      v = std::move(sampled.outcomes[k]);
+    } else {
       // Lossy rules: p per row (processed when sampling; the softmax at T = 1 when greedy,
       // for the rule quantities).
+      const float* rows = logits_.data() + static_cast<int64_t>(fb.qo_indptr[k]) * V;
+      const bool greedy = req.sampling.greedy();
+      std::vector<int32_t> best;  // each row's argmax, at T = 0
+      if (greedy)
+        for (int32_t i = 0; i <= t.size(); ++i) best.push_back(argmax(rows + i * V, V));
       probs_.resize(static_cast<size_t>((t.size() + 1) * V));
       for (int32_t i = 0; i <= t.size(); ++i)
         processed_probs(rows + i * V, V, greedy ? SamplingConfig() : req.sampling, probs_.data() + i * V);
@@ -301,12 +309,6 @@ Status Engine::decode(std::vector<Sequence*>& running, std::vector<RequestUpdate
         v = verify_cascade(t, probs_.data(), V, acceptance_.cascade_rule, acceptance_.cascade_alpha, am,
                            req.sampling.seed, res.tokens.size(), &scratch_);
       }
-    } else if (greedy) {
-      v = verify_greedy(t, best.data());
-    } else {
-      probs_.resize(static_cast<size_t>((t.size() + 1) * V));
-      for (int32_t i = 0; i <= t.size(); ++i) processed_probs(rows + i * V, V, req.sampling, probs_.data() + i * V);
-      v = verify_sampling(t, probs_.data(), V, req.sampling.seed, res.tokens.size(), &scratch_);
     }
     const int64_t m = static_cast<int64_t>(v.accepted.size());
     std::vector<int64_t> from(static_cast<size_t>(m)), to(static_cast<size_t>(m));  // accepted path -> sequence order

@@ -134,6 +134,7 @@ Status Engine::prefill_chunks(std::vector<RequestUpdate>* updates) {
   fb.qo_indptr.push_back(0);
   std::vector<Sequence*> done;        // prefills that complete in this forward
   std::vector<Sequence*> chunk_seqs;  // the forward's requests, in order
+  RowSampling first_tokens;           // sampled where the logits are, as a decode step's
   for (SeqPtr& sp : running_) {
     Sequence& s = *sp;
     if (s.decoding() || budget <= 0) continue;
@@ -152,15 +153,17 @@ Status Engine::prefill_chunks(std::vector<RequestUpdate>* updates) {
     if (end == s.prefill_len()) {
       done.push_back(&s);
       // A fresh prompt's last row samples the first token; a preempted sequence's root is known.
-      if (s.res.tokens.empty()) fb.logit_rows.push_back(static_cast<int32_t>(fb.token_ids.size()) - 1);
+      if (s.res.tokens.empty()) {
+        fb.logit_rows.push_back(static_cast<int32_t>(fb.token_ids.size()) - 1);
+        first_tokens.add(nullptr, s.req.sampling, 0);
+      }
     }
   }
-  const int64_t V = config().vocab_size;
   if (!fb.token_ids.empty()) {
-    logits_.resize(fb.logit_rows.size() * static_cast<size_t>(V));
+    fb.sample = &first_tokens;
     const int64_t feature_width = capture_features(&fb);
     capture_requested(&fb, chunk_seqs);
-    SD_RETURN_IF_ERROR(model_->forward(fb, *kv_, logits_.data()));
+    SD_RETURN_IF_ERROR(model_->forward(fb, *kv_, nullptr));
     store_requested(fb, chunk_seqs);
     for (size_t b = 0; feature_width > 0 && b < chunk_seqs.size(); ++b) {
       const int32_t t0 = fb.qo_indptr[b], n = fb.qo_indptr[b + 1] - t0;
@@ -168,7 +171,9 @@ Status Engine::prefill_chunks(std::vector<RequestUpdate>* updates) {
                                  features_.data() + t0 * feature_width, n);
     }
   }
-  int32_t row = 0;
+  if (first_tokens.outcomes.size() != first_tokens.trees.size())
+    return Status(StatusCode::kInternal, "prefill: a finished prompt's first token was not sampled");
+  size_t row = 0;
   for (Sequence* sp : done) {
     Sequence& s = *sp;
     if (prefix_cache_) {  // the computed prompt pages become shareable right away
@@ -178,7 +183,7 @@ Status Engine::prefill_chunks(std::vector<RequestUpdate>* updates) {
       s.cache_node = node;
     }
     if (!s.res.tokens.empty()) continue;
-    const int32_t tok = sample_token(logits_.data() + static_cast<int64_t>(row++) * V, V, s.req.sampling, 0, &scratch_);
+    const int32_t tok = first_tokens.outcomes[row++].next_token;
     s.res.prefill_seconds = now_seconds() - s.prefill_start;
     s.tokens.push_back(tok);  // the root: its KV comes with the first decode step
     if (commit(s, tok)) finish(s, s.finish_reason, updates);

@@ -9,6 +9,7 @@
 #include "kv/kv_window.h"
 #include "kv/seq_pages.h"
 #include "model/config.h"
+#include "spec/verifier.h"
 
 namespace sd {
 
@@ -26,6 +27,10 @@ struct ForwardBatch {
   // logit_rows[i]'s argmax (the lowest index among equal maxima) and the forward's `logits`
   // may be nullptr (a device model then downloads the ids alone).
   int32_t* argmax = nullptr;
+  // Lossless sampling where the logits are: when set, the logit rows are verified group by group
+  // (spec/verifier.h RowSampling) into sample->outcomes and `logits` may be nullptr (a device
+  // model then downloads the outcomes alone).
+  RowSampling* sample = nullptr;
   // Self-speculation drafts run a cheaper version of the same model over the same cache:
   std::vector<int32_t> layers;  // the decoder layers to run, ascending (empty: all); others are skipped
   KVWindow window;              // sparse attention (sinks + recent pages); not with a custom mask

@@ -44,7 +44,7 @@ class ForwardModel {
   // The most KV blocks of `page_size` tokens this model's device can hold now (a device model:
   // 80% of the free GPU memory, leaving room for activations and a draft model; the CPU: no
   // limit, pages are committed as they are written). Bounds the default num_blocks.
-  virtual int64_t max_kv_blocks(int32_t page_size) const { return std::numeric_limits<int64_t>::max(); }
+  virtual int64_t max_kv_blocks(int32_t /*page_size*/) const { return std::numeric_limits<int64_t>::max(); }
 
   // The cache this model's forward expects (on a device: page bookkeeping only).
   KVCacheConfig kv_config(int32_t page_size, int32_t num_blocks) const {

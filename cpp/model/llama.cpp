@@ -68,6 +68,19 @@ Status LlamaModel::copy_tokens(KVCache& kv, const SeqPages& seq, const std::vect
 }
 
 Status LlamaModel::forward(const ForwardBatch& batch, KVCache& kv, float* logits) {
+  if (batch.sample == nullptr) return compute(batch, kv, logits);
+  const int64_t V = cfg_.vocab_size;
+  float* rows = logits;
+  if (rows == nullptr) {
+    grow(sample_logits_, static_cast<int64_t>(batch.logit_rows.size()) * V);
+    rows = sample_logits_.data();
+  }
+  SD_RETURN_IF_ERROR(compute(batch, kv, rows));
+  sample_rows(rows, V, batch.sample, &sample_probs_, &sample_scratch_);
+  return Status::Ok();
+}
+
+Status LlamaModel::compute(const ForwardBatch& batch, KVCache& kv, float* logits) {
   const int64_t T = static_cast<int64_t>(batch.token_ids.size());
   const int64_t H = cfg_.hidden_size, D = cfg_.head_dim, I = cfg_.intermediate_size;
   const int64_t nq = cfg_.num_heads, nkv = cfg_.num_kv_heads;

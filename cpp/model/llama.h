@@ -38,12 +38,16 @@ class LlamaModel : public ForwardModel {
 
  private:
   LlamaModel() = default;
+  // The forward proper: logits (or batch.argmax) of the logit rows.
+  Status compute(const ForwardBatch& batch, KVCache& kv, float* logits);
+
   ModelConfig cfg_;
   DType dtype_ = DType::kF32;
   LlamaWeights w_;
   std::vector<float> inv_freq_;
   // scratch, grown on demand
   std::vector<float> x_, h_, qkv_, q_, attn_, tmp_, gate_up_, act_, last_, head_out_;
+  std::vector<float> sample_logits_, sample_probs_, sample_scratch_;  // batch.sample on the host
   BatchPages pages_;
 };
 

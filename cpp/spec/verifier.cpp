@@ -1,6 +1,7 @@
 #include "spec/verifier.h"
 
 #include <algorithm>
+#include <string>
 
 #include "sampling/philox.h"
 #include "sampling/sampler.h"
@@ -82,6 +83,47 @@ VerifyOutcome verify_sampling(const TokenTree& tree, const float* probs, int64_t
     out.next_token = sample_from_probs(p, vocab, philox_uniform(seed, pos, 0));
     out.bonus = !has_child;
     return out;
+  }
+}
+
+int64_t RowSampling::num_rows() const {
+  int64_t n = 0;
+  for (const TokenTree* t : trees) n += 1 + (t == nullptr ? 0 : t->size());
+  return n;
+}
+
+Status RowSampling::validate(int64_t rows, int32_t vocab) const {
+  if (configs.size() != trees.size() || positions.size() != trees.size())
+    return InvalidArgument("forward: row sampling needs one tree, config and position per group");
+  if (num_rows() != rows)
+    return InvalidArgument("forward: row sampling covers " + std::to_string(num_rows()) + " rows, the batch asks for " +
+                           std::to_string(rows) + " logit rows");
+  for (size_t g = 0; g < trees.size(); ++g) {
+    SD_RETURN_IF_ERROR(configs[g].validate());
+    if (trees[g] != nullptr) SD_RETURN_IF_ERROR(trees[g]->validate(vocab));
+  }
+  return Status::Ok();
+}
+
+void sample_rows(const float* logits, int64_t vocab, RowSampling* rs, std::vector<float>* probs,
+                 std::vector<float>* scratch) {
+  static const TokenTree kRootOnly;
+  rs->outcomes.assign(rs->trees.size(), VerifyOutcome());
+  const float* rows = logits;
+  for (size_t g = 0; g < rs->trees.size(); ++g) {
+    const TokenTree& t = rs->trees[g] == nullptr ? kRootOnly : *rs->trees[g];
+    const SamplingConfig& cfg = rs->configs[g];
+    const int64_t n = 1 + t.size();
+    if (cfg.greedy()) {
+      std::vector<int32_t> best(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) best[static_cast<size_t>(i)] = argmax(rows + i * vocab, vocab);
+      rs->outcomes[g] = verify_greedy(t, best.data());
+    } else {
+      probs->resize(static_cast<size_t>(n * vocab));
+      for (int64_t i = 0; i < n; ++i) processed_probs(rows + i * vocab, vocab, cfg, probs->data() + i * vocab);
+      rs->outcomes[g] = verify_sampling(t, probs->data(), vocab, cfg.seed, rs->positions[g], scratch);
+    }
+    rows += n * vocab;
   }
 }
 

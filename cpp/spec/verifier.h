@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "sampling/rng_streams.h"
+#include "sampling/sampler.h"
 #include "spec/token_tree.h"
 
 namespace sd {
@@ -34,6 +35,32 @@ VerifyOutcome verify_greedy(const TokenTree& tree, const int32_t* row_argmax);
 // root row decides (the random numbers are keyed by it and by seed).
 VerifyOutcome verify_sampling(const TokenTree& tree, const float* probs, int64_t vocab,
                               uint64_t seed, uint64_t position, std::vector<float>* scratch);
+
+// Lossless verification of a forward's logit rows where they were computed (on a GPU: only
+// the outcomes come back, not rows x vocab logits). The rows come in consecutive groups, one per
+// request: its root row, then one row per node of trees[g] (nullptr: the root row alone, which
+// samples the next token as autoregressive decoding does). Group g is judged with configs[g]:
+// verify_greedy at temperature 0, else verify_sampling on the processed distributions, with
+// seed configs[g].seed at output index positions[g].
+struct RowSampling {
+  std::vector<const TokenTree*> trees;
+  std::vector<SamplingConfig> configs;
+  std::vector<uint64_t> positions;
+  std::vector<VerifyOutcome> outcomes;  // written by the forward, one per group
+
+  void add(const TokenTree* tree, const SamplingConfig& config, uint64_t position) {
+    trees.push_back(tree);
+    configs.push_back(config);
+    positions.push_back(position);
+  }
+  int64_t num_rows() const;
+  // Groups, trees and configs agree, and the groups cover `rows` logit rows exactly.
+  Status validate(int64_t rows, int32_t vocab) const;
+};
+
+// RowSampling on the host: logits [rs->num_rows(), vocab]; probs and scratch are grown.
+void sample_rows(const float* logits, int64_t vocab, RowSampling* rs, std::vector<float>* probs,
+                 std::vector<float>* scratch);
 
 // Scales p[vocab] to sum to 1 (the residual after a rejection); false, leaving p as is, when
 // nothing is left — which only rounding causes, when the target was fully covered by q.

@@ -1,0 +1,100 @@
+#include "cuda/device_sampling.h"
+
+#include <algorithm>
+
+namespace sd::cuda {
+
+namespace {
+
+template <class T>
+Status download_async(const DeviceBuffer<T>& src, std::vector<T>* dst, size_t n, cudaStream_t stream) {
+  dst->resize(n);
+  return check(cudaMemcpyAsync(dst->data(), src.get(), n * sizeof(T), cudaMemcpyDeviceToHost, stream),
+               "row sampling D2H");
+}
+
+}  // namespace
+
+Status DeviceRowSampler::enqueue(const RowSampling& rs, const float* logits, int64_t vocab, cudaStream_t stream) {
+  const size_t G = rs.trees.size(), V = static_cast<size_t>(vocab);
+  static const TokenTree kRootOnly;
+  rows_host_.clear();
+  node_indptr_host_.assign(1, 0);
+  tokens_host_.clear();
+  parents_host_.clear();
+  seeds_host_.clear();
+  positions_host_.clear();
+  bool any_q = false;
+  max_accept_ = 1;  // a valid output row even when no group has a draft
+  for (size_t g = 0; g < G; ++g) {
+    const TokenTree& t = rs.trees[g] == nullptr ? kRootOnly : *rs.trees[g];
+    const SamplingConfig& c = rs.configs[g];
+    SamplingRow row;
+    row.temperature = c.temperature;
+    row.top_k = c.top_k;
+    row.top_p = c.top_p;
+    row.min_p = c.min_p;
+    row.seed = c.seed;
+    rows_host_.insert(rows_host_.end(), static_cast<size_t>(1 + t.size()), row);
+    tokens_host_.insert(tokens_host_.end(), t.token.begin(), t.token.end());
+    parents_host_.insert(parents_host_.end(), t.parent.begin(), t.parent.end());
+    node_indptr_host_.push_back(static_cast<int32_t>(tokens_host_.size()));
+    seeds_host_.push_back(c.seed);
+    positions_host_.push_back(rs.positions[g]);
+    any_q = any_q || !t.q.empty();
+    max_accept_ = std::max(max_accept_, t.max_depth());
+  }
+  const size_t R = rows_host_.size(), N = tokens_host_.size();
+  if (any_q) {  // one q row per node; trees without q (deterministic drafts) get one-hot rows
+    q_host_.assign(N * V, 0.0f);
+    size_t node = 0;
+    for (size_t g = 0; g < G; ++g) {
+      if (rs.trees[g] == nullptr) continue;
+      const TokenTree& t = *rs.trees[g];
+      if (!t.q.empty()) std::copy(t.q.begin(), t.q.end(), q_host_.begin() + static_cast<std::ptrdiff_t>(node * V));
+      else
+        for (int32_t i = 0; i < t.size(); ++i) q_host_[(node + static_cast<size_t>(i)) * V + static_cast<size_t>(t.token[i])] = 1.0f;
+      node += static_cast<size_t>(t.size());
+    }
+    SD_RETURN_IF_ERROR(q_.write_async(q_host_, stream));
+  }
+  // Empty node arrays still need valid pointers.
+  if (N == 0) tokens_host_.push_back(0), parents_host_.push_back(-1);
+  SD_RETURN_IF_ERROR(rows_.write_async(rows_host_, stream));
+  SD_RETURN_IF_ERROR(node_indptr_.write_async(node_indptr_host_, stream));
+  SD_RETURN_IF_ERROR(tokens_.write_async(tokens_host_, stream));
+  SD_RETURN_IF_ERROR(parents_.write_async(parents_host_, stream));
+  SD_RETURN_IF_ERROR(seeds_.write_async(seeds_host_, stream));
+  SD_RETURN_IF_ERROR(positions_.write_async(positions_host_, stream));
+  SD_RETURN_IF_ERROR(probs_.reserve(R * V));
+  SD_RETURN_IF_ERROR(workspace_.reserve(G * V));
+  const size_t A = static_cast<size_t>(max_accept_);
+  SD_RETURN_IF_ERROR(accepted_.reserve(G * A));
+  SD_RETURN_IF_ERROR(num_accepted_.reserve(G));
+  SD_RETURN_IF_ERROR(next_token_.reserve(G));
+  SD_RETURN_IF_ERROR(bonus_.reserve(G));
+
+  SD_RETURN_IF_ERROR(sample(logits, static_cast<int64_t>(R), vocab, rows_.get(), probs_.get(), nullptr, stream));
+  SD_RETURN_IF_ERROR(verify_tree(node_indptr_.get(), static_cast<int64_t>(G), tokens_.get(), parents_.get(), probs_.get(),
+                                 any_q ? q_.get() : nullptr, vocab, seeds_.get(), positions_.get(), max_accept_,
+                                 accepted_.get(), num_accepted_.get(), next_token_.get(), bonus_.get(), workspace_.get(),
+                                 stream));
+  SD_RETURN_IF_ERROR(download_async(accepted_, &accepted_host_, G * A, stream));
+  SD_RETURN_IF_ERROR(download_async(num_accepted_, &num_accepted_host_, G, stream));
+  SD_RETURN_IF_ERROR(download_async(next_token_, &next_token_host_, G, stream));
+  return download_async(bonus_, &bonus_host_, G, stream);
+}
+
+void DeviceRowSampler::read(RowSampling* rs) const {
+  const size_t G = rs->trees.size(), A = static_cast<size_t>(max_accept_);
+  rs->outcomes.assign(G, VerifyOutcome());
+  for (size_t g = 0; g < G; ++g) {
+    VerifyOutcome& o = rs->outcomes[g];
+    const int32_t* acc = accepted_host_.data() + g * A;
+    o.accepted.assign(acc, acc + num_accepted_host_[g]);
+    o.next_token = next_token_host_[g];
+    o.bonus = bonus_host_[g] != 0;
+  }
+}
+
+}  // namespace sd::cuda

@@ -1,0 +1,41 @@
+// RowSampling (spec/verifier.h) on the GPU, for a device model's forward: the processed
+// distributions of the logit rows (cuda/sampling.cu), then each group's draft tree walked by the
+// lossless verifier (cuda/spec_sampling.cu); only the outcomes come back to the host.
+//
+// NOT YET RUN ON A GPU: written and compiled without one (docs/cuda.md).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "cuda/cuda_check.h"
+#include "cuda/cuda_ops.h"
+#include "spec/verifier.h"
+
+namespace sd::cuda {
+
+class DeviceRowSampler {
+ public:
+  // Queues the work on `stream` over logits [rs.num_rows(), vocab] (device memory, rs already
+  // validated) and the downloads of its results into this object's host arrays.
+  Status enqueue(const RowSampling& rs, const float* logits, int64_t vocab, cudaStream_t stream);
+  // After the stream has synchronized: rs->outcomes from the downloaded results.
+  void read(RowSampling* rs) const;
+
+ private:
+  // Host staging (kept between calls; the async copies read and write it).
+  std::vector<SamplingRow> rows_host_;
+  std::vector<int32_t> node_indptr_host_, tokens_host_, parents_host_;
+  std::vector<uint64_t> seeds_host_, positions_host_;
+  std::vector<float> q_host_;
+  std::vector<int32_t> accepted_host_, num_accepted_host_, next_token_host_;
+  std::vector<uint8_t> bonus_host_;
+  int32_t max_accept_ = 1;
+
+  DeviceBuffer<SamplingRow> rows_;
+  DeviceBuffer<int32_t> node_indptr_, tokens_, parents_, accepted_, num_accepted_, next_token_;
+  DeviceBuffer<uint64_t> seeds_, positions_;
+  DeviceBuffer<uint8_t> bonus_;
+  DeviceBuffer<float> probs_, q_, workspace_;
+};
+
+}  // namespace sd::cuda
