@@ -370,6 +370,13 @@ Status DeviceLlama::forward(const ForwardBatch& batch, KVCache& kv, float* logit
   // Graph shapes all share activations sized for kGemvMaxRows rows.
   const bool graph = use_graphs_ && T <= kGemvMaxRows && batch.layers.empty() && batch.capture_layers.empty();
   SD_RETURN_IF_ERROR(reserve_activations(graph ? kGemvMaxRows : T, graph ? kGemvMaxRows : R));
+  if (graph) {  // ... and per-token / per-request tables (B <= T), so that no shape moves another's buffers
+    const size_t n = static_cast<size_t>(kGemvMaxRows) + 1;
+    for (DeviceBuffer<int32_t>* b : {&ids_, &positions_, &kv_indptr_, &logit_rows_, &ws_.part_base})
+      SD_RETURN_IF_ERROR(b->reserve(n));
+    SD_RETURN_IF_ERROR(slots_.reserve(n));
+    SD_RETURN_IF_ERROR(mask_indptr_.reserve(n));
+  }
 
   // The batch's tables, uploaded on the stream (the host arrays are staged before each call returns).
   pages_.new_token_slots(&slots_host_);

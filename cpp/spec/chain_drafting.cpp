@@ -31,8 +31,25 @@ float draw(const ChainDraft& c, const float* logits, int64_t V) {
 
 }  // namespace
 
-Status grow_chains(const std::vector<ChainDraft>& chains, int64_t V, float min_confidence,
-                   std::vector<float> logits, const NextLogits& next) {
+bool argmax_suffices(const DraftRequest& req, float min_confidence) {
+  return min_confidence <= 0 && req.sampling->greedy() && !req.record_q;
+}
+
+Status forward_rows(ForwardModel& model, ForwardBatch& fb, KVCache& kv, bool argmax_only, DraftRows* rows) {
+  rows->argmax_only = argmax_only;
+  if (argmax_only) {
+    rows->argmax.resize(fb.logit_rows.size());
+    fb.argmax = rows->argmax.data();
+    return model.forward(fb, kv, nullptr);
+  }
+  rows->logits.resize(fb.logit_rows.size() * static_cast<size_t>(model.config().vocab_size));
+  return model.forward(fb, kv, rows->logits.data());
+}
+
+Status grow_chains(const std::vector<ChainDraft>& chains, int64_t V, float min_confidence, DraftRows rows,
+                   const NextRows& next) {
+  const bool argmax_only = std::all_of(chains.begin(), chains.end(),
+                                       [&](const ChainDraft& c) { return argmax_suffices(*c.req, min_confidence); });
   std::vector<int32_t> growing;
   for (int32_t c = 0; c < static_cast<int32_t>(chains.size()); ++c) growing.push_back(c);
   while (!growing.empty()) {
@@ -40,14 +57,19 @@ Status grow_chains(const std::vector<ChainDraft>& chains, int64_t V, float min_c
     for (size_t r = 0; r < growing.size(); ++r) {
       const ChainDraft& c = chains[static_cast<size_t>(growing[r])];
       if (c.budget <= c.tree->size()) continue;
-      const float* row = logits.data() + static_cast<int64_t>(r) * V;
-      float confidence = draw(c, row, V);
-      if (min_confidence > 0 && c.req->sampling->greedy() && !c.req->record_q)
-        confidence = std::exp(LogSoftmax(row, V).log_prob(c.tree->token.back()));
+      float confidence = 1.0f;
+      if (rows.argmax_only) {  // greedy, nothing else wanted (argmax_suffices)
+        c.tree->add(rows.argmax[r], c.tree->size() - 1);
+      } else {
+        const float* row = rows.logits.data() + static_cast<int64_t>(r) * V;
+        confidence = draw(c, row, V);
+        if (min_confidence > 0 && c.req->sampling->greedy() && !c.req->record_q)
+          confidence = std::exp(LogSoftmax(row, V).log_prob(c.tree->token.back()));
+      }
       if (c.tree->size() < c.budget && confidence >= min_confidence) still.push_back(growing[r]);
     }
     growing.swap(still);
-    if (!growing.empty()) SD_RETURN_IF_ERROR(next(growing, &logits));
+    if (!growing.empty()) SD_RETURN_IF_ERROR(next(growing, argmax_only, &rows));
   }
   return Status::Ok();
 }

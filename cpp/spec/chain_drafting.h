@@ -12,6 +12,7 @@
 #include <functional>
 #include <vector>
 
+#include "model/forward_model.h"
 #include "spec/drafter.h"
 
 namespace sd {
@@ -22,12 +23,28 @@ struct ChainDraft {
   int32_t budget = 0;  // tokens to draft at most
 };
 
-// growing: indexes into the chains; fills *logits with one row per growing chain, in that order.
-using NextLogits = std::function<Status(const std::vector<int32_t>& growing, std::vector<float>* logits)>;
+// A drafting round's output, one row per chain asked for, in order: logits rows, or only each
+// row's argmax (argmax_only) when the chains draw by argmax and need no distribution, so that a
+// device model sends back ids, not rows x vocab floats (ForwardBatch::argmax).
+struct DraftRows {
+  bool argmax_only = false;
+  std::vector<float> logits;    // [rows, vocab] unless argmax_only
+  std::vector<int32_t> argmax;  // [rows] when argmax_only
+};
 
-// logits: one row per chain (the distribution of its first draft token).
-Status grow_chains(const std::vector<ChainDraft>& chains, int64_t vocab, float min_confidence,
-                   std::vector<float> logits, const NextLogits& next);
+// Whether a chain's draws need each row's argmax only: greedy, no q recorded, no confidence stop.
+bool argmax_suffices(const DraftRequest& req, float min_confidence);
+
+// Runs `fb` (its logit_rows set) into *rows: each row's argmax when argmax_only, else the logits.
+Status forward_rows(ForwardModel& model, ForwardBatch& fb, KVCache& kv, bool argmax_only, DraftRows* rows);
+
+// growing: indexes into the chains; fills *rows with one row per growing chain, in that order
+// (its argmax alone when argmax_only is true and the drafter can; else logits).
+using NextRows = std::function<Status(const std::vector<int32_t>& growing, bool argmax_only, DraftRows* rows)>;
+
+// first: one row per chain (the distribution of its first draft token).
+Status grow_chains(const std::vector<ChainDraft>& chains, int64_t vocab, float min_confidence, DraftRows first,
+                   const NextRows& next);
 
 // log-softmax of a logits row, normalizer computed once: log_prob(x) for any entry x.
 struct LogSoftmax {

@@ -15,7 +15,7 @@ DraftModelDrafter::DraftModelDrafter(std::unique_ptr<ForwardModel> model, const 
 
 Status DraftModelDrafter::feed(SeqState& st, const std::vector<int32_t>& tokens,
                                const std::vector<int32_t>& positions, const std::vector<uint8_t>* mask,
-                               const std::vector<int32_t>& rows, std::vector<float>* logits) {
+                               const std::vector<int32_t>& rows, bool argmax_only, DraftRows* out) {
   if (prefix_) prefix_->ensure_free(st.pages.blocks_needed(static_cast<int64_t>(tokens.size())));
   SD_RETURN_IF_ERROR(st.pages.append(kv_.allocator(), static_cast<int64_t>(tokens.size())));
   ForwardBatch fb;
@@ -28,17 +28,16 @@ Status DraftModelDrafter::feed(SeqState& st, const std::vector<int32_t>& tokens,
     fb.mask_indptr = {0, static_cast<int64_t>(mask->size())};
   }
   fb.logit_rows = rows;
-  logits->resize(rows.size() * static_cast<size_t>(model_->config().vocab_size));
-  return model_->forward(fb, kv_, logits->data());
+  return forward_rows(*model_, fb, kv_, argmax_only, out);
 }
 
-Status DraftModelDrafter::catch_up(SeqState& st, const std::vector<int32_t>& ctx, std::vector<float>* root_logits) {
+Status DraftModelDrafter::catch_up(SeqState& st, const std::vector<int32_t>& ctx, bool argmax_only, DraftRows* root) {
   const int64_t len = static_cast<int64_t>(ctx.size());
   while (st.committed < len) {
     const int64_t n = std::min<int64_t>(opts_.prefill_chunk, len - st.committed);
     std::vector<int32_t> toks(ctx.begin() + st.committed, ctx.begin() + st.committed + n), pos(static_cast<size_t>(n));
     std::iota(pos.begin(), pos.end(), static_cast<int32_t>(st.committed));
-    SD_RETURN_IF_ERROR(feed(st, toks, pos, nullptr, {static_cast<int32_t>(n - 1)}, root_logits));
+    SD_RETURN_IF_ERROR(feed(st, toks, pos, nullptr, {static_cast<int32_t>(n - 1)}, argmax_only, root));
     st.committed += n;
   }
   return Status::Ok();
@@ -66,7 +65,12 @@ Status DraftModelDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
   const int64_t V = model_->config().vocab_size;
   std::vector<ChainDraft> chains;
   std::vector<SeqState*> states;  // of the chains, or of the trees
-  std::vector<float> first_logits;
+  // Greedy chains wanting no distribution read each draft row's argmax only.
+  const bool argmax_only = proposes_chains() && std::all_of(jobs.begin(), jobs.end(), [&](const DraftJob& j) {
+    return argmax_suffices(j.req, opts_.min_confidence);
+  });
+  DraftRows first;
+  first.argmax_only = argmax_only;
   std::vector<TreeJob> trees;
   std::vector<std::vector<float>> tree_roots;
   tree_roots.reserve(jobs.size());
@@ -81,17 +85,18 @@ Status DraftModelDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
       st.pages.truncate(kv_.allocator(), len - 1);
       st.committed = len - 1;
     }
-    std::vector<float> root_logits;
-    s = catch_up(st, *j.req.context, &root_logits);
+    DraftRows root;
+    s = catch_up(st, *j.req.context, argmax_only, &root);
     if (!s.ok()) break;
     if (!proposes_chains()) {
-      tree_roots.push_back(std::move(root_logits));
+      tree_roots.push_back(std::move(root.logits));
       trees.push_back(TreeJob{budget, tree_roots.back().data(), j.tree, &st.node_slot, j.req.tree_sizing});
       states.push_back(&st);
     } else {
       chains.push_back(ChainDraft{&j.req, j.tree, budget});
       states.push_back(&st);
-      first_logits.insert(first_logits.end(), root_logits.begin(), root_logits.end());
+      first.logits.insert(first.logits.end(), root.logits.begin(), root.logits.end());
+      first.argmax.insert(first.argmax.end(), root.argmax.begin(), root.argmax.end());
     }
   }
   if (s.ok() && !trees.empty()) {
@@ -101,9 +106,9 @@ Status DraftModelDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
     });
   }
   if (s.ok() && !chains.empty()) {
-    s = grow_chains(chains, V, opts_.min_confidence, std::move(first_logits),
-                    [&](const std::vector<int32_t>& growing, std::vector<float>* logits) {
-                      return feed_chains(chains, states, growing, logits);
+    s = grow_chains(chains, V, opts_.min_confidence, std::move(first),
+                    [&](const std::vector<int32_t>& growing, bool argmax, DraftRows* rows) {
+                      return feed_chains(chains, states, growing, argmax, rows);
                     });
   }
   for (const DraftJob& j : jobs) {  // one slot entry per node (-1: not in the cache)
@@ -120,7 +125,7 @@ Status DraftModelDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
 }
 
 Status DraftModelDrafter::feed_chains(const std::vector<ChainDraft>& chains, const std::vector<SeqState*>& states,
-                                      const std::vector<int32_t>& growing, std::vector<float>* logits) {
+                                      const std::vector<int32_t>& growing, bool argmax_only, DraftRows* rows) {
   ForwardBatch fb;
   fb.qo_indptr.push_back(0);
   for (int32_t c : growing) {
@@ -136,8 +141,7 @@ Status DraftModelDrafter::feed_chains(const std::vector<ChainDraft>& chains, con
     fb.qo_indptr.push_back(static_cast<int32_t>(fb.token_ids.size()));
     fb.seqs.push_back(&st.pages);
   }
-  logits->resize(growing.size() * static_cast<size_t>(model_->config().vocab_size));
-  return model_->forward(fb, kv_, logits->data());
+  return forward_rows(*model_, fb, kv_, argmax_only, rows);
 }
 
 Status DraftModelDrafter::feed_tree_rounds(const std::vector<SeqState*>& states, const std::vector<int32_t>& active,

@@ -1,5 +1,6 @@
 #include "spec/self_drafter.h"
 
+#include <algorithm>
 #include <string>
 
 namespace sd {
@@ -35,12 +36,14 @@ Status SelfDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
   if (chains.empty()) return Status::Ok();
   std::vector<int32_t> all(chains.size());
   for (size_t c = 0; c < chains.size(); ++c) all[c] = static_cast<int32_t>(c);
-  std::vector<float> logits;
-  Status s = feed(chains, pages, base, all, &logits);
+  const bool argmax_only = std::all_of(chains.begin(), chains.end(),
+                                       [&](const ChainDraft& c) { return argmax_suffices(*c.req, opts_.min_confidence); });
+  DraftRows rows;
+  Status s = feed(chains, pages, base, all, argmax_only, &rows);
   if (s.ok()) {
-    s = grow_chains(chains, model_->config().vocab_size, opts_.min_confidence, std::move(logits),
-                    [&](const std::vector<int32_t>& growing, std::vector<float>* out) {
-                      return feed(chains, pages, base, growing, out);
+    s = grow_chains(chains, model_->config().vocab_size, opts_.min_confidence, std::move(rows),
+                    [&](const std::vector<int32_t>& growing, bool argmax, DraftRows* out) {
+                      return feed(chains, pages, base, growing, argmax, out);
                     });
   }
   for (size_t c = 0; c < chains.size(); ++c) pages[c]->truncate(kv_->allocator(), base[c]);
@@ -48,8 +51,8 @@ Status SelfDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
 }
 
 Status SelfDrafter::feed(const std::vector<ChainDraft>& chains, const std::vector<SeqPages*>& pages,
-                         const std::vector<int64_t>& base, const std::vector<int32_t>& growing,
-                         std::vector<float>* logits) {
+                         const std::vector<int64_t>& base, const std::vector<int32_t>& growing, bool argmax_only,
+                         DraftRows* rows) {
   ForwardBatch fb;
   fb.layers = opts_.layers;
   fb.window = opts_.window;
@@ -64,8 +67,7 @@ Status SelfDrafter::feed(const std::vector<ChainDraft>& chains, const std::vecto
     fb.qo_indptr.push_back(static_cast<int32_t>(fb.token_ids.size()));
     fb.seqs.push_back(pages[static_cast<size_t>(c)]);
   }
-  logits->resize(growing.size() * static_cast<size_t>(model_->config().vocab_size));
-  return model_->forward(fb, *kv_, logits->data());
+  return forward_rows(*model_, fb, *kv_, argmax_only, rows);
 }
 
 }  // namespace sd
