@@ -9,13 +9,24 @@
 
 namespace sd::cuda {
 
-// The plan's device copies and the split-KV scratch.
+// The plan's tables on the device and the split-KV scratch. upload() copies the tables into
+// buffers owned here; a caller that stages them itself (one transfer with its other tables:
+// cuda/staged_tables.h) points items / part_base / merge at its copies and calls
+// reserve_partials.
 struct AttentionWorkspace {
-  DeviceBuffer<AttnWorkItem> items;
-  DeviceBuffer<int32_t> part_base, merge;
+  const AttnWorkItem* items = nullptr;
+  const int32_t* part_base = nullptr;
+  const int32_t* merge = nullptr;  // 3 per entry
+  size_t num_items = 0, num_merge = 0;  // what the tables hold (>= the plan's)
   DeviceBuffer<float> part_o, part_lse;
   // Copies the plan in on `stream` (buffers only grow: their addresses stay while they suffice).
   Status upload(const AttentionPlan& plan, cudaStream_t stream);
+  // The partial outputs for the plan's slots (only grows).
+  Status reserve_partials(const AttentionPlan& plan);
+
+ private:
+  DeviceBuffer<AttnWorkItem> own_items_;
+  DeviceBuffer<int32_t> own_part_base_, own_merge_;
 };
 
 struct PagedKVDevice {

@@ -1,7 +1,8 @@
 // The Llama-family forward on the GPU (ForwardModel, model/forward_model.h): weights and K/V
 // live on the device; the host KVCache it is given only hands out pages (host_storage false),
 // so the page tables (BatchPages), the attention plan and the packed tree mask are built on the
-// host each forward and uploaded with the token ids. Same math as LlamaModel::forward, layer by
+// host each forward and uploaded with the token ids, all in one pinned transfer
+// (cuda/staged_tables.h). Same math as LlamaModel::forward, layer by
 // layer: RMSNorm -> fused qkv GEMM (+ bias) -> RoPE on q and k -> KV append -> paged attention
 // (tree masks bit-packed) -> o GEMM + residual -> RMSNorm -> gate_up GEMM -> SiLU * up -> down
 // GEMM + residual; then the logit rows: gather, final RMSNorm, LM head, one download (or only
@@ -37,6 +38,7 @@
 #include "cuda/device_model.h"
 #include "cuda/device_sampling.h"
 #include "cuda/mask_bits.h"
+#include "cuda/staged_tables.h"
 #include "model/batch_pages.h"
 #include "model/llama.h"
 
@@ -125,9 +127,10 @@ class DeviceLlama final : public ForwardModel {
   // The forward's kernels from the embedding to the LM head's logits_ (what a graph captures);
   // the batch's tables are on the device already.
   Status enqueue_model(const ForwardBatch& batch, int64_t T, int64_t R, bool masked);
-  // Pads plan_ to the step's graph, uploads it and replays the graph, capturing it first when
-  // it is new, too small for the plan, or its buffers have moved.
-  Status run_graph(const ForwardBatch& batch, int64_t T, int64_t R, bool masked);
+  // Replays g (plan_ padded to it and uploaded), capturing it first when it is new, outgrown by
+  // the plan, or its buffers have moved.
+  struct StepGraph;
+  Status replay(StepGraph& g, bool outgrown, const ForwardBatch& batch, int64_t T, int64_t R, bool masked);
   // The device addresses a captured forward reads and writes (weights and K/V aside, which
   // do not move).
   std::vector<const void*> graph_buffers() const;
@@ -155,9 +158,16 @@ class DeviceLlama final : public ForwardModel {
   std::vector<uint8_t> mask_host_;
   AttentionPlan plan_;
   AttentionWorkspace ws_;
-  DeviceBuffer<int32_t> ids_, positions_, kv_indptr_, kv_indices_, logit_rows_, argmax_;
-  DeviceBuffer<int64_t> slots_, mask_indptr_, copy_src_, copy_dst_;
-  DeviceBuffer<uint8_t> mask_;
+  // Every per-forward table in one transfer (cuda/staged_tables.h), in this order.
+  enum Table { kIds, kPositions, kSlots, kKvIndptr, kKvIndices, kLogitRows, kMask, kMaskIndptr, kPlanItems,
+               kPlanPartBase, kPlanMerge, kNumTables };
+  StagedTables tables_;
+  template <class T>
+  T* table(Table t) const { return tables_.device<T>(t); }
+  // Copies the batch's tables and plan_ in (one transfer) and points ws_ at the plan's.
+  Status upload_tables(const ForwardBatch& batch);
+  DeviceBuffer<int32_t> argmax_;
+  DeviceBuffer<int64_t> copy_src_, copy_dst_;
   // Activations (f32) and the half-precision copy of a GEMM's input.
   DeviceBuffer<float> x_, xn_, qkv_, q_, k_new_, v_new_, attn_, gate_up_, act_, rows_, logits_;
   DeviceBuffer<uint16_t> half_in_;
@@ -174,13 +184,6 @@ class DeviceLlama final : public ForwardModel {
   std::map<std::tuple<int64_t, int64_t, int32_t, bool>, StepGraph> graphs_;
 };
 
-// A buffer that grows with the context (page table, tree mask): twice what is asked, so that
-// its address, and a graph that reads it, last for many steps.
-template <class T>
-Status write_with_headroom(DeviceBuffer<T>& buf, const std::vector<T>& host, cudaStream_t stream) {
-  if (host.size() > buf.size()) SD_RETURN_IF_ERROR(buf.reserve(2 * host.size()));
-  return buf.write_async(host, stream);
-}
 
 Status DeviceLlama::create(const ModelConfig& cfg, const Checkpoint& ckpt, WeightDTypes dtypes,
                            const std::function<void(int, int)>& progress, std::unique_ptr<ForwardModel>* out) {
@@ -313,8 +316,9 @@ Status DeviceLlama::decoder_layer(int32_t l, int64_t T, bool masked) {
 
   SD_RETURN_IF_ERROR(rmsnorm(x_.get(), g.input_norm.get(), eps, T, H, xn_.get(), stream_));
   SD_RETURN_IF_ERROR(linear(xn_.get(), T, g.qkv, g.qkv_bias.get(), qkv_.get()));
-  SD_RETURN_IF_ERROR(rope(qkv_.get(), positions_.get(), T, nq, D, qkv_w, inv_freq_.get(), stream_));
-  SD_RETURN_IF_ERROR(rope(qkv_.get() + nq * D, positions_.get(), T, nkv, D, qkv_w, inv_freq_.get(), stream_));
+  const int32_t* positions = table<int32_t>(kPositions);
+  SD_RETURN_IF_ERROR(rope(qkv_.get(), positions, T, nq, D, qkv_w, inv_freq_.get(), stream_));
+  SD_RETURN_IF_ERROR(rope(qkv_.get() + nq * D, positions, T, nkv, D, qkv_w, inv_freq_.get(), stream_));
   // Split the fused rows: q [T, nq D], k and v [T, nkv D].
   auto split = [&](float* dst, int64_t col0, int64_t width) {
     const size_t bytes = static_cast<size_t>(width) * sizeof(float);
@@ -325,7 +329,7 @@ Status DeviceLlama::decoder_layer(int32_t l, int64_t T, bool masked) {
   SD_RETURN_IF_ERROR(split(q_.get(), 0, nq * D));
   SD_RETURN_IF_ERROR(split(k_new_.get(), nq * D, nkv * D));
   SD_RETURN_IF_ERROR(split(v_new_.get(), (nq + nkv) * D, nkv * D));
-  SD_RETURN_IF_ERROR(kv_append(kKVDType, k_layer(l), v_layer(l), layout_, k_new_.get(), v_new_.get(), slots_.get(), T,
+  SD_RETURN_IF_ERROR(kv_append(kKVDType, k_layer(l), v_layer(l), layout_, k_new_.get(), v_new_.get(), table<int64_t>(kSlots), T,
                                nullptr, stream_));
 
   PagedKVDevice kv;
@@ -340,10 +344,10 @@ Status DeviceLlama::decoder_layer(int32_t l, int64_t T, bool masked) {
   io.q = q_.get();
   io.out = attn_.get();
   io.io_dtype = DType::kF32;
-  io.kv_indptr = kv_indptr_.get();
-  io.kv_indices = kv_indices_.get();
-  io.packed_mask = masked ? mask_.get() : nullptr;
-  io.mask_byte_indptr = masked ? mask_indptr_.get() : nullptr;
+  io.kv_indptr = table<int32_t>(kKvIndptr);
+  io.kv_indices = table<int32_t>(kKvIndices);
+  io.packed_mask = masked ? table<uint8_t>(kMask) : nullptr;
+  io.mask_byte_indptr = masked ? table<int64_t>(kMaskIndptr) : nullptr;
   io.sm_scale = 1.0f / std::sqrt(static_cast<float>(D));
   SD_RETURN_IF_ERROR(paged_attention(plan_, ws_, kv, io, stream_));
 
@@ -370,37 +374,29 @@ Status DeviceLlama::forward(const ForwardBatch& batch, KVCache& kv, float* logit
   // Graph shapes all share activations sized for kGemvMaxRows rows.
   const bool graph = use_graphs_ && T <= kGemvMaxRows && batch.layers.empty() && batch.capture_layers.empty();
   SD_RETURN_IF_ERROR(reserve_activations(graph ? kGemvMaxRows : T, graph ? kGemvMaxRows : R));
-  if (graph) {  // ... and per-token / per-request tables (B <= T), so that no shape moves another's buffers
-    const size_t n = static_cast<size_t>(kGemvMaxRows) + 1;
-    for (DeviceBuffer<int32_t>* b : {&ids_, &positions_, &kv_indptr_, &logit_rows_, &ws_.part_base})
-      SD_RETURN_IF_ERROR(b->reserve(n));
-    SD_RETURN_IF_ERROR(slots_.reserve(n));
-    SD_RETURN_IF_ERROR(mask_indptr_.reserve(n));
-  }
-
-  // The batch's tables, uploaded on the stream (the host arrays are staged before each call returns).
   pages_.new_token_slots(&slots_host_);
-  SD_RETURN_IF_ERROR(ids_.write_async(batch.token_ids, stream_));
-  SD_RETURN_IF_ERROR(positions_.write_async(batch.positions, stream_));
-  SD_RETURN_IF_ERROR(slots_.write_async(slots_host_, stream_));
-  SD_RETURN_IF_ERROR(kv_indptr_.write_async(pages_.kv_indptr(), stream_));
-  SD_RETURN_IF_ERROR(write_with_headroom(kv_indices_, pages_.kv_indices(), stream_));
-  SD_RETURN_IF_ERROR(logit_rows_.write_async(batch.logit_rows, stream_));
-  if (masked) {
-    pack_mask_bits(batch.custom_mask.data(), batch.mask_indptr.data(), B, &mask_host_, &mask_indptr_host_);
-    if (mask_host_.empty()) mask_host_.push_back(0);  // a valid pointer even for an all-empty mask
-    SD_RETURN_IF_ERROR(write_with_headroom(mask_, mask_host_, stream_));
-    SD_RETURN_IF_ERROR(mask_indptr_.write_async(mask_indptr_host_, stream_));
-  }
+  if (masked) pack_mask_bits(batch.custom_mask.data(), batch.mask_indptr.data(), B, &mask_host_, &mask_indptr_host_);
   SD_RETURN_IF_ERROR(plan_paged_attention(batch.qo_indptr.data(), pages_.kv_indptr().data(),
                                           pages_.kv_last_page_len().data(), B, layout_.page_size, cfg_.num_heads,
                                           cfg_.num_kv_heads, cfg_.head_dim, !masked, kAttnChunk, num_sms_, &plan_));
-  if (graph) {
-    SD_RETURN_IF_ERROR(run_graph(batch, T, R, masked));
-  } else {
-    SD_RETURN_IF_ERROR(ws_.upload(plan_, stream_));
-    SD_RETURN_IF_ERROR(enqueue_model(batch, T, R, masked));
+  // A graph's replay (not a shape's first forward, which runs eagerly: module loading, kernel
+  // attributes) pads the plan to the graph's sizes, grown first when the plan outgrew them.
+  StepGraph* g = graph ? &graphs_[std::make_tuple(T, R, B, masked)] : nullptr;
+  bool outgrown = false;
+  if (g != nullptr && g->forwards++ == 0) g = nullptr;
+  if (g != nullptr) {
+    const int64_t items = static_cast<int64_t>(plan_.items.size()), merges = static_cast<int64_t>(plan_.merge.size() / 3);
+    outgrown = g->exec == nullptr || items > g->items || merges > g->merges || plan_.num_slots > g->slots;
+    if (outgrown) {  // room for the context to grow: twice the work items and partial slots
+      g->items = std::max(g->items, 2 * items);
+      g->merges = std::max(g->merges, merges > 0 ? T : 0);
+      g->slots = std::max(g->slots, 2 * plan_.num_slots);
+    }
+    pad_attention_plan(&plan_, g->items, g->merges, g->slots);
   }
+  SD_RETURN_IF_ERROR(upload_tables(batch));
+  if (g != nullptr) SD_RETURN_IF_ERROR(replay(*g, outgrown, batch, T, R, masked));
+  else SD_RETURN_IF_ERROR(enqueue_model(batch, T, R, masked));
 
   const int64_t V = cfg_.vocab_size;
   if (R > 0) {
@@ -424,7 +420,7 @@ Status DeviceLlama::forward(const ForwardBatch& batch, KVCache& kv, float* logit
 
 Status DeviceLlama::enqueue_model(const ForwardBatch& batch, int64_t T, int64_t R, bool masked) {
   const int64_t H = cfg_.hidden_size, V = cfg_.vocab_size;
-  SD_RETURN_IF_ERROR(embedding(embed_.dtype, embed_.data.get(), V, H, ids_.get(), T, x_.get(), nullptr, stream_));
+  SD_RETURN_IF_ERROR(embedding(embed_.dtype, embed_.data.get(), V, H, table<int32_t>(kIds), T, x_.get(), nullptr, stream_));
   // The layers to run (all, or the self-speculation draft's subset); captured outputs go
   // straight to the host buffer, row t holding the capture layers side by side.
   const int32_t num_run = batch.layers.empty() ? cfg_.num_layers : static_cast<int32_t>(batch.layers.size());
@@ -441,36 +437,48 @@ Status DeviceLlama::enqueue_model(const ForwardBatch& batch, int64_t T, int64_t 
   }
   if (R == 0) return Status::Ok();
   // Gather the logit rows (the embedding gather over x as an f32 table), norm, LM head.
-  SD_RETURN_IF_ERROR(embedding(DType::kF32, x_.get(), T, H, logit_rows_.get(), R, rows_.get(), nullptr, stream_));
+  SD_RETURN_IF_ERROR(embedding(DType::kF32, x_.get(), T, H, table<int32_t>(kLogitRows), R, rows_.get(), nullptr, stream_));
   SD_RETURN_IF_ERROR(rmsnorm(rows_.get(), final_norm_.get(), cfg_.rms_norm_eps, R, H, rows_.get(), stream_));
   return linear(rows_.get(), R, tied_ ? embed_ : lm_head_, nullptr, logits_.get());
 }
 
-std::vector<const void*> DeviceLlama::graph_buffers() const {
-  return {x_.get(),         xn_.get(),         qkv_.get(),        q_.get(),           k_new_.get(),
-          v_new_.get(),     attn_.get(),       gate_up_.get(),    act_.get(),         rows_.get(),
-          logits_.get(),    half_in_.get(),    ids_.get(),        positions_.get(),   slots_.get(),
-          kv_indptr_.get(), kv_indices_.get(), logit_rows_.get(), mask_.get(),        mask_indptr_.get(),
-          ws_.items.get(),  ws_.part_base.get(), ws_.merge.get(), ws_.part_o.get(),   ws_.part_lse.get()};
+Status DeviceLlama::upload_tables(const ForwardBatch& batch) {
+  // Per-token and per-request tables get room for a graph's largest step (16 rows) at once, so
+  // that the shapes' graphs share their addresses; the page table and mask grow with 2x headroom.
+  const size_t rows = static_cast<size_t>(kGemvMaxRows) + 1;
+  std::vector<StagedTables::Table> t(kNumTables);
+  t[kIds] = StagedTables::of(batch.token_ids, rows);
+  t[kPositions] = StagedTables::of(batch.positions, rows);
+  t[kSlots] = StagedTables::of(slots_host_, rows);
+  t[kKvIndptr] = StagedTables::of(pages_.kv_indptr(), rows);
+  t[kKvIndices] = StagedTables::of(pages_.kv_indices());
+  t[kLogitRows] = StagedTables::of(batch.logit_rows, rows);
+  const bool masked = !batch.custom_mask.empty();
+  t[kMask] = masked ? StagedTables::of(mask_host_) : StagedTables::Table{nullptr, 0, 0};
+  t[kMaskIndptr] = masked ? StagedTables::of(mask_indptr_host_, rows) : StagedTables::Table{nullptr, 0, 0};
+  t[kPlanItems] = StagedTables::of(plan_.items);
+  t[kPlanPartBase] = StagedTables::of(plan_.part_base, rows);
+  t[kPlanMerge] = StagedTables::of(plan_.merge);
+  SD_RETURN_IF_ERROR(tables_.upload(t, stream_));
+  ws_.items = table<AttnWorkItem>(kPlanItems);
+  ws_.part_base = table<int32_t>(kPlanPartBase);
+  ws_.merge = table<int32_t>(kPlanMerge);
+  ws_.num_items = plan_.items.size();
+  ws_.num_merge = plan_.merge.size() / 3;
+  return ws_.reserve_partials(plan_);
 }
 
-Status DeviceLlama::run_graph(const ForwardBatch& batch, int64_t T, int64_t R, bool masked) {
-  StepGraph& g = graphs_[std::make_tuple(T, R, static_cast<int32_t>(batch.seqs.size()), masked)];
-  if (g.forwards++ == 0) {  // the first forward of a shape runs eagerly (module loading, kernel attributes)
-    SD_RETURN_IF_ERROR(ws_.upload(plan_, stream_));
-    return enqueue_model(batch, T, R, masked);
-  }
-  const int64_t items = static_cast<int64_t>(plan_.items.size()), merges = static_cast<int64_t>(plan_.merge.size() / 3);
-  const bool fits = g.exec != nullptr && items <= g.items && merges <= g.merges && plan_.num_slots <= g.slots;
-  if (!fits) {  // room for the context to grow: twice the work items and partial slots
-    g.items = std::max(g.items, 2 * items);
-    g.merges = std::max(g.merges, merges > 0 ? T : 0);
-    g.slots = std::max(g.slots, 2 * plan_.num_slots);
-  }
-  pad_attention_plan(&plan_, g.items, g.merges, g.slots);
-  SD_RETURN_IF_ERROR(ws_.upload(plan_, stream_));
+std::vector<const void*> DeviceLlama::graph_buffers() const {
+  std::vector<const void*> b = {x_.get(),    xn_.get(),      qkv_.get(),     q_.get(),    k_new_.get(),
+                                v_new_.get(), attn_.get(),   gate_up_.get(), act_.get(),  rows_.get(),
+                                logits_.get(), half_in_.get(), ws_.part_o.get(), ws_.part_lse.get()};
+  for (int t = 0; t < kNumTables; ++t) b.push_back(table<uint8_t>(static_cast<Table>(t)));
+  return b;
+}
+
+Status DeviceLlama::replay(StepGraph& g, bool outgrown, const ForwardBatch& batch, int64_t T, int64_t R, bool masked) {
   std::vector<const void*> buffers = graph_buffers();
-  if (!fits || buffers != g.buffers) {
+  if (outgrown || buffers != g.buffers) {
     if (g.exec != nullptr) cudaGraphExecDestroy(g.exec);
     g.exec = nullptr;
     SD_RETURN_IF_ERROR(check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture"));

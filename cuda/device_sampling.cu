@@ -56,16 +56,16 @@ Status DeviceRowSampler::enqueue(const RowSampling& rs, const float* logits, int
         for (int32_t i = 0; i < t.size(); ++i) q_host_[(node + static_cast<size_t>(i)) * V + static_cast<size_t>(t.token[i])] = 1.0f;
       node += static_cast<size_t>(t.size());
     }
-    SD_RETURN_IF_ERROR(q_.write_async(q_host_, stream));
   }
-  // Empty node arrays still need valid pointers.
-  if (N == 0) tokens_host_.push_back(0), parents_host_.push_back(-1);
-  SD_RETURN_IF_ERROR(rows_.write_async(rows_host_, stream));
-  SD_RETURN_IF_ERROR(node_indptr_.write_async(node_indptr_host_, stream));
-  SD_RETURN_IF_ERROR(tokens_.write_async(tokens_host_, stream));
-  SD_RETURN_IF_ERROR(parents_.write_async(parents_host_, stream));
-  SD_RETURN_IF_ERROR(seeds_.write_async(seeds_host_, stream));
-  SD_RETURN_IF_ERROR(positions_.write_async(positions_host_, stream));
+  std::vector<StagedTables::Table> t(kNumTables);
+  t[kRows] = StagedTables::of(rows_host_);
+  t[kNodeIndptr] = StagedTables::of(node_indptr_host_);
+  t[kTokens] = StagedTables::of(tokens_host_);
+  t[kParents] = StagedTables::of(parents_host_);
+  t[kSeeds] = StagedTables::of(seeds_host_);
+  t[kPositions] = StagedTables::of(positions_host_);
+  t[kQ] = any_q ? StagedTables::of(q_host_) : StagedTables::Table{nullptr, 0, 0};
+  SD_RETURN_IF_ERROR(tables_.upload(t, stream));
   SD_RETURN_IF_ERROR(probs_.reserve(R * V));
   SD_RETURN_IF_ERROR(workspace_.reserve(G * V));
   const size_t A = static_cast<size_t>(max_accept_);
@@ -74,9 +74,12 @@ Status DeviceRowSampler::enqueue(const RowSampling& rs, const float* logits, int
   SD_RETURN_IF_ERROR(next_token_.reserve(G));
   SD_RETURN_IF_ERROR(bonus_.reserve(G));
 
-  SD_RETURN_IF_ERROR(sample(logits, static_cast<int64_t>(R), vocab, rows_.get(), probs_.get(), nullptr, stream));
-  SD_RETURN_IF_ERROR(verify_tree(node_indptr_.get(), static_cast<int64_t>(G), tokens_.get(), parents_.get(), probs_.get(),
-                                 any_q ? q_.get() : nullptr, vocab, seeds_.get(), positions_.get(), max_accept_,
+  SD_RETURN_IF_ERROR(sample(logits, static_cast<int64_t>(R), vocab, tables_.device<SamplingRow>(kRows), probs_.get(),
+                            nullptr, stream));
+  SD_RETURN_IF_ERROR(verify_tree(tables_.device<int32_t>(kNodeIndptr), static_cast<int64_t>(G),
+                                 tables_.device<int32_t>(kTokens), tables_.device<int32_t>(kParents), probs_.get(),
+                                 any_q ? tables_.device<float>(kQ) : nullptr, vocab, tables_.device<uint64_t>(kSeeds),
+                                 tables_.device<uint64_t>(kPositions), max_accept_,
                                  accepted_.get(), num_accepted_.get(), next_token_.get(), bonus_.get(), workspace_.get(),
                                  stream));
   SD_RETURN_IF_ERROR(download_async(accepted_, &accepted_host_, G * A, stream));

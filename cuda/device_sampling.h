@@ -9,6 +9,7 @@
 
 #include "cuda/cuda_check.h"
 #include "cuda/cuda_ops.h"
+#include "cuda/staged_tables.h"
 #include "spec/verifier.h"
 
 namespace sd::cuda {
@@ -31,11 +32,11 @@ class DeviceRowSampler {
   std::vector<uint8_t> bonus_host_;
   int32_t max_accept_ = 1;
 
-  DeviceBuffer<SamplingRow> rows_;
-  DeviceBuffer<int32_t> node_indptr_, tokens_, parents_, accepted_, num_accepted_, next_token_;
-  DeviceBuffer<uint64_t> seeds_, positions_;
+  enum Table { kRows, kNodeIndptr, kTokens, kParents, kSeeds, kPositions, kQ, kNumTables };
+  StagedTables tables_;  // the inputs above, one transfer
+  DeviceBuffer<int32_t> accepted_, num_accepted_, next_token_;
   DeviceBuffer<uint8_t> bonus_;
-  DeviceBuffer<float> probs_, q_, workspace_;
+  DeviceBuffer<float> probs_, workspace_;
 };
 
 }  // namespace sd::cuda

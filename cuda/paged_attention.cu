@@ -320,8 +320,8 @@ Status launch(const AttentionPlan& plan, const AttentionWorkspace& ws, const Pag
   p.kv_indices = io.kv_indices;
   p.mask = io.packed_mask;
   p.mask_byte_indptr = io.mask_byte_indptr;
-  p.items = ws.items.get();
-  p.part_base = ws.part_base.get();
+  p.items = ws.items;
+  p.part_base = ws.part_base;
   p.part_o = ws.part_o.get();
   p.part_lse = ws.part_lse.get();
   p.page_size = kv.page_size;
@@ -337,7 +337,7 @@ Status launch(const AttentionPlan& plan, const AttentionWorkspace& ws, const Pag
   SD_RETURN_IF_ERROR(check_launch("paged_attention_kernel"));
   if (!plan.merge.empty()) {
     const dim3 mgrid(static_cast<unsigned>(plan.merge.size() / 3), static_cast<unsigned>(plan.num_qo_heads));
-    merge_partials_kernel<QT><<<mgrid, D, 0, stream>>>(ws.merge.get(), ws.part_o.get(), ws.part_lse.get(),
+    merge_partials_kernel<QT><<<mgrid, D, 0, stream>>>(ws.merge, ws.part_o.get(), ws.part_lse.get(),
                                                         plan.num_qo_heads, D, static_cast<QT*>(io.out));
     SD_RETURN_IF_ERROR(check_launch("merge_partials_kernel"));
   }
@@ -458,9 +458,18 @@ Status plan_paged_attention(const int32_t* qo_indptr, const int32_t* kv_indptr,
 }
 
 Status AttentionWorkspace::upload(const AttentionPlan& plan, cudaStream_t stream) {
-  SD_RETURN_IF_ERROR(items.write_async(plan.items, stream));
-  SD_RETURN_IF_ERROR(part_base.write_async(plan.part_base, stream));
-  SD_RETURN_IF_ERROR(merge.write_async(plan.merge, stream));
+  SD_RETURN_IF_ERROR(own_items_.write_async(plan.items, stream));
+  SD_RETURN_IF_ERROR(own_part_base_.write_async(plan.part_base, stream));
+  SD_RETURN_IF_ERROR(own_merge_.write_async(plan.merge, stream));
+  items = own_items_.get();
+  part_base = own_part_base_.get();
+  merge = own_merge_.get();
+  num_items = plan.items.size();
+  num_merge = plan.merge.size() / 3;
+  return reserve_partials(plan);
+}
+
+Status AttentionWorkspace::reserve_partials(const AttentionPlan& plan) {
   const size_t slots = static_cast<size_t>(plan.num_slots) * plan.num_qo_heads;
   SD_RETURN_IF_ERROR(part_o.reserve(slots * plan.head_dim));
   return part_lse.reserve(slots);
@@ -483,7 +492,7 @@ Status paged_attention(const AttentionPlan& plan, const AttentionWorkspace& ws, 
     return InvalidArgument("paged_attention (CUDA): the plan's causal flag and the mask disagree");
   if (io.packed_mask && !io.mask_byte_indptr)
     return InvalidArgument("paged_attention (CUDA): packed_mask needs mask_byte_indptr");
-  if (ws.items.size() < plan.items.size() || ws.merge.size() < plan.merge.size())
+  if (ws.num_items < plan.items.size() || ws.num_merge < plan.merge.size() / 3)
     return InvalidArgument("paged_attention (CUDA): the workspace was not uploaded from this plan");
   switch (kv.dtype) {
     case DType::kF32: return launch_io<float>(plan, ws, kv, io, stream);
