@@ -5,7 +5,7 @@ its assisted generation with the same draft) on the same GPU, against the bandwi
 (decode reads every weight once per token: tokens/s <= HBM bytes/s / weight bytes per token).
 
     python bench/bench_cuda_e2e.py [--pair qwen | --shape llama3-8b|qwen1.5b] [--tokens 128]
-        [--k 4] [--dtype auto|int8] [--peers transformers] [--out bench/results/cuda_e2e.json]
+        [--k 4] [--dtype auto|int8|int4] [--peers transformers] [--out bench/results/cuda_e2e.json]
 
 --pair qwen: the Qwen2.5-Coder 0.5B -> 1.5B GGUF pair (bench/fetch_models.py; it must already
 be in the model cache on a machine without network), on code prompts.
@@ -94,7 +94,7 @@ def main() -> int:
     ap.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--dtype", default="auto", help="our weights on the GPU: auto (bf16), bfloat16, float16, int8")
+    ap.add_argument("--dtype", default="auto", help="our weights on the GPU: auto (bf16), bfloat16, float16, int8, int4")
     ap.add_argument("--peers", default="transformers")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "cuda_e2e.json"))
     args = ap.parse_args()

@@ -8,6 +8,10 @@
 #   bash bench/gpu_session.sh            # everything
 #   STAGES="build tests" bash bench/gpu_session.sh
 #
+# With a 15-minute device budget (machine start included) and 10 minutes per command, run it as
+# two back-to-back calls on the warm machine: STAGES="build tests", then STAGES="bench sanitizer"
+# (the build stays in place while the machine is warm). Each stage's timeout bounds it.
+#
 # Needs on the machine: python3 with numpy, safetensors, tokenizers, torch, transformers,
 # pytest, scikit-build-core, pybind11, cmake, ninja, nvcc (the device image has them all; gguf
 # is not needed for these stages, hence --no-deps).
@@ -40,5 +44,6 @@ stage sanitizer 300 compute-sanitizer --tool memcheck --error-exitcode 1 \
 stage bench 300 bash -c "python3 bench/bench_cuda_attention.py --batch 1,8,32 --context 512,4096,32768 \
   --out $OUT/cuda_attention.json && python3 bench/bench_cuda_e2e.py --shape qwen1.5b --tokens 128 \
   --out $OUT/cuda_e2e.json && python3 bench/bench_cuda_e2e.py --shape qwen1.5b --dtype int8 --tokens 128 \
-  --out $OUT/cuda_e2e_int8.json"
+  --out $OUT/cuda_e2e_int8.json && python3 bench/bench_cuda_e2e.py --shape qwen1.5b --dtype int4 --tokens 128 \
+  --out $OUT/cuda_e2e_int4.json"
 cat "$OUT/status.txt"

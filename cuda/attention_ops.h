@@ -131,20 +131,29 @@ Status time_paged_attention_host(const HostAttentionInputs& in, int iters, Atten
 //   kBF16 / kF16: 2 bytes per weight; K % 8 == 0 (16-byte rows).
 //   kQ8: int8 weights [N, K] plus f32 scales [N, K / 32] (w = scale * q, one scale per 32
 //        consecutive columns of a row: quantize_q8_block, like the CPU's Q8_0); K % 32 == 0.
+//   kQ4: 4-bit weights, 16 bytes per 32 consecutive columns of a row ([N, K / 2] bytes; byte j
+//        of a block holds column j in its low nibble and column j + 16 in its high one, GGUF
+//        Q4_1's order) plus (scale, min) f32 pairs [N, K / 32, 2] (w = scale * q + min:
+//        quantize_q4_block, the CPU's int4 quantizer); K % 32 == 0.
 
 enum class GemmBackend { kAuto = 0, kGemv = 1, kCublas = 2 };
-// kAuto: GEMV when M <= 16 or the weights are int8, else cuBLAS (GEMV when cuBLAS is not found).
+// kAuto: GEMV when M <= 16 or the weights are int8 / int4, else cuBLAS (GEMV when cuBLAS is not found).
 Status parse_gemm_backend(const std::string& name, GemmBackend* out);
 
 // Quantizes W f32 [N, K] (K % 32 == 0) to the device kQ8 layout (q [N, K], scales [N, K/32]).
 void quantize_q8_rows(const float* W, int64_t N, int64_t K, int8_t* q, float* scales);
+// ... to the device kQ4 layout (q [N, K / 2] packed bytes, scale_min [N, K / 32, 2]).
+void quantize_q4_rows(const float* W, int64_t N, int64_t K, uint8_t* q, float* scale_min);
+// The weight bytes of an [N, K] matrix in `dtype`'s device layout, and its scales' floats.
+int64_t device_weight_bytes(DType dtype, int64_t N, int64_t K);
+int64_t device_scale_floats(DType dtype, int64_t N, int64_t K);
 
 struct GemmTiming {
   double ms = 0;
   std::string backend;  // "gemv" or "cublas"
 };
-// X f32 [M, K], W f32 [N, K] converted on the host to w_dtype (bf16 / f16 rounding, or kQ8
-// quantization); for the cuBLAS path X is rounded to w_dtype too. Y f32 [M, N].
+// X f32 [M, K], W f32 [N, K] converted on the host to w_dtype (bf16 / f16 rounding, or kQ8 /
+// kQ4 quantization); for the cuBLAS path X is rounded to w_dtype too. Y f32 [M, N].
 // iters > 0: also times `iters` calls on the device-resident data (timing may be null).
 Status gemm_host(const float* X, int64_t M, const float* W, int64_t N, int64_t K, const float* bias,
                  DType w_dtype, GemmBackend backend, int iters, float* Y, GemmTiming* timing);

@@ -131,12 +131,13 @@ void parse_gemm(GemmArgs& g, py::handle x_obj, py::handle w_obj, py::object bias
     g.has_bias = true;
   }
   g.dtype = sd_py::dtype_from_name(dtype);
-  if (g.dtype != sd::DType::kBF16 && g.dtype != sd::DType::kF16 && g.dtype != sd::DType::kQ8)
-    throw py::value_error("dtype must be one of bfloat16, float16, int8 for the CUDA gemm; got '" + dtype + "'");
+  const bool quantized = g.dtype == sd::DType::kQ8 || g.dtype == sd::DType::kQ4;
+  if (g.dtype != sd::DType::kBF16 && g.dtype != sd::DType::kF16 && !quantized)
+    throw py::value_error("dtype must be one of bfloat16, float16, int8, int4 for the CUDA gemm; got '" + dtype + "'");
   const int64_t K = g.w.shape(1);
-  if (g.dtype == sd::DType::kQ8 ? K % 32 != 0 : K % 8 != 0)
+  if (quantized ? K % 32 != 0 : K % 8 != 0)
     throw py::value_error("weight: in_features (" + std::to_string(K) + ") must be a multiple of " +
-                          (g.dtype == sd::DType::kQ8 ? "32 for int8" : "8"));
+                          (quantized ? "32 for int8 / int4" : "8"));
   throw_if_error(sd::cuda::parse_gemm_backend(backend, &g.backend));
 }
 
@@ -239,9 +240,10 @@ void register_attention(py::module_& m) {
       py::arg("x"), py::arg("weight"), py::arg("bias") = py::none(), py::arg("dtype") = "bfloat16",
       py::arg("backend") = "auto",
       "y = x @ weight.T + bias on the GPU: weight f32 [out, in] stored on the device as dtype "
-      "(bfloat16, float16, or int8 with one f32 scale per 32 columns: see quantize_int8). backend: "
+      "(bfloat16, float16, int8 with one f32 scale per 32 columns, or int4 with a scale and min per 32 "
+      "columns: see quantize_int8 / quantize_int4). backend: "
       "'gemv' (f32 x, any M, made for M <= 16), 'cublas' (x rounded to dtype, tensor cores), 'auto' "
-      "(gemv for M <= 16 or int8, else cublas when libcublas is found).");
+      "(gemv for M <= 16 or int8 / int4, else cublas when libcublas is found).");
 
   m.def(
       "time_gemm",
@@ -281,6 +283,21 @@ void register_attention(py::module_& m) {
       },
       py::arg("weight"),
       "The device int8 layout of a weight [N, K]: (q int8 [N, K], scales f32 [N, K/32]), w ~ scale * q.");
+
+  m.def(
+      "quantize_int4",
+      [](py::handle w_obj) {
+        auto w = f32(w_obj, "weight", 2);
+        const int64_t N = w.shape(0), K = w.shape(1);
+        if (K % 32 != 0) throw py::value_error("weight: in_features (" + std::to_string(K) + ") must be a multiple of 32");
+        py::array_t<uint8_t> q({static_cast<py::ssize_t>(N), static_cast<py::ssize_t>(K / 2)});
+        py::array_t<float> sm({static_cast<py::ssize_t>(N), static_cast<py::ssize_t>(K / 32), static_cast<py::ssize_t>(2)});
+        sd::cuda::quantize_q4_rows(w.data(), N, K, q.mutable_data(), sm.mutable_data());
+        return py::make_tuple(q, sm);
+      },
+      py::arg("weight"),
+      "The device int4 layout of a weight [N, K]: (q uint8 [N, K/2], 16 bytes per 32 columns, byte j holding "
+      "column j in its low nibble and j + 16 in its high one; (scale, min) f32 [N, K/32, 2]), w ~ scale * q + min.");
 
   m.def(
       "set_cublas_search_dirs", [](const std::vector<std::string>& dirs) { sd::cuda::set_cublas_search_dirs(dirs); },

@@ -58,31 +58,34 @@ constexpr int64_t kGemvMaxRows = 16;
 constexpr int32_t kAttnChunk = 256;
 constexpr DType kKVDType = DType::kBF16;
 
-// A row-major [rows, cols] weight: bf16 / f16 (2 bytes each), or int8 with one f32 scale per
-// 32 columns of a row (the GEMV's kQ8 layout, cuda/attention_ops.h).
+// A row-major [rows, cols] weight: bf16 / f16 (2 bytes each), or int8 / int4 with f32 scales
+// (and int4 mins) per 32 columns of a row (the GEMV's kQ8 / kQ4 layouts, cuda/attention_ops.h).
 struct DeviceMatrix {
   DeviceBuffer<uint8_t> data;
-  DeviceBuffer<float> scales;  // kQ8 only: [rows, cols / 32]
+  DeviceBuffer<float> scales;  // kQ8: [rows, cols / 32]; kQ4: [rows, cols / 32, 2] (scale, min)
   DType dtype = DType::kBF16;
   int64_t rows = 0, cols = 0;
 };
 
-// m: row-major from the loader, bf16 / f16 (uploaded as is) or f32 (quantized to int8 here when
-// `dtype` is kQ8).
+// m: row-major from the loader, bf16 / f16 (uploaded as is) or f32 (quantized to int8 / int4
+// here when `dtype` is kQ8 / kQ4).
 Status upload_matrix(const Matrix& m, DType dtype, DeviceMatrix* out) {
   out->dtype = dtype;
   out->rows = m.rows;
   out->cols = m.cols;
   const size_t n = static_cast<size_t>(m.rows * m.cols);
-  if (!m.packed && dtype == DType::kQ8 && m.dtype == DType::kF32) {
+  const bool quantized = dtype == DType::kQ8 || dtype == DType::kQ4;
+  if (!m.packed && quantized && m.dtype == DType::kF32) {
     if (m.cols % 32 != 0)
-      return Unsupported("device 'cuda': int8 weights need in_features divisible by 32, a matrix has " +
-                         std::to_string(m.cols));
-    std::vector<int8_t> q(n);
-    std::vector<float> scales(n / 32);
-    quantize_q8_rows(static_cast<const float*>(m.data), m.rows, m.cols, q.data(), scales.data());
+      return Unsupported(std::string("device 'cuda': ") + dtype_name(dtype) +
+                         " weights need in_features divisible by 32, a matrix has " + std::to_string(m.cols));
+    std::vector<uint8_t> q(static_cast<size_t>(device_weight_bytes(dtype, m.rows, m.cols)));
+    std::vector<float> scales(static_cast<size_t>(device_scale_floats(dtype, m.rows, m.cols)));
+    const float* w = static_cast<const float*>(m.data);
+    if (dtype == DType::kQ8) quantize_q8_rows(w, m.rows, m.cols, reinterpret_cast<int8_t*>(q.data()), scales.data());
+    else quantize_q4_rows(w, m.rows, m.cols, q.data(), scales.data());
     SD_RETURN_IF_ERROR(out->scales.upload(scales));
-    return out->data.upload(reinterpret_cast<const uint8_t*>(q.data()), n);
+    return out->data.upload(q);
   }
   if (m.packed || m.dtype != dtype || (dtype != DType::kBF16 && dtype != DType::kF16))
     return Status(StatusCode::kInternal, "device model: unexpected weight layout from the loader");
@@ -187,21 +190,19 @@ class DeviceLlama final : public ForwardModel {
 
 Status DeviceLlama::create(const ModelConfig& cfg, const Checkpoint& ckpt, WeightDTypes dtypes,
                            const std::function<void(int, int)>& progress, std::unique_ptr<ForwardModel>* out) {
-  if (dtypes.layers == DType::kQ4)
-    return Unsupported("device 'cuda' runs bfloat16, float16 or int8 weights; int4 runs on the CPU for now");
   if (!dtypes.head_vocab.empty())
     return Unsupported("device 'cuda': a reduced draft vocabulary (draft_vocab) runs on the CPU for now");
   if (cfg.head_dim != 64 && cfg.head_dim != 128)
     return Unsupported("device 'cuda': the attention kernel takes head_dim 64 or 128, the model has " +
                        std::to_string(cfg.head_dim));
-  // f32 checkpoints run in bf16. int8: the layers are quantized here from f32 rows (the GEMV's
-  // layout), the embedding and LM head stay bf16 (the gather reads 16-bit tables).
-  const bool q8 = dtypes.layers == DType::kQ8;
+  // f32 checkpoints run in bf16. int8 / int4: the layers are quantized here from f32 rows (the
+  // GEMV's layouts), the embedding and LM head stay bf16 (the gather reads 16-bit tables).
+  const bool quantized = dtypes.layers == DType::kQ8 || dtypes.layers == DType::kQ4;
   const DType tables = dtypes.layers == DType::kF16 ? DType::kF16 : DType::kBF16;
-  const DType layers = q8 ? DType::kQ8 : tables;
+  const DType layers = quantized ? dtypes.layers : tables;
   LlamaWeights host;
-  SD_RETURN_IF_ERROR(load_llama_weights(cfg, ckpt, WeightDTypes{q8 ? DType::kF32 : tables, tables, true, {}}, progress,
-                                        &host));
+  SD_RETURN_IF_ERROR(load_llama_weights(cfg, ckpt, WeightDTypes{quantized ? DType::kF32 : tables, tables, true, {}},
+                                        progress, &host));
 
   std::unique_ptr<DeviceLlama> m(new DeviceLlama());
   m->cfg_ = cfg;
@@ -301,8 +302,8 @@ Status DeviceLlama::reserve_activations(int64_t T, int64_t R) {
 }
 
 Status DeviceLlama::linear(const float* X, int64_t M, const DeviceMatrix& W, const float* bias, float* Y) {
-  // int8 weights: the GEMV at every M (cuBLAS takes bf16 / f16 here).
-  if (M <= kGemvMaxRows || !cublas_ || W.dtype == DType::kQ8)
+  // int8 / int4 weights: the GEMV at every M (cuBLAS takes bf16 / f16 here).
+  if (M <= kGemvMaxRows || !cublas_ || W.dtype == DType::kQ8 || W.dtype == DType::kQ4)
     return gemv(W.dtype, X, M, W.data.get(), W.scales.get(), W.rows, W.cols, bias, Y, stream_);
   SD_RETURN_IF_ERROR(to_half(W.dtype, X, M * W.cols, half_in_.get(), stream_));
   return gemm_cublas(W.dtype, half_in_.get(), M, W.data.get(), W.rows, W.cols, bias, Y, stream_);

@@ -13,8 +13,8 @@
 
 namespace sd::cuda {
 
-// A Llama-family model whose weights (bf16; f16 or int8 layers when asked) and K/V (bf16) live
-// on the current GPU. int4 weights are Unsupported here (CPU only for now).
+// A Llama-family model whose weights (bf16; f16, int8 or int4 layers when asked) and K/V (bf16)
+// live on the current GPU.
 Status create_device_llama(const ModelConfig& cfg, const Checkpoint& ckpt, WeightDTypes dtypes,
                            const std::function<void(int, int)>& progress, std::unique_ptr<ForwardModel>* out);
 

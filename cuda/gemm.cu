@@ -162,6 +162,72 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_q8_kernel(const float* __re
     }
 }
 
+// int4 weights (kQ4 layout): lane l reads 16 bytes (one 32-column block: one scale and min) of
+// each row per step, 1024 columns per warp step; sum_j x_j (s q_j + m) = s sum_j x_j q_j +
+// m sum_j x_j, the x sum shared by the warp's rows. K % 32 == 0.
+template <int M>
+__global__ void __launch_bounds__(kGemvThreads) gemv_q4_kernel(const float* __restrict__ X,
+                                                               const uint8_t* __restrict__ W,
+                                                               const float2* __restrict__ scale_min,
+                                                               const float* __restrict__ bias, float* __restrict__ Y,
+                                                               int N, int K) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int n0 = (blockIdx.x * kGemvWarps + warp) * kGemvRowsPerWarp;
+  if (n0 >= N) return;
+  const int blocks_per_row = K / 32;
+  float acc[M][kGemvRowsPerWarp];
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < kGemvRowsPerWarp; ++r) acc[m][r] = 0.f;
+  for (int blk = lane; blk < blocks_per_row; blk += 32) {
+    const int k = blk * 32;
+    uint4 w[kGemvRowsPerWarp];
+    float2 sm[kGemvRowsPerWarp];
+#pragma unroll
+    for (int r = 0; r < kGemvRowsPerWarp; ++r) {
+      const bool ok = n0 + r < N;
+      w[r] = ok ? load_stream(W + static_cast<int64_t>(n0 + r) * (K / 2) + k / 2) : make_uint4(0, 0, 0, 0);
+      sm[r] = ok ? __ldg(scale_min + static_cast<int64_t>(n0 + r) * blocks_per_row + blk) : make_float2(0.f, 0.f);
+    }
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const float4* x = reinterpret_cast<const float4*>(X + static_cast<int64_t>(m) * K + k);
+      float d[kGemvRowsPerWarp], xs = 0.f;
+#pragma unroll
+      for (int r = 0; r < kGemvRowsPerWarp; ++r) d[r] = 0.f;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {  // word i: bytes 4i .. 4i + 3, columns 4i.. (low) and 16 + 4i.. (high)
+        const float4 lo = __ldg(x + i), hi = __ldg(x + 4 + i);
+        xs += ((lo.x + lo.y) + (lo.z + lo.w)) + ((hi.x + hi.y) + (hi.z + hi.w));
+#pragma unroll
+        for (int r = 0; r < kGemvRowsPerWarp; ++r) {
+          const uint32_t u = i == 0 ? w[r].x : i == 1 ? w[r].y : i == 2 ? w[r].z : w[r].w;
+          float a = d[r];
+          a = fmaf(lo.x, static_cast<float>(u & 0xfu), a);
+          a = fmaf(hi.x, static_cast<float>((u >> 4) & 0xfu), a);
+          a = fmaf(lo.y, static_cast<float>((u >> 8) & 0xfu), a);
+          a = fmaf(hi.y, static_cast<float>((u >> 12) & 0xfu), a);
+          a = fmaf(lo.z, static_cast<float>((u >> 16) & 0xfu), a);
+          a = fmaf(hi.z, static_cast<float>((u >> 20) & 0xfu), a);
+          a = fmaf(lo.w, static_cast<float>((u >> 24) & 0xfu), a);
+          a = fmaf(hi.w, static_cast<float>(u >> 28), a);
+          d[r] = a;
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < kGemvRowsPerWarp; ++r) acc[m][r] = fmaf(sm[r].x, d[r], fmaf(sm[r].y, xs, acc[m][r]));
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < kGemvRowsPerWarp; ++r) {
+      const float s = warp_sum(acc[m][r]);
+      if (lane == 0 && n0 + r < N) Y[static_cast<int64_t>(m) * N + n0 + r] = s + (bias ? bias[n0 + r] : 0.f);
+    }
+}
+
 __global__ void add_bias_kernel(float* Y, const float* bias, int64_t M, int64_t N) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < M * N) Y[i] += bias[i % N];
@@ -181,8 +247,12 @@ Status launch_gemv_m(DType t, const float* X, const void* W, const float* scales
     case DType::kQ8:
       gemv_q8_kernel<M><<<grid, kGemvThreads, 0, s>>>(X, static_cast<const int8_t*>(W), scales, bias, Y, N, K);
       break;
+    case DType::kQ4:
+      gemv_q4_kernel<M><<<grid, kGemvThreads, 0, s>>>(X, static_cast<const uint8_t*>(W),
+                                                      reinterpret_cast<const float2*>(scales), bias, Y, N, K);
+      break;
     default:
-      return InvalidArgument("gemv: weight dtype must be bfloat16, float16 or int8");
+      return InvalidArgument("gemv: weight dtype must be bfloat16, float16, int8 or int4");
   }
   return check_launch("gemv kernel");
 }
@@ -197,18 +267,35 @@ Status launch_gemv_rows(int mm, DType t, const float* X, const void* W, const fl
   return st;
 }
 
+bool quantized(DType t) { return t == DType::kQ8 || t == DType::kQ4; }
+
+// The dtypes the GEMV takes and their K constraint (whole 16-byte loads, whole 32-column blocks).
+Status check_weight_layout(DType t, int64_t K, const char* op) {
+  if (t != DType::kBF16 && t != DType::kF16 && !quantized(t))
+    return InvalidArgument(std::string(op) + ": weight dtype must be bfloat16, float16, int8 or int4, got " +
+                           dtype_name(t));
+  if (quantized(t) ? K % 32 != 0 : K % 8 != 0)
+    return InvalidArgument(std::string(op) + ": in_features (K = " + std::to_string(K) + ") must be a multiple of " +
+                           (quantized(t) ? "32 for int8 / int4 weights" : "8"));
+  return Status::Ok();
+}
+
 }  // namespace
+
+int64_t device_weight_bytes(DType dtype, int64_t N, int64_t K) {
+  return dtype == DType::kQ4 ? N * K / 2 : dtype == DType::kQ8 ? N * K : 2 * N * K;
+}
+
+int64_t device_scale_floats(DType dtype, int64_t N, int64_t K) {
+  return dtype == DType::kQ4 ? 2 * N * (K / 32) : dtype == DType::kQ8 ? N * (K / 32) : 0;
+}
 
 Status gemv(DType w_dtype, const float* X, int64_t M, const void* W, const float* w_scales, int64_t N, int64_t K,
             const float* bias, float* Y, cudaStream_t stream) {
-  if (w_dtype != DType::kBF16 && w_dtype != DType::kF16 && w_dtype != DType::kQ8)
-    return InvalidArgument(std::string("gemv: weight dtype must be bfloat16, float16 or int8, got ") + dtype_name(w_dtype));
+  SD_RETURN_IF_ERROR(check_weight_layout(w_dtype, K, "gemv"));
   if (M < 0 || N < 0 || K < 0 || N > INT32_MAX || K > INT32_MAX)
     return InvalidArgument("gemv: bad sizes");
-  if (w_dtype == DType::kQ8 ? K % 32 != 0 : K % 8 != 0)
-    return InvalidArgument("gemv: in_features (K = " + std::to_string(K) + ") must be a multiple of " +
-                           (w_dtype == DType::kQ8 ? "32 for int8 weights" : "8"));
-  if (w_dtype == DType::kQ8 && !w_scales) return InvalidArgument("gemv: int8 weights need scales");
+  if (quantized(w_dtype) && !w_scales) return InvalidArgument("gemv: int8 / int4 weights need scales");
   if (N == 0) return Status::Ok();
   if (K == 0) {  // an empty sum: Y = bias (or 0)
     for (int64_t m = 0; m < M; ++m) {
@@ -266,22 +353,31 @@ void quantize_q8_rows(const float* W, int64_t N, int64_t K, int8_t* q, float* sc
       scales[n * blocks + b] = quantize_q8_block(W + n * K + b * kQ8Block, q + n * K + b * kQ8Block);
 }
 
+void quantize_q4_rows(const float* W, int64_t N, int64_t K, uint8_t* q, float* scale_min) {
+  const int64_t blocks = K / kQ8Block;
+  uint8_t u[kQ8Block];
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t b = 0; b < blocks; ++b) {
+      uint16_t scale, min;
+      quantize_q4_block(W + n * K + b * kQ8Block, u, &scale, &min);
+      uint8_t* out = q + (n * K + b * kQ8Block) / 2;
+      for (int j = 0; j < kQ8Block / 2; ++j) out[j] = static_cast<uint8_t>(u[j] | (u[j + kQ8Block / 2] << 4));
+      scale_min[2 * (n * blocks + b)] = f16_to_f32(scale);
+      scale_min[2 * (n * blocks + b) + 1] = f16_to_f32(min);
+    }
+}
+
 Status gemm_host(const float* X, int64_t M, const float* W, int64_t N, int64_t K, const float* bias, DType w_dtype,
                  GemmBackend backend, int iters, float* Y, GemmTiming* timing) {
   if (M < 0 || N < 0 || K < 0) return InvalidArgument("gemm: sizes must be >= 0");
-  if (w_dtype != DType::kBF16 && w_dtype != DType::kF16 && w_dtype != DType::kQ8)
-    return InvalidArgument(std::string("gemm (CUDA): weight dtype must be bfloat16, float16 or int8, got ") +
-                           dtype_name(w_dtype));
-  if (w_dtype == DType::kQ8 ? K % 32 != 0 : K % 8 != 0)
-    return InvalidArgument("gemm (CUDA): in_features (K = " + std::to_string(K) + ") must be a multiple of " +
-                           (w_dtype == DType::kQ8 ? "32 for int8 weights" : "8"));
+  SD_RETURN_IF_ERROR(check_weight_layout(w_dtype, K, "gemm (CUDA)"));
   bool use_cublas = false;
   if (backend == GemmBackend::kCublas) {
-    if (w_dtype == DType::kQ8) return InvalidArgument("gemm (CUDA): the cublas backend takes bfloat16 or float16 weights");
+    if (quantized(w_dtype)) return InvalidArgument("gemm (CUDA): the cublas backend takes bfloat16 or float16 weights");
     SD_RETURN_IF_ERROR(cublas_load(nullptr));
     use_cublas = true;
   } else if (backend == GemmBackend::kAuto) {
-    use_cublas = M > kGemvMaxM && w_dtype != DType::kQ8 && cublas_load(nullptr).ok();
+    use_cublas = M > kGemvMaxM && !quantized(w_dtype) && cublas_load(nullptr).ok();
   }
   if (timing) timing->backend = use_cublas ? "cublas" : "gemv";
 
@@ -294,6 +390,12 @@ Status gemm_host(const float* X, int64_t M, const float* W, int64_t N, int64_t K
     quantize_q8_rows(W, N, K, q.data(), sc.data());
     SD_RETURN_IF_ERROR(dw.upload(reinterpret_cast<const unsigned char*>(q.data()), wn));
     SD_RETURN_IF_ERROR(dscales.upload(sc));
+  } else if (w_dtype == DType::kQ4) {
+    std::vector<uint8_t> q(wn / 2);
+    std::vector<float> sm(static_cast<size_t>(device_scale_floats(w_dtype, N, K)));
+    quantize_q4_rows(W, N, K, q.data(), sm.data());
+    SD_RETURN_IF_ERROR(dw.upload(q.data(), q.size()));
+    SD_RETURN_IF_ERROR(dscales.upload(sm));
   } else {
     std::vector<uint16_t> h(wn);
     for (size_t i = 0; i < wn; ++i) h[i] = w_dtype == DType::kBF16 ? f32_to_bf16(W[i]) : f32_to_f16(W[i]);

@@ -306,6 +306,11 @@ def weight_as_seen(ext, w, dtype):
     if dtype == "int8":
         q, s = ext.quantize_int8(w)
         return (q.astype(np.float64).reshape(w.shape[0], -1, 32) * s[:, :, None]).reshape(w.shape)
+    if dtype == "int4":  # 16 bytes per 32 columns: column j in byte j's low nibble, j + 16 in its high one
+        q, sm = ext.quantize_int4(w)
+        b = q.reshape(w.shape[0], -1, 16)
+        nib = np.concatenate([b & 0xF, b >> 4], axis=2).astype(np.float64)  # [N, K/32, 32]
+        return (nib * sm[:, :, :1] + sm[:, :, 1:]).reshape(w.shape)
     return round_to(w, dtype).astype(np.float64)
 
 
@@ -321,7 +326,7 @@ def cublas_or_skip(ext):
 
 
 @needs_gpu
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "int8"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "int8", "int4"])
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 6, 7, 8, 13])
 @pytest.mark.parametrize("n,k", [(1, 32), (5, 96), (64, 256), (1000, 4096), (37, 4128)])
 def test_gemv_matches_float64(dtype, m, n, k):
@@ -334,19 +339,32 @@ def test_gemv_matches_float64(dtype, m, n, k):
     assert y.shape == (m, n) and y.dtype == np.float32
     ref = x.astype(np.float64) @ weight_as_seen(ext, w, dtype).T + bias
     assert nmse(y, ref) <= 1e-9
-    if dtype != "int8":  # the CPU matmul over the same weights (f32 activations)
+    if dtype not in ("int8", "int4"):  # the CPU matmul over the same weights (f32 activations)
         cpu = ops.matmul(x, ops.PackedWeight(w, dtype), bias)
         np.testing.assert_allclose(y, cpu, rtol=1e-3, atol=1e-3)
 
 
 @needs_gpu
-def test_gemv_int8_close_to_unquantized():
+@pytest.mark.parametrize("dtype,bound", [("int8", 1e-3), ("int4", 2e-2)])
+def test_gemv_quantized_close_to_unquantized(dtype, bound):
     ext = cuda.extension()
     rng = np.random.default_rng(8)
     x = rng.standard_normal((4, 2048)).astype(np.float32)
     w = rng.standard_normal((512, 2048)).astype(np.float32)
-    y = ext.gemm(x, w, dtype="int8")
-    assert nmse(y, x.astype(np.float64) @ w.T.astype(np.float64)) <= 1e-3
+    y = ext.gemm(x, w, dtype=dtype)
+    assert nmse(y, x.astype(np.float64) @ w.T.astype(np.float64)) <= bound
+
+
+@needs_gpu
+def test_quantize_int4_matches_the_cpu_quantizer():
+    """The device int4 layout holds the CPU int4 weights: same blocks, same rounding."""
+    ext = cuda.extension()
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((7, 96)).astype(np.float32)
+    seen = weight_as_seen(ext, w, "int4")
+    cpu = ops.matmul(np.eye(96, dtype=np.float32), ops.PackedWeight(w, "int4")).T  # its dequantized rows (one-hot x is exact in int8)
+    assert np.abs(seen - w).max() <= (w.max(axis=1) - w.min(axis=1)).max() / 15 / 2 + 1e-3
+    np.testing.assert_allclose(seen, cpu, rtol=0, atol=1e-5)
 
 
 @needs_gpu

@@ -19,10 +19,11 @@ attention takes 64 or 128):
 * T > 0: the target as its own draft is accepted every time (p == q row for row), and seeded
   runs repeat; sampling and verification on the device (autoregressive, n-gram, a draft-model
   tree) draw the CPU engine's tokens for the same seeds in at least 5 of 8 requests;
-* int8 layers on the GPU: logits close to the CPU's int8 engine (5e-2: the CPU also quantizes
-  activations), fewer weight bytes, and speculation token-identical to GPU autoregressive;
+* int8 and int4 layers on the GPU: logits close to the CPU's int8 / int4 engine (5e-2: the CPU
+  also quantizes activations), fewer weight bytes, and speculation token-identical to GPU
+  autoregressive;
 * CUDA graphs (decode and verification forwards replayed) give the tokens of eager forwards;
-* bad input is refused the same way as on the CPU (out-of-range ids, int4 weights on the GPU).
+* bad input is refused the same way as on the CPU (out-of-range ids, unknown dtypes, head_dim).
 """
 from __future__ import annotations
 
@@ -165,6 +166,24 @@ def test_gpu_int8_matches_the_cpu_and_speculation_stays_exact(ckpts):
 
 
 @needs_gpu
+def test_gpu_int4_matches_the_cpu_and_speculation_stays_exact(ckpts):
+    # int4 layers (a scale and min per 32 weights, the CPU's quantizer), bf16 tables; the GEMV at every M.
+    gpu4 = load_llm(ckpts / "target", device="cuda", dtype="int4")
+    cpu4 = load_llm(ckpts / "target", dtype="int4")
+    assert gpu4.engine.dtype == "int4"
+    gpu8 = load_llm(ckpts / "target", device="cuda", dtype="int8")
+    assert gpu4.engine.weight_bytes_per_token < gpu8.engine.weight_bytes_per_token
+    for ids in PROMPTS:
+        g, c = gpu4.prompt_logits(ids), cpu4.prompt_logits(ids)
+        assert relative_error(g, c) <= 5e-2  # same 4-bit weights; the CPU quantizes the activations to int8
+        assert argmax_agreement(g, c) >= 0.9
+    spec = load_llm(ckpts / "target", device="cuda", dtype="int4", draft=str(ckpts / "draft"),
+                    speculative={"method": "draft", "num_speculative_tokens": 4})
+    for p, sp in zip(PROMPTS, _greedy()):
+        assert _tokens(spec, [p], [sp]) == _tokens(gpu4, [p], [sp])
+
+
+@needs_gpu
 def test_gpu_tree_rows_equal_each_chains_logits(gpu):
     ctx = prompt(19, seed=5)
     tokens, parents = [11, 12, 13, 21, 22], [-1, 0, 1, -1, 3]  # two chains under the root
@@ -277,8 +296,8 @@ def test_gpu_cuda_graphs_change_no_token(ckpts, monkeypatch):
 def test_gpu_bad_input(ckpts, gpu):
     with pytest.raises(ValueError, match="out of range"):
         gpu.generate(prompt_token_ids=[[1, 2, 256]], sampling_params=greedy_params(2))
-    with pytest.raises(RuntimeError, match="int4 runs on the CPU"):
-        load_llm(ckpts / "target", device="cuda", dtype="int4")
+    with pytest.raises(ValueError, match="dtype"):
+        load_llm(ckpts / "target", device="cuda", dtype="int3")
     with pytest.raises(RuntimeError, match="head_dim 64 or 128"):
         load_llm(ckpts / "tiny", device="cuda")
     assert _tokens(gpu, PROMPTS[:1], _greedy()[:1])  # still serves after the errors

@@ -27,8 +27,9 @@ class LLM:
       embedding and LM head stay int8).
     device: "cpu" (default), "cuda" (weights and KV on the GPU; needs the CUDA extension and a
       GPU, else RuntimeError) or "auto" (the GPU when one is present). Drafters run on the same
-      device (an EAGLE head drafts on the CPU), and on "cuda" dtype is bfloat16 / float16 / int8
-      (float32 checkpoints run in bfloat16; int4 is CPU-only for now).
+      device (an EAGLE head drafts on the CPU), and on "cuda" dtype is bfloat16 / float16 / int8 /
+      int4 (float32 checkpoints run in bfloat16; int8 / int4 quantize the layers when loading, the
+      embedding and LM head stay bfloat16).
     max_model_len: context length served (default: the checkpoint's).
     max_num_seqs: sequences decoded together in one batched forward (continuous batching:
       requests join and leave between steps).
