@@ -40,6 +40,19 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {
   return r;
 }
 
+// The warp's partial sums of its rows -> Y[m, n0 + r] (+ bias), lane 0 writing.
+template <int M>
+__device__ __forceinline__ void store_rows(const float (&acc)[M][kGemvRowsPerWarp], int lane, int n0, int N,
+                                           const float* __restrict__ bias, float* __restrict__ Y) {
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < kGemvRowsPerWarp; ++r) {
+      const float s = warp_sum(acc[m][r]);
+      if (lane == 0 && n0 + r < N) Y[static_cast<int64_t>(m) * N + n0 + r] = s + (bias ? bias[n0 + r] : 0.f);
+    }
+}
+
 // 8 packed 16-bit floats (one 32-bit word holds elements 2i, 2i+1) to f32.
 __device__ __forceinline__ void unpack8(const uint4& w, float* f, __nv_bfloat16*) {
   const uint32_t u[4] = {w.x, w.y, w.z, w.w};
@@ -68,11 +81,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv16_kernel(const float* __res
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int n0 = (blockIdx.x * kGemvWarps + warp) * kGemvRowsPerWarp;
   if (n0 >= N) return;  // whole warp leaves: no block-level sync below
-  float acc[M][kGemvRowsPerWarp];
-#pragma unroll
-  for (int m = 0; m < M; ++m)
-#pragma unroll
-    for (int r = 0; r < kGemvRowsPerWarp; ++r) acc[m][r] = 0.f;
+  float acc[M][kGemvRowsPerWarp] = {};
   for (int k = lane * 8; k < K; k += 32 * 8) {
     uint4 w[kGemvRowsPerWarp];
 #pragma unroll
@@ -99,13 +108,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv16_kernel(const float* __res
       }
     }
   }
-#pragma unroll
-  for (int m = 0; m < M; ++m)
-#pragma unroll
-    for (int r = 0; r < kGemvRowsPerWarp; ++r) {
-      const float s = warp_sum(acc[m][r]);
-      if (lane == 0 && n0 + r < N) Y[static_cast<int64_t>(m) * N + n0 + r] = s + (bias ? bias[n0 + r] : 0.f);
-    }
+  store_rows<M>(acc, lane, n0, N, bias, Y);
 }
 
 // int8 weights [N, K] with f32 scales [N, K / 32]: lane l reads 16 bytes (16 weights, inside
@@ -120,11 +123,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_q8_kernel(const float* __re
   const int n0 = (blockIdx.x * kGemvWarps + warp) * kGemvRowsPerWarp;
   if (n0 >= N) return;
   const int blocks_per_row = K / 32;
-  float acc[M][kGemvRowsPerWarp];
-#pragma unroll
-  for (int m = 0; m < M; ++m)
-#pragma unroll
-    for (int r = 0; r < kGemvRowsPerWarp; ++r) acc[m][r] = 0.f;
+  float acc[M][kGemvRowsPerWarp] = {};
   for (int k = lane * 16; k < K; k += 32 * 16) {
     uint4 w[kGemvRowsPerWarp];
     float sc[kGemvRowsPerWarp];
@@ -153,13 +152,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_q8_kernel(const float* __re
       }
     }
   }
-#pragma unroll
-  for (int m = 0; m < M; ++m)
-#pragma unroll
-    for (int r = 0; r < kGemvRowsPerWarp; ++r) {
-      const float s = warp_sum(acc[m][r]);
-      if (lane == 0 && n0 + r < N) Y[static_cast<int64_t>(m) * N + n0 + r] = s + (bias ? bias[n0 + r] : 0.f);
-    }
+  store_rows<M>(acc, lane, n0, N, bias, Y);
 }
 
 // int4 weights (kQ4 layout): lane l reads 16 bytes (one 32-column block: one scale and min) of
@@ -175,11 +168,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_q4_kernel(const float* __re
   const int n0 = (blockIdx.x * kGemvWarps + warp) * kGemvRowsPerWarp;
   if (n0 >= N) return;
   const int blocks_per_row = K / 32;
-  float acc[M][kGemvRowsPerWarp];
-#pragma unroll
-  for (int m = 0; m < M; ++m)
-#pragma unroll
-    for (int r = 0; r < kGemvRowsPerWarp; ++r) acc[m][r] = 0.f;
+  float acc[M][kGemvRowsPerWarp] = {};
   for (int blk = lane; blk < blocks_per_row; blk += 32) {
     const int k = blk * 32;
     uint4 w[kGemvRowsPerWarp];
@@ -219,13 +208,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_q4_kernel(const float* __re
       for (int r = 0; r < kGemvRowsPerWarp; ++r) acc[m][r] = fmaf(sm[r].x, d[r], fmaf(sm[r].y, xs, acc[m][r]));
     }
   }
-#pragma unroll
-  for (int m = 0; m < M; ++m)
-#pragma unroll
-    for (int r = 0; r < kGemvRowsPerWarp; ++r) {
-      const float s = warp_sum(acc[m][r]);
-      if (lane == 0 && n0 + r < N) Y[static_cast<int64_t>(m) * N + n0 + r] = s + (bias ? bias[n0 + r] : 0.f);
-    }
+  store_rows<M>(acc, lane, n0, N, bias, Y);
 }
 
 __global__ void add_bias_kernel(float* Y, const float* bias, int64_t M, int64_t N) {
