@@ -104,6 +104,36 @@ class DeviceBuffer {
   size_t size_ = 0;
 };
 
+// Page-locked host memory (cudaHostAlloc) for device-to-host results: a copy into it is truly
+// asynchronous and cheaper than one into pageable memory. Grows on demand (contents lost).
+template <class T>
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  ~PinnedBuffer() { reset(); }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  Status reserve(size_t n) {
+    if (n <= size_) return Status::Ok();
+    reset();
+    void* p = nullptr;
+    SD_RETURN_IF_ERROR(check(cudaHostAlloc(&p, n * sizeof(T), cudaHostAllocDefault), "cudaHostAlloc"));
+    ptr_ = static_cast<T*>(p);
+    size_ = n;
+    return Status::Ok();
+  }
+  void reset() {
+    if (ptr_ != nullptr) cudaFreeHost(ptr_);
+    ptr_ = nullptr;
+    size_ = 0;
+  }
+  T* get() const { return ptr_; }
+
+ private:
+  T* ptr_ = nullptr;
+  size_t size_ = 0;
+};
+
 // Blocks for a grid-stride loop over n elements: enough to fill the GPU, capped (the loop covers
 // the rest). n <= 0 gives 0 (callers skip the launch).
 inline unsigned grid_blocks(int64_t n, int threads) {

@@ -170,6 +170,7 @@ class DeviceLlama final : public ForwardModel {
   // Copies the batch's tables and plan_ in (one transfer) and points ws_ at the plan's.
   Status upload_tables(const ForwardBatch& batch);
   DeviceBuffer<int32_t> argmax_;
+  PinnedBuffer<int32_t> argmax_host_;  // batch.argmax lands here first
   DeviceBuffer<int64_t> copy_src_, copy_dst_;
   // Activations (f32) and the half-precision copy of a GEMM's input.
   DeviceBuffer<float> x_, xn_, qkv_, q_, k_new_, v_new_, attn_, gate_up_, act_, rows_, logits_;
@@ -403,8 +404,9 @@ Status DeviceLlama::forward(const ForwardBatch& batch, KVCache& kv, float* logit
   if (R > 0) {
     if (batch.argmax != nullptr) {  // greedy verification: R ids come back instead of R x V floats
       SD_RETURN_IF_ERROR(argmax_.reserve(static_cast<size_t>(R)));
+      SD_RETURN_IF_ERROR(argmax_host_.reserve(static_cast<size_t>(R)));
       SD_RETURN_IF_ERROR(argmax(logits_.get(), R, V, argmax_.get(), stream_));
-      SD_RETURN_IF_ERROR(check(cudaMemcpyAsync(batch.argmax, argmax_.get(), static_cast<size_t>(R) * sizeof(int32_t),
+      SD_RETURN_IF_ERROR(check(cudaMemcpyAsync(argmax_host_.get(), argmax_.get(), static_cast<size_t>(R) * sizeof(int32_t),
                                                cudaMemcpyDeviceToHost, stream_),
                                "argmax D2H"));
     }
@@ -415,6 +417,7 @@ Status DeviceLlama::forward(const ForwardBatch& batch, KVCache& kv, float* logit
                                "logits D2H"));
   }
   SD_RETURN_IF_ERROR(sync(stream_, "forward"));
+  if (batch.argmax != nullptr && R > 0) std::copy_n(argmax_host_.get(), R, batch.argmax);
   if (batch.sample != nullptr) sampler_.read(batch.sample);
   return Status::Ok();
 }

@@ -4,17 +4,6 @@
 
 namespace sd::cuda {
 
-namespace {
-
-template <class T>
-Status download_async(const DeviceBuffer<T>& src, std::vector<T>* dst, size_t n, cudaStream_t stream) {
-  dst->resize(n);
-  return check(cudaMemcpyAsync(dst->data(), src.get(), n * sizeof(T), cudaMemcpyDeviceToHost, stream),
-               "row sampling D2H");
-}
-
-}  // namespace
-
 Status DeviceRowSampler::enqueue(const RowSampling& rs, const float* logits, int64_t vocab, cudaStream_t stream) {
   const size_t G = rs.trees.size(), V = static_cast<size_t>(vocab);
   static const TokenTree kRootOnly;
@@ -69,10 +58,14 @@ Status DeviceRowSampler::enqueue(const RowSampling& rs, const float* logits, int
   SD_RETURN_IF_ERROR(probs_.reserve(R * V));
   SD_RETURN_IF_ERROR(workspace_.reserve(G * V));
   const size_t A = static_cast<size_t>(max_accept_);
-  SD_RETURN_IF_ERROR(accepted_.reserve(G * A));
-  SD_RETURN_IF_ERROR(num_accepted_.reserve(G));
-  SD_RETURN_IF_ERROR(next_token_.reserve(G));
-  SD_RETURN_IF_ERROR(bonus_.reserve(G));
+  const size_t out_n = G * A + 3 * G;
+  SD_RETURN_IF_ERROR(out_.reserve(out_n));
+  SD_RETURN_IF_ERROR(out_host_.reserve(out_n));
+  groups_ = G;
+  int32_t* accepted = out_.get();
+  int32_t* num_accepted = accepted + G * A;
+  int32_t* next_token = num_accepted + G;
+  uint8_t* bonus = reinterpret_cast<uint8_t*>(next_token + G);
 
   SD_RETURN_IF_ERROR(sample(logits, static_cast<int64_t>(R), vocab, tables_.device<SamplingRow>(kRows), probs_.get(),
                             nullptr, stream));
@@ -80,23 +73,24 @@ Status DeviceRowSampler::enqueue(const RowSampling& rs, const float* logits, int
                                  tables_.device<int32_t>(kTokens), tables_.device<int32_t>(kParents), probs_.get(),
                                  any_q ? tables_.device<float>(kQ) : nullptr, vocab, tables_.device<uint64_t>(kSeeds),
                                  tables_.device<uint64_t>(kPositions), max_accept_,
-                                 accepted_.get(), num_accepted_.get(), next_token_.get(), bonus_.get(), workspace_.get(),
-                                 stream));
-  SD_RETURN_IF_ERROR(download_async(accepted_, &accepted_host_, G * A, stream));
-  SD_RETURN_IF_ERROR(download_async(num_accepted_, &num_accepted_host_, G, stream));
-  SD_RETURN_IF_ERROR(download_async(next_token_, &next_token_host_, G, stream));
-  return download_async(bonus_, &bonus_host_, G, stream);
+                                 accepted, num_accepted, next_token, bonus, workspace_.get(), stream));
+  return check(cudaMemcpyAsync(out_host_.get(), out_.get(), out_n * sizeof(int32_t), cudaMemcpyDeviceToHost, stream),
+               "row sampling D2H");
 }
 
 void DeviceRowSampler::read(RowSampling* rs) const {
   const size_t G = rs->trees.size(), A = static_cast<size_t>(max_accept_);
   rs->outcomes.assign(G, VerifyOutcome());
+  if (G == 0 || G != groups_) return;  // (nothing was enqueued for these groups)
+  const int32_t* accepted = out_host_.get();
+  const int32_t* num_accepted = accepted + G * A;
+  const int32_t* next_token = num_accepted + G;
+  const uint8_t* bonus = reinterpret_cast<const uint8_t*>(next_token + G);
   for (size_t g = 0; g < G; ++g) {
     VerifyOutcome& o = rs->outcomes[g];
-    const int32_t* acc = accepted_host_.data() + g * A;
-    o.accepted.assign(acc, acc + num_accepted_host_[g]);
-    o.next_token = next_token_host_[g];
-    o.bonus = bonus_host_[g] != 0;
+    o.accepted.assign(accepted + g * A, accepted + g * A + num_accepted[g]);
+    o.next_token = next_token[g];
+    o.bonus = bonus[g] != 0;
   }
 }
 

@@ -28,14 +28,15 @@ class DeviceRowSampler {
   std::vector<int32_t> node_indptr_host_, tokens_host_, parents_host_;
   std::vector<uint64_t> seeds_host_, positions_host_;
   std::vector<float> q_host_;
-  std::vector<int32_t> accepted_host_, num_accepted_host_, next_token_host_;
-  std::vector<uint8_t> bonus_host_;
   int32_t max_accept_ = 1;
+  size_t groups_ = 0;
 
   enum Table { kRows, kNodeIndptr, kTokens, kParents, kSeeds, kPositions, kQ, kNumTables };
   StagedTables tables_;  // the inputs above, one transfer
-  DeviceBuffer<int32_t> accepted_, num_accepted_, next_token_;
-  DeviceBuffer<uint8_t> bonus_;
+  // The results, in one device array and one download: accepted [G, max_accept], num_accepted
+  // [G], next_token [G], then G bonus bytes (in G more int32).
+  DeviceBuffer<int32_t> out_;
+  PinnedBuffer<int32_t> out_host_;
   DeviceBuffer<float> probs_, workspace_;
 };
 
