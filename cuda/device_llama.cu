@@ -175,7 +175,7 @@ class DeviceLlama final : public ForwardModel {
   // Activations (f32) and the half-precision copy of a GEMM's input.
   DeviceBuffer<float> x_, xn_, qkv_, q_, k_new_, v_new_, attn_, gate_up_, act_, rows_, logits_;
   DeviceBuffer<uint16_t> half_in_;
-  DeviceRowSampler sampler_;  // batch.sample
+  DeviceRowSampler sampler_;  // batch.sample, batch.draw
 
   // A captured forward for one (rows, logit rows, requests, masked) shape.
   struct StepGraph {
@@ -411,6 +411,7 @@ Status DeviceLlama::forward(const ForwardBatch& batch, KVCache& kv, float* logit
                                "argmax D2H"));
     }
     if (batch.sample != nullptr) SD_RETURN_IF_ERROR(sampler_.enqueue(*batch.sample, logits_.get(), V, stream_));
+    if (batch.draw != nullptr) SD_RETURN_IF_ERROR(sampler_.enqueue_draws(batch.draw, logits_.get(), V, stream_));
     if (logits != nullptr)
       SD_RETURN_IF_ERROR(check(cudaMemcpyAsync(logits, logits_.get(), static_cast<size_t>(R * V) * sizeof(float),
                                                cudaMemcpyDeviceToHost, stream_),

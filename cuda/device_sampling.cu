@@ -94,4 +94,31 @@ void DeviceRowSampler::read(RowSampling* rs) const {
   }
 }
 
+Status DeviceRowSampler::enqueue_draws(RowDraws* d, const float* logits, int64_t vocab, cudaStream_t stream) {
+  const size_t R = d->configs.size(), V = static_cast<size_t>(vocab);
+  rows_host_.resize(R);
+  for (size_t i = 0; i < R; ++i) {
+    const SamplingConfig& c = d->configs[i];
+    SamplingRow& row = rows_host_[i];
+    row.temperature = c.temperature;
+    row.top_k = c.top_k;
+    row.top_p = c.top_p;
+    row.min_p = c.min_p;
+    row.seed = c.seed;
+    row.counter = d->counters[i];
+  }
+  SD_RETURN_IF_ERROR(draw_tables_.upload({StagedTables::of(rows_host_)}, stream));
+  SD_RETURN_IF_ERROR(probs_.reserve(R * V));
+  SD_RETURN_IF_ERROR(draw_tokens_.reserve(R));
+  SD_RETURN_IF_ERROR(sample(logits, static_cast<int64_t>(R), vocab, draw_tables_.device<SamplingRow>(0), probs_.get(),
+                            draw_tokens_.get(), stream));
+  d->tokens.resize(R);
+  d->probs.resize(R * V);
+  SD_RETURN_IF_ERROR(check(cudaMemcpyAsync(d->tokens.data(), draw_tokens_.get(), R * sizeof(int32_t),
+                                           cudaMemcpyDeviceToHost, stream),
+                           "row draws D2H"));
+  return check(cudaMemcpyAsync(d->probs.data(), probs_.get(), R * V * sizeof(float), cudaMemcpyDeviceToHost, stream),
+               "row draws D2H");
+}
+
 }  // namespace sd::cuda

@@ -1,6 +1,7 @@
 // RowSampling (spec/verifier.h) on the GPU, for a device model's forward: the processed
 // distributions of the logit rows (cuda/sampling.cu), then each group's draft tree walked by the
-// lossless verifier (cuda/spec_sampling.cu); only the outcomes come back to the host.
+// lossless verifier (cuda/spec_sampling.cu); only the outcomes come back to the host. Also a
+// draft model's RowDraws (sampling/sampler.h): each row's draw and its distribution.
 //
 // NOT YET RUN ON A GPU: written and compiled without one (docs/cuda.md).
 #pragma once
@@ -21,6 +22,10 @@ class DeviceRowSampler {
   Status enqueue(const RowSampling& rs, const float* logits, int64_t vocab, cudaStream_t stream);
   // After the stream has synchronized: rs->outcomes from the downloaded results.
   void read(RowSampling* rs) const;
+  // RowDraws (sampling/sampler.h) over logits [d->configs.size(), vocab]: the `sample` kernel
+  // with the rows' keys and counters; tokens and distributions are downloaded into *d (valid
+  // once the stream has synchronized).
+  Status enqueue_draws(RowDraws* d, const float* logits, int64_t vocab, cudaStream_t stream);
 
  private:
   // Host staging (kept between calls; the async copies read and write it).
@@ -33,6 +38,8 @@ class DeviceRowSampler {
 
   enum Table { kRows, kNodeIndptr, kTokens, kParents, kSeeds, kPositions, kQ, kNumTables };
   StagedTables tables_;  // the inputs above, one transfer
+  StagedTables draw_tables_;  // enqueue_draws' rows
+  DeviceBuffer<int32_t> draw_tokens_;
   // The results, in one device array and one download: accepted [G, max_accept], num_accepted
   // [G], next_token [G], then G bonus bytes (in G more int32).
   DeviceBuffer<int32_t> out_;

@@ -17,8 +17,8 @@ attention takes 64 or 128):
   request by request (verification forwards of <= 16 rows, the batch-invariant GEMV path),
   batched runs complete, and every KV block comes back;
 * T > 0: the target as its own draft is accepted every time (p == q row for row), and seeded
-  runs repeat; sampling and verification on the device (autoregressive, n-gram, a draft-model
-  tree) draw the CPU engine's tokens for the same seeds in at least 5 of 8 requests;
+  runs repeat; sampling and verification on the device (autoregressive, n-gram, draft-model
+  chains and trees) draw the CPU engine's tokens for the same seeds in at least 5 of 8 requests;
 * int8 and int4 layers on the GPU: logits close to the CPU's int8 / int4 engine (5e-2: the CPU
   also quantizes activations), fewer weight bytes, and speculation token-identical to GPU
   autoregressive;
@@ -242,6 +242,7 @@ def test_gpu_sampling_self_draft_is_always_accepted_and_seeded_runs_repeat(ckpts
 @pytest.mark.parametrize("spec", [
     None,
     {"method": "ngram", "num_speculative_tokens": 4},
+    {"method": "draft", "num_speculative_tokens": 4},  # chains: rounds after the first drawn on the device
     {"method": "draft", "num_speculative_tokens": 3, "tree": {"top_k": 3, "max_nodes": 10}},
 ])
 def test_gpu_sampling_on_the_device_draws_the_cpus_tokens(ckpts, spec):

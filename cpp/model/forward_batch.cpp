@@ -17,8 +17,10 @@ Status validate_forward_batch(const ForwardBatch& batch, const ModelConfig& cfg,
                              std::to_string(cfg.vocab_size) + ")");
   for (int32_t r : batch.logit_rows)
     if (r < 0 || r >= T) return InvalidArgument("forward: logit row out of range");
-  if (logits == nullptr && batch.argmax == nullptr && batch.sample == nullptr && !batch.logit_rows.empty())
-    return InvalidArgument("forward: logit rows asked for without a logits, argmax or sample output");
+  if (logits == nullptr && batch.argmax == nullptr && batch.sample == nullptr && batch.draw == nullptr &&
+      !batch.logit_rows.empty())
+    return InvalidArgument("forward: logit rows asked for without a logits, argmax, sample or draw output");
+  if (batch.draw != nullptr) SD_RETURN_IF_ERROR(batch.draw->validate(static_cast<int64_t>(batch.logit_rows.size())));
   if (batch.sample != nullptr)
     SD_RETURN_IF_ERROR(batch.sample->validate(static_cast<int64_t>(batch.logit_rows.size()), cfg.vocab_size));
   if (!batch.capture_layers.empty() && batch.captured == nullptr) return InvalidArgument("forward: capture_layers needs an output buffer");

@@ -31,6 +31,9 @@ struct ForwardBatch {
   // (spec/verifier.h RowSampling) into sample->outcomes and `logits` may be nullptr (a device
   // model then downloads the outcomes alone).
   RowSampling* sample = nullptr;
+  // Draws from every logit row where the logits are (sampling/sampler.h RowDraws); `logits` may
+  // then be nullptr. For a draft model's sampled chains.
+  RowDraws* draw = nullptr;
   // Self-speculation drafts run a cheaper version of the same model over the same cache:
   std::vector<int32_t> layers;  // the decoder layers to run, ascending (empty: all); others are skipped
   KVWindow window;              // sparse attention (sinks + recent pages); not with a custom mask

@@ -68,7 +68,7 @@ Status LlamaModel::copy_tokens(KVCache& kv, const SeqPages& seq, const std::vect
 }
 
 Status LlamaModel::forward(const ForwardBatch& batch, KVCache& kv, float* logits) {
-  if (batch.sample == nullptr) return compute(batch, kv, logits);
+  if (batch.sample == nullptr && batch.draw == nullptr) return compute(batch, kv, logits);
   const int64_t V = cfg_.vocab_size;
   float* rows = logits;
   if (rows == nullptr) {
@@ -76,7 +76,8 @@ Status LlamaModel::forward(const ForwardBatch& batch, KVCache& kv, float* logits
     rows = sample_logits_.data();
   }
   SD_RETURN_IF_ERROR(compute(batch, kv, rows));
-  sample_rows(rows, V, batch.sample, &sample_probs_, &sample_scratch_);
+  if (batch.sample != nullptr) sample_rows(rows, V, batch.sample, &sample_probs_, &sample_scratch_);
+  if (batch.draw != nullptr) draw_rows(rows, V, batch.draw);
   return Status::Ok();
 }
 

@@ -47,7 +47,7 @@ class LlamaModel : public ForwardModel {
   std::vector<float> inv_freq_;
   // scratch, grown on demand
   std::vector<float> x_, h_, qkv_, q_, attn_, tmp_, gate_up_, act_, last_, head_out_;
-  std::vector<float> sample_logits_, sample_probs_, sample_scratch_;  // batch.sample on the host
+  std::vector<float> sample_logits_, sample_probs_, sample_scratch_;  // batch.sample / draw on the host
   BatchPages pages_;
 };
 

@@ -117,4 +117,26 @@ int32_t sample_token(const float* logits, int64_t vocab, const SamplingConfig& c
   return sample_from_probs(scratch->data(), vocab, philox_uniform(cfg.seed, counter, 0));
 }
 
+Status RowDraws::validate(int64_t rows) const {
+  if (static_cast<int64_t>(configs.size()) != rows || counters.size() != configs.size())
+    return InvalidArgument("forward: row draws need one config and counter per logit row, got " +
+                           std::to_string(configs.size()) + " for " + std::to_string(rows) + " rows");
+  for (const SamplingConfig& c : configs) {
+    SD_RETURN_IF_ERROR(c.validate());
+    if (c.greedy()) return InvalidArgument("forward: row draws sample (temperature > 0); greedy rows ask for the argmax");
+  }
+  return Status::Ok();
+}
+
+void draw_rows(const float* logits, int64_t vocab, RowDraws* d) {
+  const size_t n = d->configs.size();
+  d->tokens.resize(n);
+  d->probs.resize(n * static_cast<size_t>(vocab));
+  for (size_t i = 0; i < n; ++i) {
+    float* p = d->probs.data() + i * static_cast<size_t>(vocab);
+    processed_probs(logits + static_cast<int64_t>(i) * vocab, vocab, d->configs[i], p);
+    d->tokens[i] = sample_from_probs(p, vocab, philox_uniform(d->configs[i].seed, d->counters[i], 0));
+  }
+}
+
 }  // namespace sd

@@ -29,6 +29,21 @@ int32_t sample_from_probs(const float* probs, int64_t vocab, float u);
 // First index of the maximum (ties to the lowest id, as torch.argmax).
 int32_t argmax(const float* logits, int64_t vocab);
 
+// Draws from a forward's logit rows where they were computed (ForwardBatch::draw; a draft
+// model's sampled chains): row i's distribution probs[i] = processed_probs(row, configs[i])
+// (temperature > 0) and tokens[i] its draw at philox_uniform(configs[i].seed, counters[i], 0).
+// A device model then sends back the tokens and distributions, and samples on the device.
+struct RowDraws {
+  std::vector<SamplingConfig> configs;  // seed: the key of the row's draws
+  std::vector<uint64_t> counters;
+  std::vector<int32_t> tokens;  // written by the forward: [rows]
+  std::vector<float> probs;     // written by the forward: [rows, vocab]
+  Status validate(int64_t rows) const;
+};
+
+// RowDraws on the host: logits [rows, vocab].
+void draw_rows(const float* logits, int64_t vocab, RowDraws* d);
+
 // One token for a request: greedy, or a draw with philox_uniform(cfg.seed, counter).
 // `scratch` is grown to vocab floats.
 int32_t sample_token(const float* logits, int64_t vocab, const SamplingConfig& cfg,

@@ -35,11 +35,15 @@ bool argmax_suffices(const DraftRequest& req, float min_confidence) {
   return min_confidence <= 0 && req.sampling->greedy() && !req.record_q;
 }
 
-Status forward_rows(ForwardModel& model, ForwardBatch& fb, KVCache& kv, bool argmax_only, DraftRows* rows) {
-  rows->argmax_only = argmax_only;
-  if (argmax_only) {
+Status forward_rows(ForwardModel& model, ForwardBatch& fb, KVCache& kv, RowKind kind, DraftRows* rows) {
+  rows->kind = kind;
+  if (kind == RowKind::kArgmax) {
     rows->argmax.resize(fb.logit_rows.size());
     fb.argmax = rows->argmax.data();
+    return model.forward(fb, kv, nullptr);
+  }
+  if (kind == RowKind::kDraws) {
+    fb.draw = &rows->draws;
     return model.forward(fb, kv, nullptr);
   }
   rows->logits.resize(fb.logit_rows.size() * static_cast<size_t>(model.config().vocab_size));
@@ -48,8 +52,11 @@ Status forward_rows(ForwardModel& model, ForwardBatch& fb, KVCache& kv, bool arg
 
 Status grow_chains(const std::vector<ChainDraft>& chains, int64_t V, float min_confidence, DraftRows rows,
                    const NextRows& next) {
-  const bool argmax_only = std::all_of(chains.begin(), chains.end(),
-                                       [&](const ChainDraft& c) { return argmax_suffices(*c.req, min_confidence); });
+  auto all = [&](auto pred) { return std::all_of(chains.begin(), chains.end(), pred); };
+  const RowKind kind = all([&](const ChainDraft& c) { return argmax_suffices(*c.req, min_confidence); })
+                           ? RowKind::kArgmax
+                       : all([](const ChainDraft& c) { return !c.req->sampling->greedy(); }) ? RowKind::kDraws
+                                                                                             : RowKind::kLogits;
   std::vector<int32_t> growing;
   for (int32_t c = 0; c < static_cast<int32_t>(chains.size()); ++c) growing.push_back(c);
   while (!growing.empty()) {
@@ -58,8 +65,14 @@ Status grow_chains(const std::vector<ChainDraft>& chains, int64_t V, float min_c
       const ChainDraft& c = chains[static_cast<size_t>(growing[r])];
       if (c.budget <= c.tree->size()) continue;
       float confidence = 1.0f;
-      if (rows.argmax_only) {  // greedy, nothing else wanted (argmax_suffices)
+      if (rows.kind == RowKind::kArgmax) {  // greedy, nothing else wanted (argmax_suffices)
         c.tree->add(rows.argmax[r], c.tree->size() - 1);
+      } else if (rows.kind == RowKind::kDraws) {  // drawn by the model exactly as draw() would
+        const float* q = rows.draws.probs.data() + static_cast<int64_t>(r) * V;
+        c.tree->q.insert(c.tree->q.end(), q, q + V);
+        const int32_t x = rows.draws.tokens[r];
+        c.tree->add(x, c.tree->size() - 1);
+        confidence = q[x];
       } else {
         const float* row = rows.logits.data() + static_cast<int64_t>(r) * V;
         confidence = draw(c, row, V);
@@ -69,7 +82,19 @@ Status grow_chains(const std::vector<ChainDraft>& chains, int64_t V, float min_c
       if (c.tree->size() < c.budget && confidence >= min_confidence) still.push_back(growing[r]);
     }
     growing.swap(still);
-    if (!growing.empty()) SD_RETURN_IF_ERROR(next(growing, argmax_only, &rows));
+    if (growing.empty()) break;
+    if (kind == RowKind::kDraws) {  // each row's draw: draft_stream keys at position + node index, as draw()
+      rows.draws.configs.clear();
+      rows.draws.counters.clear();
+      for (int32_t g : growing) {
+        const ChainDraft& c = chains[static_cast<size_t>(g)];
+        SamplingConfig sc = *c.req->sampling;
+        sc.seed = draft_stream(sc.seed);
+        rows.draws.configs.push_back(sc);
+        rows.draws.counters.push_back(c.req->position + static_cast<uint64_t>(c.tree->size()));
+      }
+    }
+    SD_RETURN_IF_ERROR(next(growing, kind, &rows));
   }
   return Status::Ok();
 }

@@ -23,24 +23,27 @@ struct ChainDraft {
   int32_t budget = 0;  // tokens to draft at most
 };
 
-// A drafting round's output, one row per chain asked for, in order: logits rows, or only each
-// row's argmax (argmax_only) when the chains draw by argmax and need no distribution, so that a
-// device model sends back ids, not rows x vocab floats (ForwardBatch::argmax).
+// What a drafting round returns per chain asked for, in order (kind): logits rows; or only each
+// row's argmax, when the chains draw by argmax and need no distribution; or, for sampled chains,
+// each row's draw and distribution made where the logits are (ForwardBatch::draw: a device
+// model then sends back a token and q, and does not leave the sampling to the host).
+enum class RowKind { kLogits, kArgmax, kDraws };
 struct DraftRows {
-  bool argmax_only = false;
-  std::vector<float> logits;    // [rows, vocab] unless argmax_only
-  std::vector<int32_t> argmax;  // [rows] when argmax_only
+  RowKind kind = RowKind::kLogits;
+  std::vector<float> logits;    // [rows, vocab]: kLogits
+  std::vector<int32_t> argmax;  // [rows]: kArgmax
+  RowDraws draws;               // kDraws: configs and counters set by grow_chains, tokens and q by the forward
 };
 
 // Whether a chain's draws need each row's argmax only: greedy, no q recorded, no confidence stop.
 bool argmax_suffices(const DraftRequest& req, float min_confidence);
 
-// Runs `fb` (its logit_rows set) into *rows: each row's argmax when argmax_only, else the logits.
-Status forward_rows(ForwardModel& model, ForwardBatch& fb, KVCache& kv, bool argmax_only, DraftRows* rows);
+// Runs `fb` (its logit_rows set) into *rows as `kind` asks (kDraws: rows->draws prepared).
+Status forward_rows(ForwardModel& model, ForwardBatch& fb, KVCache& kv, RowKind kind, DraftRows* rows);
 
-// growing: indexes into the chains; fills *rows with one row per growing chain, in that order
-// (its argmax alone when argmax_only is true and the drafter can; else logits).
-using NextRows = std::function<Status(const std::vector<int32_t>& growing, bool argmax_only, DraftRows* rows)>;
+// growing: indexes into the chains; fills *rows with one row per growing chain, in that order,
+// of the kind asked when the drafter can (rows->kind says what it gave).
+using NextRows = std::function<Status(const std::vector<int32_t>& growing, RowKind kind, DraftRows* rows)>;
 
 // first: one row per chain (the distribution of its first draft token).
 Status grow_chains(const std::vector<ChainDraft>& chains, int64_t vocab, float min_confidence, DraftRows first,

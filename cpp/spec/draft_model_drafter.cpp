@@ -15,7 +15,7 @@ DraftModelDrafter::DraftModelDrafter(std::unique_ptr<ForwardModel> model, const 
 
 Status DraftModelDrafter::feed(SeqState& st, const std::vector<int32_t>& tokens,
                                const std::vector<int32_t>& positions, const std::vector<uint8_t>* mask,
-                               const std::vector<int32_t>& rows, bool argmax_only, DraftRows* out) {
+                               const std::vector<int32_t>& rows, RowKind kind, DraftRows* out) {
   if (prefix_) prefix_->ensure_free(st.pages.blocks_needed(static_cast<int64_t>(tokens.size())));
   SD_RETURN_IF_ERROR(st.pages.append(kv_.allocator(), static_cast<int64_t>(tokens.size())));
   ForwardBatch fb;
@@ -28,16 +28,16 @@ Status DraftModelDrafter::feed(SeqState& st, const std::vector<int32_t>& tokens,
     fb.mask_indptr = {0, static_cast<int64_t>(mask->size())};
   }
   fb.logit_rows = rows;
-  return forward_rows(*model_, fb, kv_, argmax_only, out);
+  return forward_rows(*model_, fb, kv_, kind, out);
 }
 
-Status DraftModelDrafter::catch_up(SeqState& st, const std::vector<int32_t>& ctx, bool argmax_only, DraftRows* root) {
+Status DraftModelDrafter::catch_up(SeqState& st, const std::vector<int32_t>& ctx, RowKind kind, DraftRows* root) {
   const int64_t len = static_cast<int64_t>(ctx.size());
   while (st.committed < len) {
     const int64_t n = std::min<int64_t>(opts_.prefill_chunk, len - st.committed);
     std::vector<int32_t> toks(ctx.begin() + st.committed, ctx.begin() + st.committed + n), pos(static_cast<size_t>(n));
     std::iota(pos.begin(), pos.end(), static_cast<int32_t>(st.committed));
-    SD_RETURN_IF_ERROR(feed(st, toks, pos, nullptr, {static_cast<int32_t>(n - 1)}, argmax_only, root));
+    SD_RETURN_IF_ERROR(feed(st, toks, pos, nullptr, {static_cast<int32_t>(n - 1)}, kind, root));
     st.committed += n;
   }
   return Status::Ok();
@@ -65,12 +65,14 @@ Status DraftModelDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
   const int64_t V = model_->config().vocab_size;
   std::vector<ChainDraft> chains;
   std::vector<SeqState*> states;  // of the chains, or of the trees
-  // Greedy chains wanting no distribution read each draft row's argmax only.
-  const bool argmax_only = proposes_chains() && std::all_of(jobs.begin(), jobs.end(), [&](const DraftJob& j) {
-    return argmax_suffices(j.req, opts_.min_confidence);
-  });
+  // Greedy chains wanting no distribution read the root rows' argmax only (later rounds: grow_chains).
+  const RowKind root_kind = proposes_chains() && std::all_of(jobs.begin(), jobs.end(), [&](const DraftJob& j) {
+                              return argmax_suffices(j.req, opts_.min_confidence);
+                            })
+                                ? RowKind::kArgmax
+                                : RowKind::kLogits;
   DraftRows first;
-  first.argmax_only = argmax_only;
+  first.kind = root_kind;
   std::vector<TreeJob> trees;
   std::vector<std::vector<float>> tree_roots;
   tree_roots.reserve(jobs.size());
@@ -86,7 +88,7 @@ Status DraftModelDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
       st.committed = len - 1;
     }
     DraftRows root;
-    s = catch_up(st, *j.req.context, argmax_only, &root);
+    s = catch_up(st, *j.req.context, root_kind, &root);
     if (!s.ok()) break;
     if (!proposes_chains()) {
       tree_roots.push_back(std::move(root.logits));
@@ -107,8 +109,8 @@ Status DraftModelDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
   }
   if (s.ok() && !chains.empty()) {
     s = grow_chains(chains, V, opts_.min_confidence, std::move(first),
-                    [&](const std::vector<int32_t>& growing, bool argmax, DraftRows* rows) {
-                      return feed_chains(chains, states, growing, argmax, rows);
+                    [&](const std::vector<int32_t>& growing, RowKind kind, DraftRows* rows) {
+                      return feed_chains(chains, states, growing, kind, rows);
                     });
   }
   for (const DraftJob& j : jobs) {  // one slot entry per node (-1: not in the cache)
@@ -125,7 +127,7 @@ Status DraftModelDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
 }
 
 Status DraftModelDrafter::feed_chains(const std::vector<ChainDraft>& chains, const std::vector<SeqState*>& states,
-                                      const std::vector<int32_t>& growing, bool argmax_only, DraftRows* rows) {
+                                      const std::vector<int32_t>& growing, RowKind kind, DraftRows* rows) {
   ForwardBatch fb;
   fb.qo_indptr.push_back(0);
   for (int32_t c : growing) {
@@ -141,7 +143,7 @@ Status DraftModelDrafter::feed_chains(const std::vector<ChainDraft>& chains, con
     fb.qo_indptr.push_back(static_cast<int32_t>(fb.token_ids.size()));
     fb.seqs.push_back(&st.pages);
   }
-  return forward_rows(*model_, fb, kv_, argmax_only, rows);
+  return forward_rows(*model_, fb, kv_, kind, rows);
 }
 
 Status DraftModelDrafter::feed_tree_rounds(const std::vector<SeqState*>& states, const std::vector<int32_t>& active,

@@ -51,17 +51,16 @@ class DraftModelDrafter : public Drafter {
     RadixCache::NodeId cache_node = RadixCache::kRoot;  // locked: the shared prefix it started from
     std::vector<int32_t> node_slot;  // per node of the last tree: slot after `committed`, or -1
   };
-  // Appends tokens to the sequence's cache and runs them; the rows asked for into *out (their
-  // argmax alone when argmax_only).
+  // Appends tokens to the sequence's cache and runs them; the rows asked for into *out, of `kind`.
   Status feed(SeqState& st, const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions,
-              const std::vector<uint8_t>* mask, const std::vector<int32_t>& rows, bool argmax_only, DraftRows* out);
+              const std::vector<uint8_t>* mask, const std::vector<int32_t>& rows, RowKind kind, DraftRows* out);
   // A new sequence starts from the longest cached prefix of its context.
   SeqState& start(int32_t seq, const std::vector<int32_t>& ctx);
   // Runs the context the cache lacks; *root: the root's row.
-  Status catch_up(SeqState& st, const std::vector<int32_t>& ctx, bool argmax_only, DraftRows* root);
+  Status catch_up(SeqState& st, const std::vector<int32_t>& ctx, RowKind kind, DraftRows* root);
   // One draft forward over the newest token of each growing chain.
   Status feed_chains(const std::vector<ChainDraft>& chains, const std::vector<SeqState*>& states,
-                     const std::vector<int32_t>& growing, bool argmax_only, DraftRows* rows);
+                     const std::vector<int32_t>& growing, RowKind kind, DraftRows* rows);
   // One draft forward over a round of several sequences' trees (spec/tree_drafting.h).
   Status feed_tree_rounds(const std::vector<SeqState*>& states, const std::vector<int32_t>& active,
                           const std::vector<TreeRound>& rounds, std::vector<float>* logits);

@@ -113,8 +113,8 @@ Status EagleDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
   DraftRows rows;  // the head runs on the CPU: full rows (whose argmax is the host's to find)
   spread(first, static_cast<int64_t>(chains.size()), &rows.logits);
   const Status s = grow_chains(chains, head_->config().vocab_size, opts_.min_confidence, std::move(rows),
-                               [&](const std::vector<int32_t>& growing, bool, DraftRows* out) {
-                                 out->argmax_only = false;
+                               [&](const std::vector<int32_t>& growing, RowKind, DraftRows* out) {
+                                 out->kind = RowKind::kLogits;
                                  return feed(chains, states, roots, h, growing, &out->logits);
                                });
   return s.code() == StatusCode::kOutOfBlocks ? Status::Ok() : s;  // no room: propose what we have

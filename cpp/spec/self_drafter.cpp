@@ -36,14 +36,17 @@ Status SelfDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
   if (chains.empty()) return Status::Ok();
   std::vector<int32_t> all(chains.size());
   for (size_t c = 0; c < chains.size(); ++c) all[c] = static_cast<int32_t>(c);
-  const bool argmax_only = std::all_of(chains.begin(), chains.end(),
-                                       [&](const ChainDraft& c) { return argmax_suffices(*c.req, opts_.min_confidence); });
+  const RowKind root_kind =
+      std::all_of(chains.begin(), chains.end(),
+                  [&](const ChainDraft& c) { return argmax_suffices(*c.req, opts_.min_confidence); })
+          ? RowKind::kArgmax
+          : RowKind::kLogits;
   DraftRows rows;
-  Status s = feed(chains, pages, base, all, argmax_only, &rows);
+  Status s = feed(chains, pages, base, all, root_kind, &rows);
   if (s.ok()) {
     s = grow_chains(chains, model_->config().vocab_size, opts_.min_confidence, std::move(rows),
-                    [&](const std::vector<int32_t>& growing, bool argmax, DraftRows* out) {
-                      return feed(chains, pages, base, growing, argmax, out);
+                    [&](const std::vector<int32_t>& growing, RowKind kind, DraftRows* out) {
+                      return feed(chains, pages, base, growing, kind, out);
                     });
   }
   for (size_t c = 0; c < chains.size(); ++c) pages[c]->truncate(kv_->allocator(), base[c]);
@@ -51,7 +54,7 @@ Status SelfDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
 }
 
 Status SelfDrafter::feed(const std::vector<ChainDraft>& chains, const std::vector<SeqPages*>& pages,
-                         const std::vector<int64_t>& base, const std::vector<int32_t>& growing, bool argmax_only,
+                         const std::vector<int64_t>& base, const std::vector<int32_t>& growing, RowKind kind,
                          DraftRows* rows) {
   ForwardBatch fb;
   fb.layers = opts_.layers;
@@ -67,7 +70,7 @@ Status SelfDrafter::feed(const std::vector<ChainDraft>& chains, const std::vecto
     fb.qo_indptr.push_back(static_cast<int32_t>(fb.token_ids.size()));
     fb.seqs.push_back(pages[static_cast<size_t>(c)]);
   }
-  return forward_rows(*model_, fb, *kv_, argmax_only, rows);
+  return forward_rows(*model_, fb, *kv_, kind, rows);
 }
 
 }  // namespace sd

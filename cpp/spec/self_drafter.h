@@ -42,7 +42,7 @@ class SelfDrafter : public Drafter {
  private:
   // One draft forward over one token per chain (its root or its newest draft).
   Status feed(const std::vector<ChainDraft>& chains, const std::vector<SeqPages*>& pages,
-              const std::vector<int64_t>& base, const std::vector<int32_t>& growing, bool argmax_only,
+              const std::vector<int64_t>& base, const std::vector<int32_t>& growing, RowKind kind,
               DraftRows* rows);
 
   ForwardModel* model_;
