@@ -4,6 +4,22 @@
 
 namespace sd::cuda {
 
+namespace {
+
+// A config as the sampling kernel takes it; its draw at philox_uniform(c.seed, counter, 0).
+SamplingRow sampling_row(const SamplingConfig& c, uint64_t counter) {
+  SamplingRow row;
+  row.temperature = c.temperature;
+  row.top_k = c.top_k;
+  row.top_p = c.top_p;
+  row.min_p = c.min_p;
+  row.seed = c.seed;
+  row.counter = counter;
+  return row;
+}
+
+}  // namespace
+
 Status DeviceRowSampler::enqueue(const RowSampling& rs, const float* logits, int64_t vocab, cudaStream_t stream) {
   const size_t G = rs.trees.size(), V = static_cast<size_t>(vocab);
   static const TokenTree kRootOnly;
@@ -18,13 +34,7 @@ Status DeviceRowSampler::enqueue(const RowSampling& rs, const float* logits, int
   for (size_t g = 0; g < G; ++g) {
     const TokenTree& t = rs.trees[g] == nullptr ? kRootOnly : *rs.trees[g];
     const SamplingConfig& c = rs.configs[g];
-    SamplingRow row;
-    row.temperature = c.temperature;
-    row.top_k = c.top_k;
-    row.top_p = c.top_p;
-    row.min_p = c.min_p;
-    row.seed = c.seed;
-    rows_host_.insert(rows_host_.end(), static_cast<size_t>(1 + t.size()), row);
+    rows_host_.insert(rows_host_.end(), static_cast<size_t>(1 + t.size()), sampling_row(c, 0));
     tokens_host_.insert(tokens_host_.end(), t.token.begin(), t.token.end());
     parents_host_.insert(parents_host_.end(), t.parent.begin(), t.parent.end());
     node_indptr_host_.push_back(static_cast<int32_t>(tokens_host_.size()));
@@ -97,16 +107,7 @@ void DeviceRowSampler::read(RowSampling* rs) const {
 Status DeviceRowSampler::enqueue_draws(RowDraws* d, const float* logits, int64_t vocab, cudaStream_t stream) {
   const size_t R = d->configs.size(), V = static_cast<size_t>(vocab);
   rows_host_.resize(R);
-  for (size_t i = 0; i < R; ++i) {
-    const SamplingConfig& c = d->configs[i];
-    SamplingRow& row = rows_host_[i];
-    row.temperature = c.temperature;
-    row.top_k = c.top_k;
-    row.top_p = c.top_p;
-    row.min_p = c.min_p;
-    row.seed = c.seed;
-    row.counter = d->counters[i];
-  }
+  for (size_t i = 0; i < R; ++i) rows_host_[i] = sampling_row(d->configs[i], d->counters[i]);
   SD_RETURN_IF_ERROR(draw_tables_.upload({StagedTables::of(rows_host_)}, stream));
   SD_RETURN_IF_ERROR(probs_.reserve(R * V));
   SD_RETURN_IF_ERROR(draw_tokens_.reserve(R));
