@@ -50,13 +50,28 @@ Status forward_rows(ForwardModel& model, ForwardBatch& fb, KVCache& kv, RowKind 
   return model.forward(fb, kv, rows->logits.data());
 }
 
+RowKind chain_row_kind(const std::vector<ChainDraft>& chains, float min_confidence) {
+  auto all = [&](auto pred) { return std::all_of(chains.begin(), chains.end(), pred); };
+  if (all([&](const ChainDraft& c) { return argmax_suffices(*c.req, min_confidence); })) return RowKind::kArgmax;
+  if (all([](const ChainDraft& c) { return !c.req->sampling->greedy(); })) return RowKind::kDraws;
+  return RowKind::kLogits;
+}
+
+void prepare_draws(const std::vector<ChainDraft>& chains, const std::vector<int32_t>& growing, DraftRows* rows) {
+  rows->draws.configs.clear();
+  rows->draws.counters.clear();
+  for (int32_t g : growing) {
+    const ChainDraft& c = chains[static_cast<size_t>(g)];
+    SamplingConfig sc = *c.req->sampling;
+    sc.seed = draft_stream(sc.seed);
+    rows->draws.configs.push_back(sc);
+    rows->draws.counters.push_back(c.req->position + static_cast<uint64_t>(c.tree->size()));
+  }
+}
+
 Status grow_chains(const std::vector<ChainDraft>& chains, int64_t V, float min_confidence, DraftRows rows,
                    const NextRows& next) {
-  auto all = [&](auto pred) { return std::all_of(chains.begin(), chains.end(), pred); };
-  const RowKind kind = all([&](const ChainDraft& c) { return argmax_suffices(*c.req, min_confidence); })
-                           ? RowKind::kArgmax
-                       : all([](const ChainDraft& c) { return !c.req->sampling->greedy(); }) ? RowKind::kDraws
-                                                                                             : RowKind::kLogits;
+  const RowKind kind = chain_row_kind(chains, min_confidence);
   std::vector<int32_t> growing;
   for (int32_t c = 0; c < static_cast<int32_t>(chains.size()); ++c) growing.push_back(c);
   while (!growing.empty()) {
@@ -83,17 +98,7 @@ Status grow_chains(const std::vector<ChainDraft>& chains, int64_t V, float min_c
     }
     growing.swap(still);
     if (growing.empty()) break;
-    if (kind == RowKind::kDraws) {  // each row's draw: draft_stream keys at position + node index, as draw()
-      rows.draws.configs.clear();
-      rows.draws.counters.clear();
-      for (int32_t g : growing) {
-        const ChainDraft& c = chains[static_cast<size_t>(g)];
-        SamplingConfig sc = *c.req->sampling;
-        sc.seed = draft_stream(sc.seed);
-        rows.draws.configs.push_back(sc);
-        rows.draws.counters.push_back(c.req->position + static_cast<uint64_t>(c.tree->size()));
-      }
-    }
+    if (kind == RowKind::kDraws) prepare_draws(chains, growing, &rows);
     SD_RETURN_IF_ERROR(next(growing, kind, &rows));
   }
   return Status::Ok();

@@ -38,6 +38,14 @@ struct DraftRows {
 // Whether a chain's draws need each row's argmax only: greedy, no q recorded, no confidence stop.
 bool argmax_suffices(const DraftRequest& req, float min_confidence);
 
+// The rows a round of these chains needs: kArgmax when argmax suffices for every chain, kDraws
+// when every chain samples, else kLogits.
+RowKind chain_row_kind(const std::vector<ChainDraft>& chains, float min_confidence);
+
+// rows->draws' configs and counters for the next draw of each of `growing`'s chains: the
+// request's config keyed by draft_stream(seed), counter position + node index (the host draw's).
+void prepare_draws(const std::vector<ChainDraft>& chains, const std::vector<int32_t>& growing, DraftRows* rows);
+
 // Runs `fb` (its logit_rows set) into *rows as `kind` asks (kDraws: rows->draws prepared).
 Status forward_rows(ForwardModel& model, ForwardBatch& fb, KVCache& kv, RowKind kind, DraftRows* rows);
 

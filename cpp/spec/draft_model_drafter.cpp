@@ -65,12 +65,11 @@ Status DraftModelDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
   const int64_t V = model_->config().vocab_size;
   std::vector<ChainDraft> chains;
   std::vector<SeqState*> states;  // of the chains, or of the trees
-  // Greedy chains wanting no distribution read the root rows' argmax only (later rounds: grow_chains).
-  const RowKind root_kind = proposes_chains() && std::all_of(jobs.begin(), jobs.end(), [&](const DraftJob& j) {
-                              return argmax_suffices(j.req, opts_.min_confidence);
-                            })
-                                ? RowKind::kArgmax
-                                : RowKind::kLogits;
+  // Chains read their root rows as the later rounds do (chain_row_kind); trees read logits.
+  std::vector<ChainDraft> planned;
+  for (const DraftJob& j : jobs)
+    if (std::min(j.req.max_nodes, max_nodes()) > 0) planned.push_back(ChainDraft{&j.req, j.tree, 0});
+  const RowKind root_kind = proposes_chains() ? chain_row_kind(planned, opts_.min_confidence) : RowKind::kLogits;
   DraftRows first;
   first.kind = root_kind;
   std::vector<TreeJob> trees;
@@ -88,6 +87,7 @@ Status DraftModelDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
       st.committed = len - 1;
     }
     DraftRows root;
+    if (root_kind == RowKind::kDraws) prepare_draws({ChainDraft{&j.req, j.tree, budget}}, {0}, &root);
     s = catch_up(st, *j.req.context, root_kind, &root);
     if (!s.ok()) break;
     if (!proposes_chains()) {
@@ -99,6 +99,8 @@ Status DraftModelDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
       states.push_back(&st);
       first.logits.insert(first.logits.end(), root.logits.begin(), root.logits.end());
       first.argmax.insert(first.argmax.end(), root.argmax.begin(), root.argmax.end());
+      first.draws.tokens.insert(first.draws.tokens.end(), root.draws.tokens.begin(), root.draws.tokens.end());
+      first.draws.probs.insert(first.draws.probs.end(), root.draws.probs.begin(), root.draws.probs.end());
     }
   }
   if (s.ok() && !trees.empty()) {

@@ -36,13 +36,10 @@ Status SelfDrafter::propose_batch(const std::vector<DraftJob>& jobs) {
   if (chains.empty()) return Status::Ok();
   std::vector<int32_t> all(chains.size());
   for (size_t c = 0; c < chains.size(); ++c) all[c] = static_cast<int32_t>(c);
-  const RowKind root_kind =
-      std::all_of(chains.begin(), chains.end(),
-                  [&](const ChainDraft& c) { return argmax_suffices(*c.req, opts_.min_confidence); })
-          ? RowKind::kArgmax
-          : RowKind::kLogits;
+  const RowKind kind = chain_row_kind(chains, opts_.min_confidence);
   DraftRows rows;
-  Status s = feed(chains, pages, base, all, root_kind, &rows);
+  if (kind == RowKind::kDraws) prepare_draws(chains, all, &rows);
+  Status s = feed(chains, pages, base, all, kind, &rows);
   if (s.ok()) {
     s = grow_chains(chains, model_->config().vocab_size, opts_.min_confidence, std::move(rows),
                     [&](const std::vector<int32_t>& growing, RowKind kind, DraftRows* out) {
