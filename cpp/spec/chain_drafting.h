@@ -1,7 +1,8 @@
 // Chain drafting for a batch of sequences, shared by the drafters that run a model (a draft
 // model, or the target itself with fewer layers or a sparse KV window). Every round draws one
 // token per growing chain from its logits row: the argmax at temperature 0, else a sample from the
-// processed distribution keyed by (seed, output position), recorded in tree->q for the verifier.
+// processed distribution keyed by (seed, output position), recorded in tree->q for the verifier
+// (the model computes the argmax or the draw itself where it can: DraftRows below).
 // A chain stops at its budget, or after a token the draft gave less than `min_confidence`
 // probability (that token is still proposed: its logits are paid for, its verification is cheap).
 // Then `next` runs ONE forward over the newest token of every chain still growing.
