@@ -113,8 +113,12 @@ int32_t sample_token(const float* logits, int64_t vocab, const SamplingConfig& c
                      uint64_t counter, std::vector<float>* scratch) {
   if (cfg.greedy()) return argmax(logits, vocab);
   if (static_cast<int64_t>(scratch->size()) < vocab) scratch->resize(static_cast<size_t>(vocab));
-  processed_probs(logits, vocab, cfg, scratch->data());
-  return sample_from_probs(scratch->data(), vocab, philox_uniform(cfg.seed, counter, 0));
+  return draw_token(logits, vocab, cfg, counter, scratch->data());
+}
+
+int32_t draw_token(const float* logits, int64_t vocab, const SamplingConfig& cfg, uint64_t counter, float* probs) {
+  processed_probs(logits, vocab, cfg, probs);
+  return sample_from_probs(probs, vocab, philox_uniform(cfg.seed, counter, 0));
 }
 
 Status RowDraws::validate(int64_t rows) const {
@@ -132,11 +136,9 @@ void draw_rows(const float* logits, int64_t vocab, RowDraws* d) {
   const size_t n = d->configs.size();
   d->tokens.resize(n);
   d->probs.resize(n * static_cast<size_t>(vocab));
-  for (size_t i = 0; i < n; ++i) {
-    float* p = d->probs.data() + i * static_cast<size_t>(vocab);
-    processed_probs(logits + static_cast<int64_t>(i) * vocab, vocab, d->configs[i], p);
-    d->tokens[i] = sample_from_probs(p, vocab, philox_uniform(d->configs[i].seed, d->counters[i], 0));
-  }
+  for (size_t i = 0; i < n; ++i)
+    d->tokens[i] = draw_token(logits + static_cast<int64_t>(i) * vocab, vocab, d->configs[i], d->counters[i],
+                              d->probs.data() + i * static_cast<size_t>(vocab));
 }
 
 }  // namespace sd

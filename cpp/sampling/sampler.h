@@ -29,6 +29,10 @@ int32_t sample_from_probs(const float* probs, int64_t vocab, float u);
 // First index of the maximum (ties to the lowest id, as torch.argmax).
 int32_t argmax(const float* logits, int64_t vocab);
 
+// A sampled draw (temperature > 0): probs[vocab] receives processed_probs(logits, cfg), and the
+// token is its inverse-CDF draw at philox_uniform(cfg.seed, counter, 0).
+int32_t draw_token(const float* logits, int64_t vocab, const SamplingConfig& cfg, uint64_t counter, float* probs);
+
 // Draws from a forward's logit rows where they were computed (ForwardBatch::draw; a draft
 // model's sampled chains): row i's distribution probs[i] = processed_probs(row, configs[i])
 // (temperature > 0) and tokens[i] its draw at philox_uniform(configs[i].seed, counters[i], 0).

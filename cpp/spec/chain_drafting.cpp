@@ -3,29 +3,45 @@
 #include <algorithm>
 #include <cmath>
 
-#include "sampling/philox.h"
+#include "sampling/rng_streams.h"
 #include "spec/verifier.h"
 
 namespace sd {
 
 namespace {
 
+// Chain c's next draw when it samples: its request's config keyed by draft_stream(seed), at
+// counter position + node index (the host draw and the model's, ForwardBatch::draw, alike).
+struct NextDraw {
+  SamplingConfig config;
+  uint64_t counter;
+};
+NextDraw next_draw(const ChainDraft& c) {
+  NextDraw d{*c.req->sampling, c.req->position + static_cast<uint64_t>(c.tree->size())};
+  d.config.seed = draft_stream(d.config.seed);
+  return d;
+}
+
 // Draws chain c's next token from its logits row; returns the draft's probability of it.
 float draw(const ChainDraft& c, const float* logits, int64_t V) {
   const SamplingConfig& sc = *c.req->sampling;
-  const int32_t i = c.tree->size();
   // q: the distribution x is drawn from; when greedy, only if asked (the softmax at temperature
   // 1, for the cascade's deferral rule).
-  const float* q = nullptr;
+  float* q = nullptr;
   if (!sc.greedy() || c.req->record_q) {
     const size_t at = c.tree->q.size();
     c.tree->q.resize(at + static_cast<size_t>(V));
-    processed_probs(logits, V, sc.greedy() ? SamplingConfig() : sc, c.tree->q.data() + at);
     q = c.tree->q.data() + at;
   }
-  const int32_t x = sc.greedy() ? argmax(logits, V)
-                                : sample_from_probs(q, V, philox_uniform(draft_stream(sc.seed), c.req->position + static_cast<uint64_t>(i), 0));
-  c.tree->add(x, i - 1);
+  int32_t x;
+  if (sc.greedy()) {
+    if (q != nullptr) processed_probs(logits, V, SamplingConfig(), q);
+    x = argmax(logits, V);
+  } else {
+    const NextDraw d = next_draw(c);
+    x = draw_token(logits, V, d.config, d.counter, q);
+  }
+  c.tree->add(x, c.tree->size() - 1);
   return q ? q[x] : 1.0f;
 }
 
@@ -61,11 +77,9 @@ void prepare_draws(const std::vector<ChainDraft>& chains, const std::vector<int3
   rows->draws.configs.clear();
   rows->draws.counters.clear();
   for (int32_t g : growing) {
-    const ChainDraft& c = chains[static_cast<size_t>(g)];
-    SamplingConfig sc = *c.req->sampling;
-    sc.seed = draft_stream(sc.seed);
-    rows->draws.configs.push_back(sc);
-    rows->draws.counters.push_back(c.req->position + static_cast<uint64_t>(c.tree->size()));
+    const NextDraw d = next_draw(chains[static_cast<size_t>(g)]);
+    rows->draws.configs.push_back(d.config);
+    rows->draws.counters.push_back(d.counter);
   }
 }
 
