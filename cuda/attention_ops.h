@@ -144,9 +144,10 @@ Status parse_gemm_backend(const std::string& name, GemmBackend* out);
 void quantize_q8_rows(const float* W, int64_t N, int64_t K, int8_t* q, float* scales);
 // ... to the device kQ4 layout (q [N, K / 2] packed bytes, scale_min [N, K / 32, 2]).
 void quantize_q4_rows(const float* W, int64_t N, int64_t K, uint8_t* q, float* scale_min);
-// The weight bytes of an [N, K] matrix in `dtype`'s device layout, and its scales' floats.
-int64_t device_weight_bytes(DType dtype, int64_t N, int64_t K);
-int64_t device_scale_floats(DType dtype, int64_t N, int64_t K);
+// W f32 [N, K] in the quantized device layout of `dtype` (kQ8 or kQ4): *q its weight bytes, *scales
+// its scales (kQ4: scale and min pairs), both resized here.
+void quantize_device_rows(DType dtype, const float* W, int64_t N, int64_t K, std::vector<uint8_t>* q,
+                          std::vector<float>* scales);
 
 struct GemmTiming {
   double ms = 0;

@@ -79,11 +79,9 @@ Status upload_matrix(const Matrix& m, DType dtype, DeviceMatrix* out) {
     if (m.cols % 32 != 0)
       return Unsupported(std::string("device 'cuda': ") + dtype_name(dtype) +
                          " weights need in_features divisible by 32, a matrix has " + std::to_string(m.cols));
-    std::vector<uint8_t> q(static_cast<size_t>(device_weight_bytes(dtype, m.rows, m.cols)));
-    std::vector<float> scales(static_cast<size_t>(device_scale_floats(dtype, m.rows, m.cols)));
-    const float* w = static_cast<const float*>(m.data);
-    if (dtype == DType::kQ8) quantize_q8_rows(w, m.rows, m.cols, reinterpret_cast<int8_t*>(q.data()), scales.data());
-    else quantize_q4_rows(w, m.rows, m.cols, q.data(), scales.data());
+    std::vector<uint8_t> q;
+    std::vector<float> scales;
+    quantize_device_rows(dtype, static_cast<const float*>(m.data), m.rows, m.cols, &q, &scales);
     SD_RETURN_IF_ERROR(out->scales.upload(scales));
     return out->data.upload(q);
   }

@@ -265,14 +265,6 @@ Status check_weight_layout(DType t, int64_t K, const char* op) {
 
 }  // namespace
 
-int64_t device_weight_bytes(DType dtype, int64_t N, int64_t K) {
-  return dtype == DType::kQ4 ? N * K / 2 : dtype == DType::kQ8 ? N * K : 2 * N * K;
-}
-
-int64_t device_scale_floats(DType dtype, int64_t N, int64_t K) {
-  return dtype == DType::kQ4 ? 2 * N * (K / 32) : dtype == DType::kQ8 ? N * (K / 32) : 0;
-}
-
 Status gemv(DType w_dtype, const float* X, int64_t M, const void* W, const float* w_scales, int64_t N, int64_t K,
             const float* bias, float* Y, cudaStream_t stream) {
   SD_RETURN_IF_ERROR(check_weight_layout(w_dtype, K, "gemv"));
@@ -350,6 +342,15 @@ void quantize_q4_rows(const float* W, int64_t N, int64_t K, uint8_t* q, float* s
     }
 }
 
+void quantize_device_rows(DType dtype, const float* W, int64_t N, int64_t K, std::vector<uint8_t>* q,
+                          std::vector<float>* scales) {
+  const bool q4 = dtype == DType::kQ4;
+  q->resize(static_cast<size_t>(q4 ? N * K / 2 : N * K));
+  scales->resize(static_cast<size_t>((q4 ? 2 : 1) * N * (K / kQ8Block)));
+  if (q4) quantize_q4_rows(W, N, K, q->data(), scales->data());
+  else quantize_q8_rows(W, N, K, reinterpret_cast<int8_t*>(q->data()), scales->data());
+}
+
 Status gemm_host(const float* X, int64_t M, const float* W, int64_t N, int64_t K, const float* bias, DType w_dtype,
                  GemmBackend backend, int iters, float* Y, GemmTiming* timing) {
   if (M < 0 || N < 0 || K < 0) return InvalidArgument("gemm: sizes must be >= 0");
@@ -367,18 +368,12 @@ Status gemm_host(const float* X, int64_t M, const float* W, int64_t N, int64_t K
   const size_t wn = static_cast<size_t>(N) * K, xn = static_cast<size_t>(M) * K, yn = static_cast<size_t>(M) * N;
   DeviceBuffer<unsigned char> dw, dx;
   DeviceBuffer<float> dscales, dbias, dy;
-  if (w_dtype == DType::kQ8) {
-    std::vector<int8_t> q(wn);
-    std::vector<float> sc(static_cast<size_t>(N) * (K / 32));
-    quantize_q8_rows(W, N, K, q.data(), sc.data());
-    SD_RETURN_IF_ERROR(dw.upload(reinterpret_cast<const unsigned char*>(q.data()), wn));
+  if (quantized(w_dtype)) {
+    std::vector<uint8_t> q;
+    std::vector<float> sc;
+    quantize_device_rows(w_dtype, W, N, K, &q, &sc);
+    SD_RETURN_IF_ERROR(dw.upload(q));
     SD_RETURN_IF_ERROR(dscales.upload(sc));
-  } else if (w_dtype == DType::kQ4) {
-    std::vector<uint8_t> q(wn / 2);
-    std::vector<float> sm(static_cast<size_t>(device_scale_floats(w_dtype, N, K)));
-    quantize_q4_rows(W, N, K, q.data(), sm.data());
-    SD_RETURN_IF_ERROR(dw.upload(q.data(), q.size()));
-    SD_RETURN_IF_ERROR(dscales.upload(sm));
   } else {
     std::vector<uint16_t> h(wn);
     for (size_t i = 0; i < wn; ++i) h[i] = w_dtype == DType::kBF16 ? f32_to_bf16(W[i]) : f32_to_f16(W[i]);
