@@ -131,7 +131,7 @@ void parse_gemm(GemmArgs& g, py::handle x_obj, py::handle w_obj, py::object bias
     g.has_bias = true;
   }
   g.dtype = sd_py::dtype_from_name(dtype);
-  const bool quantized = g.dtype == sd::DType::kQ8 || g.dtype == sd::DType::kQ4;
+  const bool quantized = sd::is_quantized(g.dtype);
   if (g.dtype != sd::DType::kBF16 && g.dtype != sd::DType::kF16 && !quantized)
     throw py::value_error("dtype must be one of bfloat16, float16, int8, int4 for the CUDA gemm; got '" + dtype + "'");
   const int64_t K = g.w.shape(1);

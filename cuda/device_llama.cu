@@ -74,8 +74,7 @@ Status upload_matrix(const Matrix& m, DType dtype, DeviceMatrix* out) {
   out->rows = m.rows;
   out->cols = m.cols;
   const size_t n = static_cast<size_t>(m.rows * m.cols);
-  const bool quantized = dtype == DType::kQ8 || dtype == DType::kQ4;
-  if (!m.packed && quantized && m.dtype == DType::kF32) {
+  if (!m.packed && is_quantized(dtype) && m.dtype == DType::kF32) {
     if (m.cols % 32 != 0)
       return Unsupported(std::string("device 'cuda': ") + dtype_name(dtype) +
                          " weights need in_features divisible by 32, a matrix has " + std::to_string(m.cols));
@@ -196,7 +195,7 @@ Status DeviceLlama::create(const ModelConfig& cfg, const Checkpoint& ckpt, Weigh
                        std::to_string(cfg.head_dim));
   // f32 checkpoints run in bf16. int8 / int4: the layers are quantized here from f32 rows (the
   // GEMV's layouts), the embedding and LM head stay bf16 (the gather reads 16-bit tables).
-  const bool quantized = dtypes.layers == DType::kQ8 || dtypes.layers == DType::kQ4;
+  const bool quantized = is_quantized(dtypes.layers);
   const DType tables = dtypes.layers == DType::kF16 ? DType::kF16 : DType::kBF16;
   const DType layers = quantized ? dtypes.layers : tables;
   LlamaWeights host;
@@ -302,7 +301,7 @@ Status DeviceLlama::reserve_activations(int64_t T, int64_t R) {
 
 Status DeviceLlama::linear(const float* X, int64_t M, const DeviceMatrix& W, const float* bias, float* Y) {
   // int8 / int4 weights: the GEMV at every M (cuBLAS takes bf16 / f16 here).
-  if (M <= kGemvMaxRows || !cublas_ || W.dtype == DType::kQ8 || W.dtype == DType::kQ4)
+  if (M <= kGemvMaxRows || !cublas_ || is_quantized(W.dtype))
     return gemv(W.dtype, X, M, W.data.get(), W.scales.get(), W.rows, W.cols, bias, Y, stream_);
   SD_RETURN_IF_ERROR(to_half(W.dtype, X, M * W.cols, half_in_.get(), stream_));
   return gemm_cublas(W.dtype, half_in_.get(), M, W.data.get(), W.rows, W.cols, bias, Y, stream_);

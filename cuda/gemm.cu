@@ -250,16 +250,14 @@ Status launch_gemv_rows(int mm, DType t, const float* X, const void* W, const fl
   return st;
 }
 
-bool quantized(DType t) { return t == DType::kQ8 || t == DType::kQ4; }
-
 // The dtypes the GEMV takes and their K constraint (whole 16-byte loads, whole 32-column blocks).
 Status check_weight_layout(DType t, int64_t K, const char* op) {
-  if (t != DType::kBF16 && t != DType::kF16 && !quantized(t))
+  if (t != DType::kBF16 && t != DType::kF16 && !is_quantized(t))
     return InvalidArgument(std::string(op) + ": weight dtype must be bfloat16, float16, int8 or int4, got " +
                            dtype_name(t));
-  if (quantized(t) ? K % 32 != 0 : K % 8 != 0)
+  if (is_quantized(t) ? K % 32 != 0 : K % 8 != 0)
     return InvalidArgument(std::string(op) + ": in_features (K = " + std::to_string(K) + ") must be a multiple of " +
-                           (quantized(t) ? "32 for int8 / int4 weights" : "8"));
+                           (is_quantized(t) ? "32 for int8 / int4 weights" : "8"));
   return Status::Ok();
 }
 
@@ -270,7 +268,7 @@ Status gemv(DType w_dtype, const float* X, int64_t M, const void* W, const float
   SD_RETURN_IF_ERROR(check_weight_layout(w_dtype, K, "gemv"));
   if (M < 0 || N < 0 || K < 0 || N > INT32_MAX || K > INT32_MAX)
     return InvalidArgument("gemv: bad sizes");
-  if (quantized(w_dtype) && !w_scales) return InvalidArgument("gemv: int8 / int4 weights need scales");
+  if (is_quantized(w_dtype) && !w_scales) return InvalidArgument("gemv: int8 / int4 weights need scales");
   if (N == 0) return Status::Ok();
   if (K == 0) {  // an empty sum: Y = bias (or 0)
     for (int64_t m = 0; m < M; ++m) {
@@ -357,18 +355,18 @@ Status gemm_host(const float* X, int64_t M, const float* W, int64_t N, int64_t K
   SD_RETURN_IF_ERROR(check_weight_layout(w_dtype, K, "gemm (CUDA)"));
   bool use_cublas = false;
   if (backend == GemmBackend::kCublas) {
-    if (quantized(w_dtype)) return InvalidArgument("gemm (CUDA): the cublas backend takes bfloat16 or float16 weights");
+    if (is_quantized(w_dtype)) return InvalidArgument("gemm (CUDA): the cublas backend takes bfloat16 or float16 weights");
     SD_RETURN_IF_ERROR(cublas_load(nullptr));
     use_cublas = true;
   } else if (backend == GemmBackend::kAuto) {
-    use_cublas = M > kGemvMaxM && !quantized(w_dtype) && cublas_load(nullptr).ok();
+    use_cublas = M > kGemvMaxM && !is_quantized(w_dtype) && cublas_load(nullptr).ok();
   }
   if (timing) timing->backend = use_cublas ? "cublas" : "gemv";
 
   const size_t wn = static_cast<size_t>(N) * K, xn = static_cast<size_t>(M) * K, yn = static_cast<size_t>(M) * N;
   DeviceBuffer<unsigned char> dw, dx;
   DeviceBuffer<float> dscales, dbias, dy;
-  if (quantized(w_dtype)) {
+  if (is_quantized(w_dtype)) {
     std::vector<uint8_t> q;
     std::vector<float> sc;
     quantize_device_rows(w_dtype, W, N, K, &q, &sc);

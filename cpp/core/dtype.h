@@ -36,6 +36,9 @@ inline bool parse_dtype_name(const std::string& name, DType* out) {
   return false;
 }
 
+// The block-quantized weight types (a scale, and for kQ4 a minimum, per 32 weights).
+inline bool is_quantized(DType t) { return t == DType::kQ8 || t == DType::kQ4; }
+
 // Bytes per element for plain types; for kQ8 the int8 payload (scales are stored apart); kQ4
 // packs two elements per byte, so its size is never taken per element.
 inline int64_t dtype_size(DType t) {

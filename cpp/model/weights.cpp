@@ -109,7 +109,7 @@ Status load_vector(const Checkpoint& ckpt, const std::string& name, int64_t n, s
 Status OwnedMatrix::from_tensors(const std::vector<const TensorView*>& parts, int64_t cols,
                                  DType target, OwnedMatrix* out, bool pack) {
   const bool packed = pack && cols % kPackCols == 0;
-  if ((target == DType::kQ8 || target == DType::kQ4) && !packed) target = DType::kBF16;
+  if (is_quantized(target) && !packed) target = DType::kBF16;
   int64_t rows = 0;
   for (const TensorView* p : parts) rows += p->shape[0];
   Matrix m{target, rows, cols, nullptr, packed};

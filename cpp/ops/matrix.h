@@ -43,7 +43,7 @@ struct Matrix {
   bool packed = false;
 
   int64_t groups() const { return (rows + kPackRows - 1) / kPackRows; }
-  bool quantized() const { return dtype == DType::kQ8 || dtype == DType::kQ4; }
+  bool quantized() const { return is_quantized(dtype); }
   int64_t superblocks() const { return (cols + kQ8Super - 1) / kQ8Super; }
   // Bytes of one 4-row x 32-column float block.
   int64_t block_bytes() const { return kPackRows * kPackCols * dtype_size(dtype); }
