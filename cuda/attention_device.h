@@ -11,8 +11,7 @@ namespace sd::cuda {
 
 // The plan's tables on the device and the split-KV scratch. upload() copies the tables into
 // buffers owned here; a caller that stages them itself (one transfer with its other tables:
-// cuda/staged_tables.h) points items / part_base / merge at its copies and calls
-// reserve_partials.
+// cuda/staged_tables.h) hands over its device copies with use().
 struct AttentionWorkspace {
   const AttnWorkItem* items = nullptr;
   const int32_t* part_base = nullptr;
@@ -21,8 +20,10 @@ struct AttentionWorkspace {
   DeviceBuffer<float> part_o, part_lse;
   // Copies the plan in on `stream` (buffers only grow: their addresses stay while they suffice).
   Status upload(const AttentionPlan& plan, cudaStream_t stream);
-  // The partial outputs for the plan's slots (only grows).
-  Status reserve_partials(const AttentionPlan& plan);
+  // The plan's tables already on the device at these addresses; sizes the partial outputs for
+  // its slots (they only grow).
+  Status use(const AttentionPlan& plan, const AttnWorkItem* plan_items, const int32_t* plan_part_base,
+             const int32_t* plan_merge);
 
  private:
   DeviceBuffer<AttnWorkItem> own_items_;

@@ -462,12 +462,7 @@ Status DeviceLlama::upload_tables(const ForwardBatch& batch) {
   t[kPlanPartBase] = StagedTables::of(plan_.part_base, rows);
   t[kPlanMerge] = StagedTables::of(plan_.merge);
   SD_RETURN_IF_ERROR(tables_.upload(t, stream_));
-  ws_.items = table<AttnWorkItem>(kPlanItems);
-  ws_.part_base = table<int32_t>(kPlanPartBase);
-  ws_.merge = table<int32_t>(kPlanMerge);
-  ws_.num_items = plan_.items.size();
-  ws_.num_merge = plan_.merge.size() / 3;
-  return ws_.reserve_partials(plan_);
+  return ws_.use(plan_, table<AttnWorkItem>(kPlanItems), table<int32_t>(kPlanPartBase), table<int32_t>(kPlanMerge));
 }
 
 std::vector<const void*> DeviceLlama::graph_buffers() const {

@@ -461,15 +461,16 @@ Status AttentionWorkspace::upload(const AttentionPlan& plan, cudaStream_t stream
   SD_RETURN_IF_ERROR(own_items_.write_async(plan.items, stream));
   SD_RETURN_IF_ERROR(own_part_base_.write_async(plan.part_base, stream));
   SD_RETURN_IF_ERROR(own_merge_.write_async(plan.merge, stream));
-  items = own_items_.get();
-  part_base = own_part_base_.get();
-  merge = own_merge_.get();
-  num_items = plan.items.size();
-  num_merge = plan.merge.size() / 3;
-  return reserve_partials(plan);
+  return use(plan, own_items_.get(), own_part_base_.get(), own_merge_.get());
 }
 
-Status AttentionWorkspace::reserve_partials(const AttentionPlan& plan) {
+Status AttentionWorkspace::use(const AttentionPlan& plan, const AttnWorkItem* plan_items, const int32_t* plan_part_base,
+                               const int32_t* plan_merge) {
+  items = plan_items;
+  part_base = plan_part_base;
+  merge = plan_merge;
+  num_items = plan.items.size();
+  num_merge = plan.merge.size() / 3;
   const size_t slots = static_cast<size_t>(plan.num_slots) * plan.num_qo_heads;
   SD_RETURN_IF_ERROR(part_o.reserve(slots * plan.head_dim));
   return part_lse.reserve(slots);
